@@ -1,0 +1,14 @@
+"""optax_ext: SP, AngularGrad, INSGD and GAL as composable optax transforms.
+
+Every public name is re-exported here; the maths lives in one module per method.
+"""
+
+# --- angulargrad ---
+
+# --- spectral_proximal ---
+
+# --- insgd ---
+
+# --- gal ---
+
+__version__ = "0.1.0"
