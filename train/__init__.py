@@ -1,0 +1,7 @@
+"""Jitted training of Flax models with optax and optax_ext optimizers.
+
+Modules: :mod:`train.data` (data sets), :mod:`train.registry` (optimizers and
+schedules by name), :mod:`train.loop` (train step, evaluation, the loop),
+:mod:`train.checkpoint` (Orbax), :mod:`train.report` (tables, files, plots),
+:mod:`train.cli` (``python -m train``).
+"""

@@ -1,0 +1,225 @@
+"""Command line: train one model with one or several optimizers and compare them.
+
+Examples::
+
+  python -m train --demo
+  python -m train --model mnist_cnn --dataset fashion_mnist \\
+      --optimizers sgd nesterov sp sp_nesterov adam --epochs 15 --batch-size 128 \\
+      --schedule exp --gamma 0.7
+  python -m train --model mlp --dataset diabetes --optimizers adam gal+adam --epochs 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from typing import Optional, Sequence
+
+from train.errors import UsageError
+
+DEMO_OPTIMIZERS = (
+    "sgd",
+    "momentum",
+    "adam",
+    "angulargrad_cos",
+    "angulargrad_tan",
+    "insgd_l2",
+    "insgd_l1",
+    "sp",
+    "sp_nesterov",
+    "gal+sgd",
+)
+
+
+class _Parser(argparse.ArgumentParser):
+  def error(self, message):  # one line, exit status 2, no usage dump
+    sys.stderr.write(f"error: {message} (see --help)\n")
+    raise SystemExit(2)
+
+
+def _positive_int(text: str) -> int:
+  try:
+    v = int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+  if v <= 0:
+    raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+  return v
+
+
+def _positive_float(text: str) -> float:
+  try:
+    v = float(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+  if not v > 0:
+    raise argparse.ArgumentTypeError(f"expected a positive number, got {v}")
+  return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+  from train.data import DATASET_NAMES
+  from train.registry import SCHEDULES, known_names
+
+  try:
+    from flax_models import MODEL_NAMES
+  except ImportError:  # pragma: no cover
+    MODEL_NAMES = ()
+  p = _Parser(
+      prog="python -m train",
+      description="Train a Flax model with one or several optimizers and compare them.",
+      formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+  )
+  p.add_argument(
+      "--demo",
+      action="store_true",
+      help="the README demo: MNIST CNN on scikit-learn digits with sgd, momentum, adam and "
+      "every optax_ext method (other options still apply on top)",
+  )
+  p.add_argument("--model", default=None, help=f"model: {', '.join(MODEL_NAMES)} "
+                 "(default: mnist_cnn, or mlp for regression data)")
+  p.add_argument("--dataset", default="digits", help=f"data set: {', '.join(DATASET_NAMES)}")
+  p.add_argument("--data-dir", default=None, help="directory of IDX files or of TFDS data")
+  p.add_argument(
+      "--optimizers",
+      nargs="+",
+      default=["sgd", "momentum", "adam"],
+      metavar="NAME[@LR]",
+      help=f"one or several of: {', '.join(known_names())}",
+  )
+  p.add_argument("--lr", type=_positive_float, default=None,
+                 help="learning rate for every optimizer without its own @LR "
+                 "(default: each optimizer's registered default)")
+  p.add_argument("--schedule", default="constant", help=f"one of: {', '.join(SCHEDULES)}")
+  p.add_argument("--gamma", type=_positive_float, default=0.7,
+                 help="decay factor of the exp, multistep and plateau schedules")
+  p.add_argument("--milestones", type=_positive_int, nargs="*", default=[],
+                 help="epochs at which the multistep schedule decays")
+  p.add_argument("--epochs", type=_positive_int, default=5)
+  p.add_argument("--batch-size", type=_positive_int, default=64)
+  p.add_argument("--seed", type=int, default=0, help="seed of initialisation and data order")
+  p.add_argument("--train-size", type=_positive_int, default=None,
+                 help="use only the first N training examples")
+  p.add_argument("--test-size", type=_positive_int, default=None,
+                 help="use only the first N test examples")
+  p.add_argument("--out", default=None, help="output directory (default: runs/<model>-<dataset>)")
+  p.add_argument("--checkpoint-every", type=int, default=0,
+                 help="save a checkpoint every N steps (always at the end)")
+  p.add_argument("--resume", action="store_true",
+                 help="continue each run from its newest checkpoint in --out")
+  p.add_argument("--overwrite", action="store_true",
+                 help="discard earlier checkpoints in --out instead of refusing to start")
+  p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+  p.add_argument("--gal-alpha", type=_positive_float, default=1e-3, help="GAL's alpha")
+  p.add_argument("--gal-beta", type=_positive_float, default=1e-3, help="GAL's beta")
+  p.add_argument("--gal-hidden", type=_positive_int, nargs="+", default=None,
+                 help="GAL regressor widths (default 100 32 16, or 128 4 for regression)")
+  return p
+
+
+def _run_dir(out: str, name: str) -> str:
+  safe = name.replace("+", "_plus_").replace("@", "_lr")
+  return os.path.join(out, safe)
+
+
+def run(args: argparse.Namespace) -> int:
+  import jax
+
+  from flax_models import get_model
+  from train import data as data_lib
+  from train import registry, report
+  from train.checkpoint import Checkpointer
+  from train.loop import train_run
+
+  if args.demo:
+    if args.optimizers == ["sgd", "momentum", "adam"]:
+      args.optimizers = list(DEMO_OPTIMIZERS)
+    args.epochs = args.epochs if args.epochs != 5 else 8
+    args.out = args.out or os.path.join("runs", "demo")
+    args.overwrite = args.overwrite or not args.resume
+
+  ds = data_lib.load_dataset(args.dataset, args.data_dir, seed=args.seed)
+  if args.train_size or args.test_size:
+    ds = ds.subset(args.train_size, args.test_size)
+  model_name = args.model or ("mlp" if ds.task == "regression" else "mnist_cnn")
+  try:
+    model = get_model(model_name, ds.num_classes)
+  except ValueError as e:
+    raise UsageError(str(e)) from None
+  out = args.out or os.path.join("runs", f"{model_name}-{args.dataset.replace(':', '_')}")
+
+  spe = data_lib.steps_per_epoch(len(ds.x_train), args.batch_size)
+  if len(ds.x_train) < args.batch_size:
+    raise UsageError(f"--batch-size {args.batch_size} exceeds the {len(ds.x_train)} training examples")
+  schedule = registry.make_schedule(
+      args.schedule, spe, spe * args.epochs, gamma=args.gamma, milestones=tuple(args.milestones)
+  )
+  gal_opts = registry.GalOptions(
+      alpha=args.gal_alpha, beta=args.gal_beta,
+      hidden=tuple(args.gal_hidden) if args.gal_hidden else None, seed=args.seed,
+  )
+  # Build every optimizer first so a typo fails before any training starts.
+  opts = [
+      registry.make_optimizer(
+          spec, schedule, lr=args.lr, output_dim=ds.num_classes, task=ds.task, gal=gal_opts,
+          plateau=registry.make_plateau(spe, args.gamma) if args.schedule == "plateau" else None,
+      )
+      for spec in args.optimizers
+  ]
+  if len({o.name for o in opts}) != len(opts):
+    raise UsageError("each optimizer may be named once per command")
+
+  for o in opts:
+    ckpt_dir = os.path.join(_run_dir(out, o.name), "checkpoints")
+    if os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir) and not args.resume:
+      if not args.overwrite:
+        raise UsageError(
+            f"{ckpt_dir} already holds checkpoints: pass --resume to continue or --overwrite to discard"
+        )
+      shutil.rmtree(ckpt_dir)
+
+  print(
+      f"{model_name} on {ds.name}: {len(ds.x_train)} train / {len(ds.x_test)} test, "
+      f"{args.epochs} epochs x {spe} steps, batch {args.batch_size}, {jax.devices()[0].platform}",
+      flush=True,
+  )
+  results = []
+  for o in opts:
+    run_dir = _run_dir(out, o.name)
+    ckpt = Checkpointer(os.path.join(run_dir, "checkpoints"), every=args.checkpoint_every)
+    try:
+      res = train_run(
+          model, o, ds, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+          checkpointer=ckpt, progress=not args.no_progress,
+      )
+    finally:
+      ckpt.close()
+    report.write_run(res, run_dir)
+    results.append(res)
+
+  config = {k: v for k, v in vars(args).items()}
+  config.update(model=model_name, out=out)
+  report.write_summary(results, out, config)
+  png = report.plot_curves(
+      results, ds.task, os.path.join(out, "curves.png"),
+      title=f"{model_name} on {ds.name}, batch {args.batch_size}, seed {args.seed}",
+  )
+  print()
+  print(report.table(results, ds.task))
+  print(f"\nmetrics: {os.path.join(out, 'results.json')} (and .csv); per-run files under {out}/")
+  print(f"plot: {png}")
+  return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  args = build_parser().parse_args(argv)
+  try:
+    return run(args)
+  except UsageError as e:
+    sys.stderr.write(f"error: {e}\n")
+    return 2
+  except KeyboardInterrupt:
+    sys.stderr.write("interrupted: completed checkpoints are kept; rerun with --resume\n")
+    return 130

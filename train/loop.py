@@ -1,0 +1,289 @@
+"""The jitted training step, evaluation, and the loop that ties them together.
+
+One train step is one forward and one backward pass whatever the optimizer:
+INSGD's input power is captured in the same forward pass, and GAL back-
+propagates its chosen output cotangent once (see :mod:`optax_ext.gal`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any, Callable, Optional
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from train import data as data_lib
+from train.errors import NonFiniteLossError
+from train.registry import Optimizer
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a run needs to continue: saved whole in each checkpoint.
+
+  The data position is ``step`` itself: batch ``k`` depends only on the seed and
+  ``k`` (:func:`train.data.batches`), and each step's randomness is
+  ``fold_in(key, step)``, so a resumed run repeats an uninterrupted one exactly.
+  """
+
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  key: jax.Array
+
+
+def loss_function(task: str) -> Callable[[jax.Array, jax.Array], jax.Array]:
+  """Batch-mean loss: cross-entropy on integer labels, or mean squared error."""
+  if task == "classification":
+    return lambda z, y: optax.softmax_cross_entropy_with_integer_labels(z, y).mean()
+  return lambda z, y: jnp.mean(jnp.square(z - y))
+
+
+def init_state(model: nn.Module, tx: optax.GradientTransformation, x0: np.ndarray, seed: int):
+  """Initialises parameters, batch statistics and the optimizer state."""
+  key = jax.random.key(seed)
+  k_params, k_drop, k_run = jax.random.split(key, 3)
+  variables = model.init({"params": k_params, "dropout": k_drop}, jnp.asarray(x0), train=False)
+  params = variables["params"]
+  batch_stats = variables.get("batch_stats", {})
+  # Raw uint32 key data keeps checkpoints free of typed-key dtypes.
+  return TrainState(
+      step=jnp.zeros([], jnp.int32),
+      params=params,
+      batch_stats=batch_stats,
+      opt_state=tx.init(params),
+      key=jax.random.key_data(k_run),
+  )
+
+
+def make_train_step(
+    model: nn.Module,
+    opt: Optimizer,
+    task: str,
+    augment: bool = False,
+) -> Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, dict]]:
+  """Builds ``train_step(state, x, y) -> (state, metrics)``, jitted, state donated."""
+  loss_of = loss_function(task)
+  tx = opt.tx
+
+  def apply(params, batch_stats, x, key, **kwargs):
+    variables = {"params": params}
+    if batch_stats:
+      variables["batch_stats"] = batch_stats
+      return model.apply(
+          variables, x, train=True, rngs={"dropout": key}, mutable=["batch_stats"], **kwargs
+      )
+    return model.apply(variables, x, train=True, rngs={"dropout": key}, **kwargs), {}
+
+  def step_fn(state: TrainState, x, y):
+    key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
+    k_aug, k_drop = jax.random.split(key)
+    if augment:
+      x = data_lib.augment_batch(k_aug, x)
+    extra = {}
+
+    if "gal" in opt.needs:
+      import optax_ext
+
+      def forward(params):
+        z, mutated = apply(params, state.batch_stats, x, k_drop)
+        return z, mutated.get("batch_stats", state.batch_stats)
+
+      gal_args, new_bs = optax_ext.gal_extra_args(
+          forward, state.params, lambda z: loss_of(z, y), has_aux=True
+      )
+      z = gal_args["outputs"]
+      loss = loss_of(z, y)
+      grads = None
+      extra.update(gal_args)
+    else:
+
+      def loss_fn(params):
+        if "input_power" in opt.needs:
+          import optax_ext
+
+          variables = {"params": params}
+          kwargs = dict(train=True, rngs={"dropout": k_drop})
+          if state.batch_stats:
+            variables["batch_stats"] = state.batch_stats
+            kwargs["mutable"] = ["batch_stats"]
+          out, power = optax_ext.capture_input_power(
+              model.apply, variables, x, norm_order=opt.norm_order, **kwargs
+          )
+          z, mutated = out if state.batch_stats else (out, {})
+        else:
+          (z, mutated), power = apply(params, state.batch_stats, x, k_drop), None
+        new_bs = mutated.get("batch_stats", state.batch_stats) if mutated else state.batch_stats
+        return loss_of(z, y), (z, new_bs, power)
+
+      (loss, (z, new_bs, power)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+      if "input_power" in opt.needs:
+        extra["input_power"] = power
+    if "value" in opt.needs:
+      extra["value"] = loss
+    updates, opt_state = tx.update(grads, state.opt_state, state.params, **extra)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": loss}
+    if task == "classification":
+      metrics["accuracy"] = jnp.mean(jnp.argmax(z, -1) == y)
+    new_state = state.replace(
+        step=state.step + 1, params=params, batch_stats=new_bs, opt_state=opt_state
+    )
+    return new_state, metrics
+
+  return jax.jit(step_fn, donate_argnums=0)
+
+
+def make_eval_step(model: nn.Module, task: str):
+  """Builds ``eval_step(state, x, y, n_valid) -> sums`` (jitted)."""
+
+  @jax.jit
+  def eval_step(state: TrainState, x, y, n_valid):
+    variables = {"params": state.params}
+    if state.batch_stats:
+      variables["batch_stats"] = state.batch_stats
+    z = model.apply(variables, x, train=False)
+    valid = jnp.arange(x.shape[0]) < n_valid
+    if task == "classification":
+      losses = optax.softmax_cross_entropy_with_integer_labels(z, y)
+      correct = (jnp.argmax(z, -1) == y) & valid
+      return {"loss": jnp.sum(jnp.where(valid, losses, 0.0)), "correct": jnp.sum(correct)}
+    err = (z - y)[:, 0]
+    return {
+        "loss": jnp.sum(jnp.where(valid, err**2, 0.0)),
+        "abs": jnp.sum(jnp.where(valid, jnp.abs(err), 0.0)),
+        "sq": jnp.sum(jnp.where(valid, err**2, 0.0)),
+    }
+
+  return eval_step
+
+
+def evaluate(eval_step, state, ds: data_lib.Dataset, batch_size: int) -> dict[str, float]:
+  """Test-set metrics: loss and accuracy, or MAE, MSE and R² in target units."""
+  totals: dict[str, float] = {}
+  n = 0
+  for xb, yb, nv in data_lib.eval_batches(ds.x_test, ds.y_test, batch_size):
+    out = eval_step(state, xb, yb, nv)
+    for k, v in out.items():
+      totals[k] = totals.get(k, 0.0) + float(v)
+    n += nv
+  if ds.task == "classification":
+    return {"test_loss": totals["loss"] / n, "test_accuracy": totals["correct"] / n}
+  scale = ds.target_scale
+  mse = totals["sq"] / n
+  var = float(np.var(ds.y_test))
+  return {
+      "test_loss": totals["loss"] / n,
+      "test_mae": totals["abs"] / n * scale,
+      "test_mse": mse * scale**2,
+      "test_r2": 1.0 - mse / var if var > 0 else float("nan"),
+  }
+
+
+@dataclasses.dataclass
+class RunResult:
+  """What one optimizer's run produced."""
+
+  name: str
+  history: list[dict[str, float]]
+  final: dict[str, float]
+  seconds_per_step: float
+  steps: int
+  state: Optional[TrainState] = None
+
+
+def train_run(
+    model: nn.Module,
+    opt: Optimizer,
+    ds: data_lib.Dataset,
+    *,
+    epochs: int,
+    batch_size: int,
+    seed: int,
+    checkpointer=None,
+    progress: bool = True,
+    log_every: int = 10,
+    on_epoch: Optional[Callable[[dict], None]] = None,
+) -> RunResult:
+  """Trains ``model`` with ``opt`` on ``ds`` and evaluates after every epoch.
+
+  Args:
+    checkpointer: A :class:`train.checkpoint.Checkpointer`, or None. When it
+      holds a checkpoint of this run, training resumes from it.
+
+  Raises:
+    NonFiniteLossError: the loss became NaN or infinite; the last good
+      checkpoint is left in place.
+  """
+  from tqdm.auto import tqdm
+
+  spe = data_lib.steps_per_epoch(len(ds.x_train), batch_size)
+  total = epochs * spe
+  state = init_state(model, opt.tx, ds.x_train[:1], seed)
+  history: list[dict[str, float]] = []
+  if checkpointer is not None:
+    restored = checkpointer.restore_latest(state)
+    if restored is not None:
+      state, history = restored
+  start = int(state.step)
+  train_step = make_train_step(model, opt, ds.task, augment=ds.augment)
+  eval_step = make_eval_step(model, ds.task)
+
+  bar = tqdm(total=total, initial=start, desc=opt.name, disable=not progress, leave=True)
+  timed_steps, timed_seconds = 0, 0.0
+  epoch_sums: dict[str, float] = {}
+  epoch_count = 0
+  batch_iter = data_lib.batches(ds.x_train, ds.y_train, batch_size, seed, start)
+  t_last = None
+  for step, xb, yb in batch_iter:
+    if step >= total:
+      break
+    state, metrics = train_step(state, xb, yb)
+    for k, v in metrics.items():
+      epoch_sums[k] = epoch_sums.get(k, 0.0) + v  # stays on device until logged
+    epoch_count += 1
+    done = step + 1
+    end_of_epoch = done % spe == 0
+    if done % log_every == 0 or end_of_epoch or done == total:
+      loss_now = float(metrics["loss"])
+      now = time.perf_counter()
+      if t_last is not None:
+        timed_seconds += now - t_last[0]
+        timed_steps += done - t_last[1]
+      t_last = (now, done)
+      if not math.isfinite(loss_now):
+        bar.close()
+        where = f"; last good checkpoint: step {checkpointer.latest_step()}" if checkpointer else ""
+        raise NonFiniteLossError(
+            f"{opt.name}: loss became non-finite ({loss_now}) by step {done}{where}"
+        )
+      bar.set_postfix(loss=f"{loss_now:.4f}")
+    bar.update(1)
+    if end_of_epoch or done == total:
+      record = {"epoch": done / spe, "step": done}
+      record.update({f"train_{k}": float(v) / epoch_count for k, v in epoch_sums.items()})
+      record.update(evaluate(eval_step, state, ds, batch_size))
+      history.append(record)
+      epoch_sums, epoch_count = {}, 0
+      if on_epoch is not None:
+        on_epoch(record)
+      t_last = None  # evaluation time is not step time
+    if checkpointer is not None and checkpointer.should_save(done, total):
+      checkpointer.save(done, state, history)
+  bar.close()
+  if checkpointer is not None:
+    checkpointer.wait()
+  final = dict(history[-1]) if history else {}
+  if history and ds.task == "classification":
+    final["best_test_accuracy"] = max(h["test_accuracy"] for h in history)
+  sps = timed_seconds / timed_steps if timed_steps else float("nan")
+  return RunResult(opt.name, history, final, sps, total, state)
+
