@@ -209,7 +209,7 @@ def load_tfds(name: str, data_dir: str | None = None) -> Dataset:
 
   def to_arrays(src):
     n = len(src)
-    examples = src.__getitems__(range(n)) if hasattr(src, "__getitems__") else [src[i] for i in range(n)]
+    examples = [src[i] for i in range(n)]
     x = np.stack([np.asarray(e["image"]) for e in examples]).astype(np.float32) / 255.0
     y = np.asarray([int(e["label"]) for e in examples], np.int32)
     if x.ndim == 3:
