@@ -112,6 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--overwrite", action="store_true",
                  help="discard earlier checkpoints in --out instead of refusing to start")
   p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+  p.add_argument("--mesh", default=None, metavar="data=N[,fsdp=M]",
+                 help="shard over a device mesh: the batch over all devices, parameters and "
+                 "optimizer state FSDP-style over the fsdp axis (see train/sharding.py)")
+  p.add_argument("--distributed", action="store_true",
+                 help="call jax.distributed.initialize() first (multi-host runs)")
   p.add_argument("--gal-alpha", type=_positive_float, default=1e-3, help="GAL's alpha")
   p.add_argument("--gal-beta", type=_positive_float, default=1e-3, help="GAL's beta")
   p.add_argument("--gal-hidden", type=_positive_int, nargs="+", default=None,
@@ -140,6 +145,13 @@ def run(args: argparse.Namespace) -> int:
     args.out = args.out or os.path.join("runs", "demo")
     args.overwrite = args.overwrite or not args.resume
 
+  if args.distributed:
+    jax.distributed.initialize()
+  mesh = None
+  if args.mesh:
+    from train import sharding
+
+    mesh = sharding.make_mesh(sharding.parse_mesh(args.mesh))
   ds = data_lib.load_dataset(args.dataset, args.data_dir, seed=args.seed)
   if args.train_size or args.test_size:
     ds = ds.subset(args.train_size, args.test_size)
@@ -192,7 +204,7 @@ def run(args: argparse.Namespace) -> int:
     try:
       res = train_run(
           model, o, ds, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-          checkpointer=ckpt, progress=not args.no_progress,
+          checkpointer=ckpt, progress=not args.no_progress, mesh=mesh,
       )
     finally:
       ckpt.close()

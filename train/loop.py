@@ -69,8 +69,14 @@ def make_train_step(
     opt: Optimizer,
     task: str,
     augment: bool = False,
+    state_sharding: Any = None,
+    batch_sharding: Any = None,
 ) -> Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, dict]]:
-  """Builds ``train_step(state, x, y) -> (state, metrics)``, jitted, state donated."""
+  """Builds ``train_step(state, x, y) -> (state, metrics)``, jitted, state donated.
+
+  With ``state_sharding`` and ``batch_sharding`` (see :mod:`train.sharding`)
+  the step keeps the state's layout from one step to the next.
+  """
   loss_of = loss_function(task)
   tx = opt.tx
 
@@ -139,7 +145,14 @@ def make_train_step(
     )
     return new_state, metrics
 
-  return jax.jit(step_fn, donate_argnums=0)
+  if state_sharding is None:
+    return jax.jit(step_fn, donate_argnums=0)
+  return jax.jit(
+      step_fn,
+      donate_argnums=0,
+      in_shardings=(state_sharding, batch_sharding, batch_sharding),
+      out_shardings=(state_sharding, None),
+  )
 
 
 def make_eval_step(model: nn.Module, task: str):
@@ -212,12 +225,15 @@ def train_run(
     progress: bool = True,
     log_every: int = 10,
     on_epoch: Optional[Callable[[dict], None]] = None,
+    mesh: Any = None,
 ) -> RunResult:
   """Trains ``model`` with ``opt`` on ``ds`` and evaluates after every epoch.
 
   Args:
     checkpointer: A :class:`train.checkpoint.Checkpointer`, or None. When it
       holds a checkpoint of this run, training resumes from it.
+    mesh: A ``jax.sharding.Mesh`` with axes ``data`` and ``fsdp``, or None for
+      one device (see :mod:`train.sharding`).
 
   Raises:
     NonFiniteLossError: the loss became NaN or infinite; the last good
@@ -234,7 +250,17 @@ def train_run(
     if restored is not None:
       state, history = restored
   start = int(state.step)
-  train_step = make_train_step(model, opt, ds.task, augment=ds.augment)
+  state_sh = batch_sh = None
+  if mesh is not None:
+    from train import sharding
+
+    sharding.check_batch(batch_size, mesh)
+    state_sh = sharding.state_shardings(mesh, state)
+    batch_sh = sharding.batch_sharding(mesh)
+    state = jax.device_put(state, state_sh)
+  train_step = make_train_step(
+      model, opt, ds.task, augment=ds.augment, state_sharding=state_sh, batch_sharding=batch_sh
+  )
   eval_step = make_eval_step(model, ds.task)
 
   bar = tqdm(total=total, initial=start, desc=opt.name, disable=not progress, leave=True)
@@ -246,6 +272,8 @@ def train_run(
   for step, xb, yb in batch_iter:
     if step >= total:
       break
+    if batch_sh is not None:
+      xb, yb = jax.device_put(xb, batch_sh), jax.device_put(yb, batch_sh)
     state, metrics = train_step(state, xb, yb)
     for k, v in metrics.items():
       epoch_sums[k] = epoch_sums.get(k, 0.0) + v  # stays on device until logged
