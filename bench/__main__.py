@@ -1,0 +1,57 @@
+"""One entry point for every benchmark and paper check.
+
+``python -m bench --quick`` runs everything in reduced form (a few minutes
+each on 2 CPU cores); ``python -m bench`` runs the full versions; ``--only``
+picks some parts. Each part writes its tables and figures under
+``bench/results/``; ``bench/RESULTS.md`` is then rebuilt from them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+
+from bench import report
+
+PARTS = {
+    "update_speed": "optimizer-update speed against optax baselines",
+    "train_step": "full train-step cost against the SGD step",
+    "angulargrad_speed": "AngularGrad update speed and bandwidth",
+    "angulargrad_toy": "AngularGrad paper: toy functions F1-F3 and Rosenbrock",
+    "sp_speed": "SP quantile modes and scaling",
+    "sp_train": "SP paper: Fashion-MNIST training check and the damping bound",
+    "insgd_speed": "INSGD train-step cost",
+    "insgd_train": "INSGD paper: robustness to large learning rates",
+    "gal_speed": "GAL train-step cost",
+    "gal_regression": "GAL paper: diabetes regression (Table V)",
+}
+
+
+def main(argv=None) -> int:
+  ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+  ap.add_argument("--quick", action="store_true", help="reduced versions of every part")
+  ap.add_argument("--only", nargs="+", choices=sorted(PARTS), help="run only these parts")
+  ap.add_argument("--report-only", action="store_true", help="only rebuild bench/RESULTS.md")
+  args = ap.parse_args(argv)
+  failed = []
+  if not args.report_only:
+    for part in args.only or PARTS:
+      cmd = [sys.executable, "-m", f"bench.{part}"] + (["--quick"] if args.quick else [])
+      print(f"\n=== {part}: {PARTS[part]}\n$ {' '.join(cmd[1:])}", flush=True)
+      t0 = time.perf_counter()
+      rc = subprocess.call(cmd)
+      print(f"=== {part}: exit {rc} after {time.perf_counter() - t0:.0f} s", flush=True)
+      if rc:
+        failed.append(part)
+  path = report.build()
+  print(f"\nreport: {path}")
+  if failed:
+    print(f"failed parts: {', '.join(failed)}", file=sys.stderr)
+    return 1
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
