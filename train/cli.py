@@ -209,6 +209,9 @@ def run(args: argparse.Namespace) -> int:
     finally:
       ckpt.close()
     report.write_run(res, run_dir)
+    diag_png = report.plot_diagnostics(res, os.path.join(run_dir, "diagnostics.png"))
+    if diag_png:
+      print(f"{o.name}: diagnostics plot {diag_png}", flush=True)
     results.append(res)
 
   config = {k: v for k, v in vars(args).items()}

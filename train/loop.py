@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from optax_ext.diagnostics import diagnostics
 from train import data as data_lib
 from train.errors import NonFiniteLossError
 from train.registry import Optimizer
@@ -140,6 +141,10 @@ def make_train_step(
     metrics = {"loss": loss}
     if task == "classification":
       metrics["accuracy"] = jnp.mean(jnp.argmax(z, -1) == y)
+    # The methods' own signals (scalars the update already computed).
+    metrics.update(
+        {f"diag_{k}": jnp.asarray(v, jnp.float32) for k, v in diagnostics(opt_state).items()}
+    )
     new_state = state.replace(
         step=state.step + 1, params=params, batch_stats=new_bs, opt_state=opt_state
     )

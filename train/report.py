@@ -117,3 +117,37 @@ def plot_curves(results: Sequence[RunResult], task: str, path: str, title: str =
   fig.savefig(path, dpi=110)
   plt.close(fig)
   return path
+
+
+def diagnostic_keys(result: RunResult) -> list[str]:
+  """The optimizer-diagnostic columns recorded in a run's history."""
+  return sorted({k for h in result.history for k in h if k.startswith("train_diag_")})
+
+
+def plot_diagnostics(result: RunResult, path: str) -> str | None:
+  """One PNG of the optimizer's own signals per epoch (epoch means); None if none."""
+  keys = diagnostic_keys(result)
+  if not keys:
+    return None
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  cols = min(4, len(keys))
+  rows = -(-len(keys) // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.8 * rows), squeeze=False)
+  ep = [h["epoch"] for h in result.history]
+  for ax, key in zip(axes.flat, keys):
+    ax.plot(ep, [h.get(key, float("nan")) for h in result.history], marker="o", markersize=3)
+    ax.set_title(key[len("train_diag_"):], fontsize=9)
+    ax.set_xlabel("epoch", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.grid(alpha=0.3)
+  for ax in list(axes.flat)[len(keys):]:
+    ax.axis("off")
+  fig.suptitle(f"{result.name}: optimizer diagnostics (epoch means)")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
