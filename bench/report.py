@@ -9,17 +9,17 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
 
 SECTIONS = [
-    ("Summary", ["summary.md"], None),
-    (
-        "Optimizer-update speed",
-        ["update_speed_full.md", "update_speed_quick.md"],
-        "python -m bench.update_speed",
-    ),
-    ("Train-step cost", ["train_step_full.md", "train_step_quick.md"], "python -m bench.train_step"),
-    ("AngularGrad", ["angulargrad.md"], None),
-    ("SP", ["sp.md"], None),
-    ("INSGD", ["insgd.md"], None),
-    ("GAL", ["gal.md"], None),
+  ("Summary", ["summary.md"], None),
+  (
+    "Optimizer-update speed",
+    ["update_speed_full.md", "update_speed_quick.md"],
+    "python -m bench.update_speed",
+  ),
+  ("Train-step cost", ["train_step_full.md", "train_step_quick.md"], "python -m bench.train_step"),
+  ("AngularGrad", ["angulargrad.md"], None),
+  ("SP", ["sp.md"], None),
+  ("INSGD", ["insgd.md"], None),
+  ("GAL", ["gal.md"], None),
 ]
 
 
@@ -33,18 +33,20 @@ def _demote(text: str) -> str:
 
 def _relink(text: str) -> str:
   """Image links written relative to ``results/`` made relative to ``bench/``."""
-  return re.sub(r"\]\((?!https?:|/|results/)(?:\./)?([^)]+\.(?:png|svg|json|md))\)", r"](results/\1)", text)
+  return re.sub(
+    r"\]\((?!https?:|/|results/)(?:\./)?([^)]+\.(?:png|svg|json|md))\)", r"](results/\1)", text
+  )
 
 
 def build(path: str = os.path.join(HERE, "RESULTS.md")) -> str:
   parts = [
-      "# Results",
-      "",
-      "Every number here was measured by the command named beside it; speed is "
-      "always a ratio to an optax baseline timed in the same run, because the "
-      "machines are shared and absolute times drift. `python -m bench --quick` "
-      "re-runs every part in reduced form, `python -m bench` in full.",
-      "",
+    "# Results",
+    "",
+    "Every number here was measured by the command named beside it; speed is "
+    "always a ratio to an optax baseline timed in the same run, because the "
+    "machines are shared and absolute times drift. `python -m bench --quick` "
+    "re-runs every part in reduced form, `python -m bench` in full.",
+    "",
   ]
   for title, files, command in SECTIONS:
     present = [f for f in files if os.path.exists(os.path.join(RESULTS, f))]

@@ -20,7 +20,7 @@ def block(tree: Any) -> Any:
 
 
 def time_calls(
-    fns: dict[str, Callable[[], Any]], reps: int = 10, warmup: int = 2
+  fns: dict[str, Callable[[], Any]], reps: int = 10, warmup: int = 2
 ) -> dict[str, dict[str, float]]:
   """Times zero-argument callables, interleaved round-robin.
 
@@ -41,10 +41,10 @@ def time_calls(
   for name, s in samples.items():
     a = np.asarray(s)
     out[name] = {
-        "median": float(statistics.median(s)),
-        "p25": float(np.percentile(a, 25)),
-        "p75": float(np.percentile(a, 75)),
-        "min": float(a.min()),
+      "median": float(statistics.median(s)),
+      "p25": float(np.percentile(a, 25)),
+      "p75": float(np.percentile(a, 75)),
+      "min": float(a.min()),
     }
   return out
 
@@ -62,6 +62,6 @@ def machine_description() -> str:
 
   dev = jax.devices()[0]
   return (
-      f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-      f"jax {jax.__version__} on {dev.platform} ({dev.device_kind})"
+    f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+    f"jax {jax.__version__} on {dev.platform} ({dev.device_kind})"
   )

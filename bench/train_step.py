@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 
-import jax
 import numpy as np
 
 from bench import timing
@@ -25,16 +24,16 @@ from train.loop import init_state, make_train_step
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 METHODS = (
-    "sgd",
-    "momentum",
-    "adam",
-    "angulargrad_cos",
-    "angulargrad_tan",
-    "insgd_l2",
-    "insgd_l1",
-    "sp",
-    "sp_nesterov",
-    "gal+sgd",
+  "sgd",
+  "momentum",
+  "adam",
+  "angulargrad_cos",
+  "angulargrad_tan",
+  "insgd_l2",
+  "insgd_l1",
+  "sp",
+  "sp_nesterov",
+  "gal+sgd",
 )
 SETTINGS = {"mnist_cnn": (28, 28, 1), "resnet20": (32, 32, 3)}
 
@@ -60,13 +59,13 @@ def time_model(model_name: str, batch: int, reps: int, methods=METHODS) -> dict:
   res = timing.time_calls(fns, reps=reps, warmup=3)
   ratio = timing.ratios(res, "sgd")
   return {
-      name: {
-          "median_ms": 1e3 * res[name]["median"],
-          "p25_ms": 1e3 * res[name]["p25"],
-          "p75_ms": 1e3 * res[name]["p75"],
-          "ratio_to_sgd": ratio[name],
-      }
-      for name in methods
+    name: {
+      "median_ms": 1e3 * res[name]["median"],
+      "p25_ms": 1e3 * res[name]["p25"],
+      "p75_ms": 1e3 * res[name]["p75"],
+      "ratio_to_sgd": ratio[name],
+    }
+    for name in methods
   }
 
 

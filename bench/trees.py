@@ -58,10 +58,10 @@ def mnist_cnn_shapes() -> list[tuple[int, ...]]:
 
 
 SHAPES = {
-    "mnist_cnn": mnist_cnn_shapes,
-    "resnet20": resnet20_shapes,
-    "resnet18": lambda: resnet_shapes(18),
-    "resnet50": lambda: resnet_shapes(50),
+  "mnist_cnn": mnist_cnn_shapes,
+  "resnet20": resnet20_shapes,
+  "resnet18": lambda: resnet_shapes(18),
+  "resnet50": lambda: resnet_shapes(50),
 }
 
 
@@ -70,8 +70,8 @@ def make_tree(shapes, seed: int = 0, dtype=jnp.float32) -> dict[str, jax.Array]:
   key = jax.random.key(seed)
   keys = jax.random.split(key, len(shapes))
   return {
-      f"p{i:03d}": (jax.random.normal(k, s, dtype) * 0.05).astype(dtype)
-      for i, (k, s) in enumerate(zip(keys, shapes))
+    f"p{i:03d}": (jax.random.normal(k, s, dtype) * 0.05).astype(dtype)
+    for i, (k, s) in enumerate(zip(keys, shapes))
   }
 
 

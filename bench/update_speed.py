@@ -31,14 +31,14 @@ RESULTS = os.path.join(os.path.dirname(__file__), "results")
 # Parameter-sized arrays each update reads and writes at the least (gradient,
 # state, update out): its memory traffic in units of one array, for the roofline.
 TRAFFIC = {
-    "sgd": 2,
-    "momentum": 4,
-    "adam": 6,
-    "angulargrad_cos": 9,
-    "angulargrad_tan": 9,
-    "insgd": 4,
-    "sp": 10,
-    "sp_exact": 10,
+  "sgd": 2,
+  "momentum": 4,
+  "adam": 6,
+  "angulargrad_cos": 9,
+  "angulargrad_tan": 9,
+  "insgd": 4,
+  "sp": 10,
+  "sp_exact": 10,
 }
 
 
@@ -49,14 +49,14 @@ def _power_like(params):
 def candidates(params) -> dict[str, tuple[optax.GradientTransformation, dict]]:
   """The transformations compared, with the extra arguments each update takes."""
   return {
-      "sgd": (optax.sgd(0.1), {}),
-      "momentum": (optax.sgd(0.1, momentum=0.9), {}),
-      "adam": (optax.adam(1e-3), {}),
-      "angulargrad_cos": (optax_ext.angulargrad(1e-3, method="cos"), {}),
-      "angulargrad_tan": (optax_ext.angulargrad(1e-3, method="tan"), {}),
-      "insgd": (optax_ext.insgd(0.1), {"input_power": _power_like(params)}),
-      "sp": (optax_ext.sp(0.1), {}),
-      "sp_exact": (optax_ext.sp(0.1, quantile="exact"), {}),
+    "sgd": (optax.sgd(0.1), {}),
+    "momentum": (optax.sgd(0.1, momentum=0.9), {}),
+    "adam": (optax.adam(1e-3), {}),
+    "angulargrad_cos": (optax_ext.angulargrad(1e-3, method="cos"), {}),
+    "angulargrad_tan": (optax_ext.angulargrad(1e-3, method="tan"), {}),
+    "insgd": (optax_ext.insgd(0.1), {"input_power": _power_like(params)}),
+    "sp": (optax_ext.sp(0.1), {}),
+    "sp_exact": (optax_ext.sp(0.1, quantile="exact"), {}),
   }
 
 
@@ -82,7 +82,7 @@ def time_tree(params, reps: int, names=None) -> dict:
     # Two steps first so every method runs its steady-state branch.
     p1, state = step(params, state, grads)
     p2, state = step(p1, state, jax.tree.map(lambda g: g * 0.9, grads))
-    fns[name] = (lambda step=step, p=p2, s=state: step(p, s, grads))
+    fns[name] = lambda step=step, p=p2, s=state: step(p, s, grads)
   copy = jax.jit(lambda t: jax.tree.map(lambda x: x + 0, t))
   fns["copy"] = lambda: copy(params)
   res = timing.time_calls(fns, reps=reps)
@@ -93,12 +93,12 @@ def time_tree(params, reps: int, names=None) -> dict:
   out["copy_bandwidth_GBps"] = 2 * 4 * n / copy_s / 1e9
   for name in cands:
     out["methods"][name] = {
-        "median_ms": 1e3 * res[name]["median"],
-        "p25_ms": 1e3 * res[name]["p25"],
-        "p75_ms": 1e3 * res[name]["p75"],
-        "ratio_to_adam": ratio[name],
-        "copies": res[name]["median"] / copy_s,
-        "min_traffic_copies": TRAFFIC[name] / 2,
+      "median_ms": 1e3 * res[name]["median"],
+      "p25_ms": 1e3 * res[name]["p25"],
+      "p75_ms": 1e3 * res[name]["p75"],
+      "ratio_to_adam": ratio[name],
+      "copies": res[name]["median"] / copy_s,
+      "min_traffic_copies": TRAFFIC[name] / 2,
     }
   return out
 
@@ -155,16 +155,16 @@ def markdown(result: dict) -> str:
   lines = [f"Machine: {result['machine']}", ""]
   for tree_name, r in result["trees"].items():
     lines.append(
-        f"**{tree_name}** ({r['n_params']:,} params, {r['n_leaves']} leaves; "
-        f"copy bandwidth {r['copy_bandwidth_GBps']:.1f} GB/s)"
+      f"**{tree_name}** ({r['n_params']:,} params, {r['n_leaves']} leaves; "
+      f"copy bandwidth {r['copy_bandwidth_GBps']:.1f} GB/s)"
     )
     lines.append("")
     lines.append("| method | median ms (p25–p75) | × adam | × copy | min traffic (copies) |")
     lines.append("|---|---|---|---|---|")
     for name, m in r["methods"].items():
       lines.append(
-          f"| {name} | {m['median_ms']:.2f} ({m['p25_ms']:.2f}–{m['p75_ms']:.2f}) | "
-          f"{m['ratio_to_adam']:.2f} | {m['copies']:.1f} | {m['min_traffic_copies']:.1f} |"
+        f"| {name} | {m['median_ms']:.2f} ({m['p25_ms']:.2f}–{m['p75_ms']:.2f}) | "
+        f"{m['ratio_to_adam']:.2f} | {m['copies']:.1f} | {m['min_traffic_copies']:.1f} |"
       )
     lines.append("")
   lines.append("Optimizer-state bytes per parameter (from the state pytree):")
@@ -188,8 +188,11 @@ def main(argv=None) -> dict:
     print(f"timing updates on {name} ...", flush=True)
     result["trees"][name] = time_tree(trees.named_tree(name), reps)
   result["state_bytes_per_param"] = state_bytes_per_param(trees.named_tree("mnist_cnn"))
-  sizes = [1_000_000, 5_000_000, 25_000_000] if args.quick else [
-      1_000_000, 2_500_000, 5_000_000, 10_000_000, 25_000_000]
+  sizes = (
+    [1_000_000, 5_000_000, 25_000_000]
+    if args.quick
+    else [1_000_000, 2_500_000, 5_000_000, 10_000_000, 25_000_000]
+  )
   print("scaling sweep ...", flush=True)
   names = ["adam", "sgd", "angulargrad_cos", "sp", "sp_exact", "insgd"]
   rows = scaling(sizes, max(3, reps // 2), names)

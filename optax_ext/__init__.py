@@ -3,7 +3,10 @@
 Every public name is re-exported here; the maths lives in one module per method.
 """
 
+from optax_ext._diagnostics import diagnostics
+
 # --- angulargrad ---
+from optax_ext.angulargrad import AngularGradState, angulargrad, scale_by_angulargrad
 
 # --- spectral_proximal ---
 

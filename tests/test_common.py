@@ -22,22 +22,22 @@ def _power(params):
 
 # name -> (factory, kwargs, extra-argument builder or None)
 OPTIMIZERS = {
-    "angulargrad_cos": (optax_ext.angulargrad, {"learning_rate": 1e-2, "method": "cos"}, None),
-    "angulargrad_tan": (optax_ext.angulargrad, {"learning_rate": 1e-2, "method": "tan"}, None),
-    "insgd": (optax_ext.insgd, {"learning_rate": 1e-2}, lambda p: {"input_power": _power(p)}),
-    "sp": (optax_ext.sp, {"learning_rate": 1e-2, "sparsity": 0.1}, None),
-    "sp_nesterov": (
-        optax_ext.sp,
-        {"learning_rate": 1e-2, "sparsity": 0.1, "momentum": 0.9, "nesterov": True},
-        None,
+  "angulargrad_cos": (optax_ext.angulargrad, {"learning_rate": 1e-2, "method": "cos"}, None),
+  "angulargrad_tan": (optax_ext.angulargrad, {"learning_rate": 1e-2, "method": "tan"}, None),
+  "insgd": (optax_ext.insgd, {"learning_rate": 1e-2}, lambda p: {"input_power": _power(p)}),
+  "sp": (optax_ext.sp, {"learning_rate": 1e-2, "sparsity": 0.1}, None),
+  "sp_nesterov": (
+    optax_ext.sp,
+    {"learning_rate": 1e-2, "sparsity": 0.1, "momentum": 0.9, "nesterov": True},
+    None,
+  ),
+  "saliency_after_adam": (
+    lambda learning_rate, sparsity: optax.chain(
+      optax.adam(learning_rate), optax_ext.saliency_proximal(sparsity)
     ),
-    "saliency_after_adam": (
-        lambda learning_rate, sparsity: optax.chain(
-            optax.adam(learning_rate), optax_ext.saliency_proximal(sparsity)
-        ),
-        {"learning_rate": 1e-2, "sparsity": 0.1},
-        None,
-    ),
+    {"learning_rate": 1e-2, "sparsity": 0.1},
+    None,
+  ),
 }
 NAMES = list(OPTIMIZERS)
 INJECTABLE = ["angulargrad_cos", "angulargrad_tan", "insgd", "sp", "sp_nesterov"]
@@ -46,9 +46,9 @@ INJECTABLE = ["angulargrad_cos", "angulargrad_tan", "insgd", "sp", "sp_nesterov"
 def _params(dtype=jnp.float32):
   k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
   return {
-      "conv": jax.random.normal(k1, (3, 3, 2, 4), dtype),
-      "dense": {"kernel": jax.random.normal(k2, (6, 5), dtype), "bias": jnp.zeros((5,), dtype)},
-      "scale": jax.random.normal(k3, (5,), dtype),
+    "conv": jax.random.normal(k1, (3, 3, 2, 4), dtype),
+    "dense": {"kernel": jax.random.normal(k2, (6, 5), dtype), "bias": jnp.zeros((5,), dtype)},
+    "scale": jax.random.normal(k3, (5,), dtype),
   }
 
 
@@ -127,7 +127,7 @@ def test_multisteps_first_call_is_zero_and_state_keeps_its_types(name):
   params = _params()
   state = ms.init(params)
   updates, new_state = jax.jit(lambda g, s, p: ms.update(g, s, p, **extra(p)))(
-      params, state, params
+    params, state, params
   )
   for u in jax.tree.leaves(updates):
     assert not np.any(np.asarray(u))

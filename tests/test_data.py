@@ -101,7 +101,7 @@ def test_batches_depend_only_on_seed_and_step():
   it = data_lib.batches(x, y, 16, seed=3)
   first = [next(it) for _ in range(14)]  # crosses an epoch boundary (6 steps per epoch)
   resumed = data_lib.batches(x, y, 16, seed=3, start_step=9)
-  for step, xb, yb in (next(resumed) for _ in range(5)):
+  for step, _, yb in (next(resumed) for _ in range(5)):
     np.testing.assert_array_equal(yb, first[step][2])
   # Each epoch visits distinct examples.
   epoch0 = np.concatenate([b[2] for b in first[:6]])
@@ -112,7 +112,7 @@ def test_eval_batches_pad_the_last_batch():
   x = np.arange(10, dtype=np.float32)[:, None]
   out = list(data_lib.eval_batches(x, np.arange(10), 4))
   assert [n for _, _, n in out] == [4, 4, 2]
-  assert all(len(xb) == 4 for xb, _, _ in out)
+  assert all(len(x_batch) == 4 for x_batch, _, _ in out)
 
 
 def test_augment_batch_crops_and_flips():
@@ -124,11 +124,13 @@ def test_augment_batch_crops_and_flips():
     # Every output is a shifted window of the zero-padded input, possibly mirrored.
     padded = np.pad(x[i], ((4, 4), (4, 4), (0, 0)))
     hits = [
-        (dy, dx, f)
-        for dy in range(9)
-        for dx in range(9)
-        for f in (False, True)
-        if np.array_equal(img, (padded[dy : dy + 32, dx : dx + 32][:, ::-1] if f
-                                else padded[dy : dy + 32, dx : dx + 32]))
+      (dy, dx, f)
+      for dy in range(9)
+      for dx in range(9)
+      for f in (False, True)
+      if np.array_equal(
+        img,
+        (padded[dy : dy + 32, dx : dx + 32][:, ::-1] if f else padded[dy : dy + 32, dx : dx + 32]),
+      )
     ]
     assert hits, i

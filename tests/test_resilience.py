@@ -12,8 +12,19 @@ import orbax.checkpoint as ocp
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ARGS = ["--model", "mlp", "--dataset", "diabetes", "--optimizers", "momentum@0.01",
-        "--epochs", "12", "--batch-size", "16", "--no-progress"]
+ARGS = [
+  "--model",
+  "mlp",
+  "--dataset",
+  "diabetes",
+  "--optimizers",
+  "momentum@0.01",
+  "--epochs",
+  "12",
+  "--batch-size",
+  "16",
+  "--no-progress",
+]
 RUN = "momentum_lr0.01"
 
 
@@ -52,15 +63,26 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, kill_after_checkpoints, 
   """every=40: killed between checkpoints; every=1: saving every step, so the kill
   very likely lands inside a write."""
   ref = tmp_path / "ref"
-  subprocess.run(_cmd(ref, "--checkpoint-every", str(every)), check=True, env=_env(), cwd=ROOT,
-                 capture_output=True, timeout=300)
+  subprocess.run(
+    _cmd(ref, "--checkpoint-every", str(every)),
+    check=True,
+    env=_env(),
+    cwd=ROOT,
+    capture_output=True,
+    timeout=300,
+  )
   ref_dir = ref / RUN / "checkpoints"
   final = _steps(ref_dir)[-1]
 
   out = tmp_path / "killed"
   ckpt_dir = out / RUN / "checkpoints"
-  proc = subprocess.Popen(_cmd(out, "--checkpoint-every", str(every)), env=_env(), cwd=ROOT,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  proc = subprocess.Popen(
+    _cmd(out, "--checkpoint-every", str(every)),
+    env=_env(),
+    cwd=ROOT,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+  )
   deadline = time.time() + 240
   while len(_steps(ckpt_dir)) < kill_after_checkpoints and proc.poll() is None:
     assert time.time() < deadline, "no checkpoint appeared"
@@ -73,8 +95,14 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, kill_after_checkpoints, 
   for s in steps_at_kill:
     _params(ckpt_dir, s)
 
-  done = subprocess.run(_cmd(out, "--checkpoint-every", str(every), "--resume"), env=_env(),
-                        cwd=ROOT, capture_output=True, text=True, timeout=300)
+  done = subprocess.run(
+    _cmd(out, "--checkpoint-every", str(every), "--resume"),
+    env=_env(),
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert done.returncode == 0, done.stderr
   assert _steps(ckpt_dir)[-1] == final
   got = dict(_flat(_params(ckpt_dir, final)))

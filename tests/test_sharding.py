@@ -28,8 +28,9 @@ def test_parse_mesh_and_rule():
   with pytest.raises(Exception, match="bad --mesh"):
     sharding.parse_mesh("model=2")
   # The largest dimension divisible by the fsdp size is split; small leaves are replicated.
-  assert sharding.leaf_spec((3, 3, 64, 128), 4) == jax.sharding.PartitionSpec(None, None, None,
-                                                                               "fsdp")
+  assert sharding.leaf_spec((3, 3, 64, 128), 4) == jax.sharding.PartitionSpec(
+    None, None, None, "fsdp"
+  )
   assert sharding.leaf_spec((10,), 4) == jax.sharding.PartitionSpec()
   assert sharding.leaf_spec((1001, 99), 4, min_shard_size=1) == jax.sharding.PartitionSpec()
 
@@ -65,8 +66,10 @@ def test_no_update_gathers_a_parameter(name):
   state = tx.init(params)
   s_sh = sharding.state_shardings(mesh, state, min_shard_size=1024)
   state = jax.device_put(state, s_sh)
-  assert any(isinstance(s, NamedSharding) and s.spec != jax.sharding.PartitionSpec()
-             for s in jax.tree.leaves(p_sh))
+  assert any(
+    isinstance(s, NamedSharding) and s.spec != jax.sharding.PartitionSpec()
+    for s in jax.tree.leaves(p_sh)
+  )
   step = jax.jit(lambda g, s, p: tx.update(g, s, p, **extra), out_shardings=(p_sh, s_sh))
   hlo = step.lower(grads, state, params).compile().as_text()
   big = [n for n in _all_gathers(hlo) if n >= 1024]

@@ -42,8 +42,9 @@ def _opt(spec, steps_per_epoch=8, total=16, schedule="constant", task="classific
 
 
 def test_training_learns(digits):
-  res = train_run(TinyCNN(), _opt("adam@3e-3"), digits, epochs=3, batch_size=64, seed=0,
-                  progress=False)
+  res = train_run(
+    TinyCNN(), _opt("adam@3e-3"), digits, epochs=3, batch_size=64, seed=0, progress=False
+  )
   assert len(res.history) == 3
   assert res.final["test_accuracy"] > 0.7  # chance is 0.1
   assert res.history[-1]["train_loss"] < res.history[0]["train_loss"]
@@ -53,14 +54,29 @@ def test_training_learns(digits):
 @pytest.mark.parametrize("use_bn", [True, False])
 def test_resume_is_bit_identical(digits, tmp_path, use_bn):
   model = TinyCNN(use_bn=use_bn)
-  full = train_run(model, _opt("momentum"), digits, epochs=3, batch_size=64, seed=1,
-                   progress=False)
+  full = train_run(model, _opt("momentum"), digits, epochs=3, batch_size=64, seed=1, progress=False)
   ck = Checkpointer(str(tmp_path / "ck"), every=5)
-  train_run(model, _opt("momentum"), digits, epochs=1, batch_size=64, seed=1, checkpointer=ck,
-            progress=False)
+  train_run(
+    model,
+    _opt("momentum"),
+    digits,
+    epochs=1,
+    batch_size=64,
+    seed=1,
+    checkpointer=ck,
+    progress=False,
+  )
   assert ck.latest_step() == 8
-  resumed = train_run(model, _opt("momentum"), digits, epochs=3, batch_size=64, seed=1,
-                      checkpointer=Checkpointer(str(tmp_path / "ck"), every=5), progress=False)
+  resumed = train_run(
+    model,
+    _opt("momentum"),
+    digits,
+    epochs=3,
+    batch_size=64,
+    seed=1,
+    checkpointer=Checkpointer(str(tmp_path / "ck"), every=5),
+    progress=False,
+  )
   for a, b in zip(jax.tree.leaves(full.state), jax.tree.leaves(resumed.state)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert [h["step"] for h in resumed.history] == [8, 16, 24]
@@ -70,8 +86,17 @@ def test_resume_is_bit_identical(digits, tmp_path, use_bn):
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(digits, tmp_path):
   ck = Checkpointer(str(tmp_path / "ck"), every=2)
   with pytest.raises(NonFiniteLossError, match="non-finite"):
-    train_run(TinyCNN(use_bn=False), _opt("sgd@1e6"), digits, epochs=3, batch_size=64, seed=0,
-              checkpointer=ck, progress=False, log_every=1)
+    train_run(
+      TinyCNN(use_bn=False),
+      _opt("sgd@1e6"),
+      digits,
+      epochs=3,
+      batch_size=64,
+      seed=0,
+      checkpointer=ck,
+      progress=False,
+      log_every=1,
+    )
   last = ck.latest_step()
   assert last is not None
   like = init_state(TinyCNN(use_bn=False), _opt("sgd").tx, digits.x_train[:1], 0)
@@ -94,8 +119,9 @@ def test_schedules():
 
 def test_plateau_schedule_trains(digits):
   spe = data_lib.steps_per_epoch(len(digits.x_train), 64)
-  opt = registry.make_optimizer("sgd", registry.make_schedule("plateau", spe, 2 * spe),
-                                plateau=registry.make_plateau(spe))
+  opt = registry.make_optimizer(
+    "sgd", registry.make_schedule("plateau", spe, 2 * spe), plateau=registry.make_plateau(spe)
+  )
   assert "value" in opt.needs
   res = train_run(TinyCNN(), opt, digits, epochs=2, batch_size=64, seed=0, progress=False)
   assert np.isfinite(res.final["train_loss"])
@@ -129,8 +155,15 @@ def test_regression_metrics_and_gal():
       return nn.Dense(1)(x)
 
   for name in ("adam@0.05", "gal+adam@0.05"):
-    res = train_run(Lin(), _opt(name, task="regression", out=1), ds, epochs=30, batch_size=32,
-                    seed=0, progress=False)
+    res = train_run(
+      Lin(),
+      _opt(name, task="regression", out=1),
+      ds,
+      epochs=30,
+      batch_size=32,
+      seed=0,
+      progress=False,
+    )
     # A linear model on this data reaches MAE ~43-46 in original units.
     assert 35 < res.final["test_mae"] < 55, (name, res.final)
     assert 0.2 < res.final["test_r2"] < 0.7
@@ -142,15 +175,15 @@ def _cli(argv, capsys):
 
 
 @pytest.mark.parametrize(
-    "argv,needle",
-    [
-        (["--optimizers", "adamx"], "unknown optimizer 'adamx'"),
-        (["--model", "transformer"], "transformer"),
-        (["--dataset", "imagenet"], "unknown data set 'imagenet'"),
-        (["--dataset", "fashion_mnist", "--data-dir", "/nonexistent"], "not found"),
-        (["--schedule", "linear"], "unknown schedule"),
-        (["--batch-size", "5000"], "exceeds"),
-    ],
+  "argv,needle",
+  [
+    (["--optimizers", "adamx"], "unknown optimizer 'adamx'"),
+    (["--model", "transformer"], "transformer"),
+    (["--dataset", "imagenet"], "unknown data set 'imagenet'"),
+    (["--dataset", "fashion_mnist", "--data-dir", "/nonexistent"], "not found"),
+    (["--schedule", "linear"], "unknown schedule"),
+    (["--batch-size", "5000"], "exceeds"),
+  ],
 )
 def test_cli_bad_input_is_one_line(argv, needle, capsys, tmp_path):
   rc, out = _cli(argv + ["--out", str(tmp_path), "--no-progress"], capsys)
@@ -171,14 +204,40 @@ def test_cli_help_documents_every_option(capsys):
   with pytest.raises(SystemExit):
     cli.main(["--help"])
   out = capsys.readouterr().out
-  for opt in ("--model", "--dataset", "--optimizers", "--epochs", "--batch-size", "--lr",
-              "--schedule", "--seed", "--out", "--resume", "--checkpoint-every", "--demo"):
+  for opt in (
+    "--model",
+    "--dataset",
+    "--optimizers",
+    "--epochs",
+    "--batch-size",
+    "--lr",
+    "--schedule",
+    "--seed",
+    "--out",
+    "--resume",
+    "--checkpoint-every",
+    "--demo",
+  ):
     assert opt in out
 
 
 def test_cli_end_to_end_and_refuses_to_overwrite(tmp_path, capsys):
-  argv = ["--model", "mlp", "--dataset", "diabetes", "--optimizers", "sgd@0.01", "adam",
-          "--epochs", "2", "--batch-size", "32", "--out", str(tmp_path), "--no-progress"]
+  argv = [
+    "--model",
+    "mlp",
+    "--dataset",
+    "diabetes",
+    "--optimizers",
+    "sgd@0.01",
+    "adam",
+    "--epochs",
+    "2",
+    "--batch-size",
+    "32",
+    "--out",
+    str(tmp_path),
+    "--no-progress",
+  ]
   rc, out = _cli(argv, capsys)
   assert rc == 0, out.err
   assert "test MAE" in out.out and "plot:" in out.out

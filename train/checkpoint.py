@@ -27,7 +27,7 @@ class Checkpointer:
     self.directory = os.path.abspath(directory)
     self.every = every
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=True, enable_async_checkpointing=False
+      max_to_keep=keep, create=True, enable_async_checkpointing=False
     )
     self._manager = ocp.CheckpointManager(self.directory, options=options)
 
@@ -39,10 +39,10 @@ class Checkpointer:
 
   def save(self, step: int, state: Any, history: list[dict]) -> None:
     self._manager.save(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), history=ocp.args.JsonSave(history)
-        ),
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), history=ocp.args.JsonSave(history)
+      ),
     )
 
   def restore_latest(self, like: Any) -> Optional[tuple[Any, list[dict]]]:
@@ -52,10 +52,10 @@ class Checkpointer:
       return None
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
     out = self._manager.restore(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract), history=ocp.args.JsonRestore()
-        ),
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), history=ocp.args.JsonRestore()
+      ),
     )
     return out["state"], list(out["history"] or [])
 

@@ -20,16 +20,16 @@ from typing import Optional, Sequence
 from train.errors import UsageError
 
 DEMO_OPTIMIZERS = (
-    "sgd",
-    "momentum",
-    "adam",
-    "angulargrad_cos",
-    "angulargrad_tan",
-    "insgd_l2",
-    "insgd_l1",
-    "sp",
-    "sp_nesterov",
-    "gal+sgd",
+  "sgd",
+  "momentum",
+  "adam",
+  "angulargrad_cos",
+  "angulargrad_tan",
+  "insgd_l2",
+  "insgd_l1",
+  "sp",
+  "sp_nesterov",
+  "gal+sgd",
 )
 
 
@@ -68,59 +68,97 @@ def build_parser() -> argparse.ArgumentParser:
   except ImportError:  # pragma: no cover
     MODEL_NAMES = ()
   p = _Parser(
-      prog="python -m train",
-      description="Train a Flax model with one or several optimizers and compare them.",
-      formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    prog="python -m train",
+    description="Train a Flax model with one or several optimizers and compare them.",
+    formatter_class=argparse.ArgumentDefaultsHelpFormatter,
   )
   p.add_argument(
-      "--demo",
-      action="store_true",
-      help="the README demo: MNIST CNN on scikit-learn digits with sgd, momentum, adam and "
-      "every optax_ext method (other options still apply on top)",
+    "--demo",
+    action="store_true",
+    help="the README demo: MNIST CNN on scikit-learn digits with sgd, momentum, adam and "
+    "every optax_ext method (other options still apply on top)",
   )
-  p.add_argument("--model", default=None, help=f"model: {', '.join(MODEL_NAMES)} "
-                 "(default: mnist_cnn, or mlp for regression data)")
+  p.add_argument(
+    "--model",
+    default=None,
+    help=f"model: {', '.join(MODEL_NAMES)} (default: mnist_cnn, or mlp for regression data)",
+  )
   p.add_argument("--dataset", default="digits", help=f"data set: {', '.join(DATASET_NAMES)}")
   p.add_argument("--data-dir", default=None, help="directory of IDX files or of TFDS data")
   p.add_argument(
-      "--optimizers",
-      nargs="+",
-      default=["sgd", "momentum", "adam"],
-      metavar="NAME[@LR]",
-      help=f"one or several of: {', '.join(known_names())}",
+    "--optimizers",
+    nargs="+",
+    default=["sgd", "momentum", "adam"],
+    metavar="NAME[@LR]",
+    help=f"one or several of: {', '.join(known_names())}",
   )
-  p.add_argument("--lr", type=_positive_float, default=None,
-                 help="learning rate for every optimizer without its own @LR "
-                 "(default: each optimizer's registered default)")
+  p.add_argument(
+    "--lr",
+    type=_positive_float,
+    default=None,
+    help="learning rate for every optimizer without its own @LR "
+    "(default: each optimizer's registered default)",
+  )
   p.add_argument("--schedule", default="constant", help=f"one of: {', '.join(SCHEDULES)}")
-  p.add_argument("--gamma", type=_positive_float, default=0.7,
-                 help="decay factor of the exp, multistep and plateau schedules")
-  p.add_argument("--milestones", type=_positive_int, nargs="*", default=[],
-                 help="epochs at which the multistep schedule decays")
+  p.add_argument(
+    "--gamma",
+    type=_positive_float,
+    default=0.7,
+    help="decay factor of the exp, multistep and plateau schedules",
+  )
+  p.add_argument(
+    "--milestones",
+    type=_positive_int,
+    nargs="*",
+    default=[],
+    help="epochs at which the multistep schedule decays",
+  )
   p.add_argument("--epochs", type=_positive_int, default=5)
   p.add_argument("--batch-size", type=_positive_int, default=64)
   p.add_argument("--seed", type=int, default=0, help="seed of initialisation and data order")
-  p.add_argument("--train-size", type=_positive_int, default=None,
-                 help="use only the first N training examples")
-  p.add_argument("--test-size", type=_positive_int, default=None,
-                 help="use only the first N test examples")
+  p.add_argument(
+    "--train-size", type=_positive_int, default=None, help="use only the first N training examples"
+  )
+  p.add_argument(
+    "--test-size", type=_positive_int, default=None, help="use only the first N test examples"
+  )
   p.add_argument("--out", default=None, help="output directory (default: runs/<model>-<dataset>)")
-  p.add_argument("--checkpoint-every", type=int, default=0,
-                 help="save a checkpoint every N steps (always at the end)")
-  p.add_argument("--resume", action="store_true",
-                 help="continue each run from its newest checkpoint in --out")
-  p.add_argument("--overwrite", action="store_true",
-                 help="discard earlier checkpoints in --out instead of refusing to start")
+  p.add_argument(
+    "--checkpoint-every",
+    type=int,
+    default=0,
+    help="save a checkpoint every N steps (always at the end)",
+  )
+  p.add_argument(
+    "--resume", action="store_true", help="continue each run from its newest checkpoint in --out"
+  )
+  p.add_argument(
+    "--overwrite",
+    action="store_true",
+    help="discard earlier checkpoints in --out instead of refusing to start",
+  )
   p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
-  p.add_argument("--mesh", default=None, metavar="data=N[,fsdp=M]",
-                 help="shard over a device mesh: the batch over all devices, parameters and "
-                 "optimizer state FSDP-style over the fsdp axis (see train/sharding.py)")
-  p.add_argument("--distributed", action="store_true",
-                 help="call jax.distributed.initialize() first (multi-host runs)")
+  p.add_argument(
+    "--mesh",
+    default=None,
+    metavar="data=N[,fsdp=M]",
+    help="shard over a device mesh: the batch over all devices, parameters and "
+    "optimizer state FSDP-style over the fsdp axis (see train/sharding.py)",
+  )
+  p.add_argument(
+    "--distributed",
+    action="store_true",
+    help="call jax.distributed.initialize() first (multi-host runs)",
+  )
   p.add_argument("--gal-alpha", type=_positive_float, default=1e-3, help="GAL's alpha")
   p.add_argument("--gal-beta", type=_positive_float, default=1e-3, help="GAL's beta")
-  p.add_argument("--gal-hidden", type=_positive_int, nargs="+", default=None,
-                 help="GAL regressor widths (default 100 32 16, or 128 4 for regression)")
+  p.add_argument(
+    "--gal-hidden",
+    type=_positive_int,
+    nargs="+",
+    default=None,
+    help="GAL regressor widths (default 100 32 16, or 128 4 for regression)",
+  )
   return p
 
 
@@ -164,21 +202,30 @@ def run(args: argparse.Namespace) -> int:
 
   spe = data_lib.steps_per_epoch(len(ds.x_train), args.batch_size)
   if len(ds.x_train) < args.batch_size:
-    raise UsageError(f"--batch-size {args.batch_size} exceeds the {len(ds.x_train)} training examples")
+    raise UsageError(
+      f"--batch-size {args.batch_size} exceeds the {len(ds.x_train)} training examples"
+    )
   schedule = registry.make_schedule(
-      args.schedule, spe, spe * args.epochs, gamma=args.gamma, milestones=tuple(args.milestones)
+    args.schedule, spe, spe * args.epochs, gamma=args.gamma, milestones=tuple(args.milestones)
   )
   gal_opts = registry.GalOptions(
-      alpha=args.gal_alpha, beta=args.gal_beta,
-      hidden=tuple(args.gal_hidden) if args.gal_hidden else None, seed=args.seed,
+    alpha=args.gal_alpha,
+    beta=args.gal_beta,
+    hidden=tuple(args.gal_hidden) if args.gal_hidden else None,
+    seed=args.seed,
   )
   # Build every optimizer first so a typo fails before any training starts.
   opts = [
-      registry.make_optimizer(
-          spec, schedule, lr=args.lr, output_dim=ds.num_classes, task=ds.task, gal=gal_opts,
-          plateau=registry.make_plateau(spe, args.gamma) if args.schedule == "plateau" else None,
-      )
-      for spec in args.optimizers
+    registry.make_optimizer(
+      spec,
+      schedule,
+      lr=args.lr,
+      output_dim=ds.num_classes,
+      task=ds.task,
+      gal=gal_opts,
+      plateau=registry.make_plateau(spe, args.gamma) if args.schedule == "plateau" else None,
+    )
+    for spec in args.optimizers
   ]
   if len({o.name for o in opts}) != len(opts):
     raise UsageError("each optimizer may be named once per command")
@@ -188,14 +235,14 @@ def run(args: argparse.Namespace) -> int:
     if os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir) and not args.resume:
       if not args.overwrite:
         raise UsageError(
-            f"{ckpt_dir} already holds checkpoints: pass --resume to continue or --overwrite to discard"
+          f"{ckpt_dir} already holds checkpoints: pass --resume to continue or --overwrite to discard"
         )
       shutil.rmtree(ckpt_dir)
 
   print(
-      f"{model_name} on {ds.name}: {len(ds.x_train)} train / {len(ds.x_test)} test, "
-      f"{args.epochs} epochs x {spe} steps, batch {args.batch_size}, {jax.devices()[0].platform}",
-      flush=True,
+    f"{model_name} on {ds.name}: {len(ds.x_train)} train / {len(ds.x_test)} test, "
+    f"{args.epochs} epochs x {spe} steps, batch {args.batch_size}, {jax.devices()[0].platform}",
+    flush=True,
   )
   results = []
   for o in opts:
@@ -203,8 +250,15 @@ def run(args: argparse.Namespace) -> int:
     ckpt = Checkpointer(os.path.join(run_dir, "checkpoints"), every=args.checkpoint_every)
     try:
       res = train_run(
-          model, o, ds, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-          checkpointer=ckpt, progress=not args.no_progress, mesh=mesh,
+        model,
+        o,
+        ds,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        checkpointer=ckpt,
+        progress=not args.no_progress,
+        mesh=mesh,
       )
     finally:
       ckpt.close()
@@ -218,8 +272,10 @@ def run(args: argparse.Namespace) -> int:
   config.update(model=model_name, out=out)
   report.write_summary(results, out, config)
   png = report.plot_curves(
-      results, ds.task, os.path.join(out, "curves.png"),
-      title=f"{model_name} on {ds.name}, batch {args.batch_size}, seed {args.seed}",
+    results,
+    ds.task,
+    os.path.join(out, "curves.png"),
+    title=f"{model_name} on {ds.name}, batch {args.batch_size}, seed {args.seed}",
   )
   print()
   print(report.table(results, ds.task))

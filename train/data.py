@@ -30,12 +30,12 @@ import numpy as np
 from train.errors import UsageError
 
 DEFAULT_IDX_DIRS = {
-    "fashion_mnist": "/usr/share/datasets/fashion-mnist",
-    "mnist": "/usr/share/datasets/mnist",
+  "fashion_mnist": "/usr/share/datasets/fashion-mnist",
+  "mnist": "/usr/share/datasets/mnist",
 }
 IDX_FILES = {
-    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+  "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+  "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 DATASET_NAMES = ("digits", "diabetes", "fashion_mnist", "mnist", "tfds:<name>")
 
@@ -75,11 +75,11 @@ class Dataset:
   def subset(self, n_train: int | None = None, n_test: int | None = None) -> "Dataset":
     """The first ``n_train`` / ``n_test`` examples (splits are already shuffled)."""
     return dataclasses.replace(
-        self,
-        x_train=self.x_train[:n_train],
-        y_train=self.y_train[:n_train],
-        x_test=self.x_test[:n_test],
-        y_test=self.y_test[:n_test],
+      self,
+      x_train=self.x_train[:n_train],
+      y_train=self.y_train[:n_train],
+      x_test=self.x_test[:n_test],
+      y_test=self.y_test[:n_test],
     )
 
 
@@ -100,8 +100,8 @@ def _standardise_images(x_train, x_test):
 def _check_labels(y: np.ndarray, num_classes: int, name: str) -> None:
   if y.size and (y.min() < 0 or y.max() >= num_classes):
     raise UsageError(
-        f"data set {name!r} has labels outside [0, {num_classes}): "
-        f"found {int(y.min())}..{int(y.max())}"
+      f"data set {name!r} has labels outside [0, {num_classes}): "
+      f"found {int(y.min())}..{int(y.max())}"
     )
 
 
@@ -128,8 +128,14 @@ def load_diabetes(seed: int = 0, test_fraction: float = 0.2) -> Dataset:
   ymu, ysd = float(y_tr.mean()), float(y_tr.std())
   y_tr, y_te = (y_tr - ymu) / ysd, (y_te - ymu) / ysd
   return Dataset(
-      "diabetes", "regression", x_tr, y_tr.astype(np.float32), x_te,
-      y_te.astype(np.float32), 1, target_scale=ysd,
+    "diabetes",
+    "regression",
+    x_tr,
+    y_tr.astype(np.float32),
+    x_te,
+    y_te.astype(np.float32),
+    1,
+    target_scale=ysd,
   )
 
 
@@ -164,17 +170,21 @@ def load_idx_dataset(name: str, data_dir: str | None = None) -> Dataset:
   data_dir = data_dir or DEFAULT_IDX_DIRS.get(name, "")
   if not os.path.isdir(data_dir):
     hint = (
-        "install Debian's dataset-fashion-mnist package (apt-get install dataset-fashion-mnist)"
-        if name == "fashion_mnist"
-        else "download the four IDX files (train/t10k images and labels)"
+      "install Debian's dataset-fashion-mnist package (apt-get install dataset-fashion-mnist)"
+      if name == "fashion_mnist"
+      else "download the four IDX files (train/t10k images and labels)"
     )
-    raise UsageError(f"data directory {data_dir!r} for {name!r} not found: {hint}, or pass --data-dir")
+    raise UsageError(
+      f"data directory {data_dir!r} for {name!r} not found: {hint}, or pass --data-dir"
+    )
   arrays = {}
   for split, (img, lab) in IDX_FILES.items():
     x = read_idx(os.path.join(data_dir, img))
     y = read_idx(os.path.join(data_dir, lab))
     if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
-      raise UsageError(f"IDX files of split {split!r} in {data_dir} disagree: {x.shape} vs {y.shape}")
+      raise UsageError(
+        f"IDX files of split {split!r} in {data_dir} disagree: {x.shape} vs {y.shape}"
+      )
     arrays[split] = (x.astype(np.float32)[..., None] / 255.0, y.astype(np.int32))
   (x_tr, y_tr), (x_te, y_te) = arrays["train"], arrays["test"]
   _check_labels(y_tr, 10, name)
@@ -196,15 +206,15 @@ def load_tfds(name: str, data_dir: str | None = None) -> Dataset:
     splits = builder.info.splits
     test_split = "test" if "test" in splits else "validation"
     sources = {
-        s: tfds.data_source(name, split=s, data_dir=data_dir, download=False)
-        for s in ("train", test_split)
+      s: tfds.data_source(name, split=s, data_dir=data_dir, download=False)
+      for s in ("train", test_split)
     }
     num_classes = builder.info.features["label"].num_classes
   except Exception as e:  # TFDS raises many types for missing data
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     raise UsageError(
-        f"TFDS data set {name!r} is not available ({first}); prepare it with "
-        f"`tfds build {name}` on a machine with network access, then pass --data-dir"
+      f"TFDS data set {name!r} is not available ({first}); prepare it with "
+      f"`tfds build {name}` on a machine with network access, then pass --data-dir"
     ) from None
 
   def to_arrays(src):
@@ -248,7 +258,7 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
 
 
 def batches(
-    x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, start_step: int = 0
+  x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, start_step: int = 0
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
   """Yields ``(step, x_batch, y_batch)`` forever, starting at ``start_step``.
 

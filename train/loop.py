@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optax_ext.diagnostics import diagnostics
+from optax_ext import diagnostics
 from train import data as data_lib
 from train.errors import NonFiniteLossError
 from train.registry import Optimizer
@@ -57,21 +57,21 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation, x0: np.ndarra
   batch_stats = variables.get("batch_stats", {})
   # Raw uint32 key data keeps checkpoints free of typed-key dtypes.
   return TrainState(
-      step=jnp.zeros([], jnp.int32),
-      params=params,
-      batch_stats=batch_stats,
-      opt_state=tx.init(params),
-      key=jax.random.key_data(k_run),
+    step=jnp.zeros([], jnp.int32),
+    params=params,
+    batch_stats=batch_stats,
+    opt_state=tx.init(params),
+    key=jax.random.key_data(k_run),
   )
 
 
 def make_train_step(
-    model: nn.Module,
-    opt: Optimizer,
-    task: str,
-    augment: bool = False,
-    state_sharding: Any = None,
-    batch_sharding: Any = None,
+  model: nn.Module,
+  opt: Optimizer,
+  task: str,
+  augment: bool = False,
+  state_sharding: Any = None,
+  batch_sharding: Any = None,
 ) -> Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, dict]]:
   """Builds ``train_step(state, x, y) -> (state, metrics)``, jitted, state donated.
 
@@ -86,7 +86,7 @@ def make_train_step(
     if batch_stats:
       variables["batch_stats"] = batch_stats
       return model.apply(
-          variables, x, train=True, rngs={"dropout": key}, mutable=["batch_stats"], **kwargs
+        variables, x, train=True, rngs={"dropout": key}, mutable=["batch_stats"], **kwargs
       )
     return model.apply(variables, x, train=True, rngs={"dropout": key}, **kwargs), {}
 
@@ -105,7 +105,7 @@ def make_train_step(
         return z, mutated.get("batch_stats", state.batch_stats)
 
       gal_args, new_bs = optax_ext.gal_extra_args(
-          forward, state.params, lambda z: loss_of(z, y), has_aux=True
+        forward, state.params, lambda z: loss_of(z, y), has_aux=True
       )
       z = gal_args["outputs"]
       loss = loss_of(z, y)
@@ -123,7 +123,7 @@ def make_train_step(
             variables["batch_stats"] = state.batch_stats
             kwargs["mutable"] = ["batch_stats"]
           out, power = optax_ext.capture_input_power(
-              model.apply, variables, x, norm_order=opt.norm_order, **kwargs
+            model.apply, variables, x, norm_order=opt.norm_order, **kwargs
           )
           z, mutated = out if state.batch_stats else (out, {})
         else:
@@ -143,20 +143,20 @@ def make_train_step(
       metrics["accuracy"] = jnp.mean(jnp.argmax(z, -1) == y)
     # The methods' own signals (scalars the update already computed).
     metrics.update(
-        {f"diag_{k}": jnp.asarray(v, jnp.float32) for k, v in diagnostics(opt_state).items()}
+      {f"diag_{k}": jnp.asarray(v, jnp.float32) for k, v in diagnostics(opt_state).items()}
     )
     new_state = state.replace(
-        step=state.step + 1, params=params, batch_stats=new_bs, opt_state=opt_state
+      step=state.step + 1, params=params, batch_stats=new_bs, opt_state=opt_state
     )
     return new_state, metrics
 
   if state_sharding is None:
     return jax.jit(step_fn, donate_argnums=0)
   return jax.jit(
-      step_fn,
-      donate_argnums=0,
-      in_shardings=(state_sharding, batch_sharding, batch_sharding),
-      out_shardings=(state_sharding, None),
+    step_fn,
+    donate_argnums=0,
+    in_shardings=(state_sharding, batch_sharding, batch_sharding),
+    out_shardings=(state_sharding, None),
   )
 
 
@@ -176,9 +176,9 @@ def make_eval_step(model: nn.Module, task: str):
       return {"loss": jnp.sum(jnp.where(valid, losses, 0.0)), "correct": jnp.sum(correct)}
     err = (z - y)[:, 0]
     return {
-        "loss": jnp.sum(jnp.where(valid, err**2, 0.0)),
-        "abs": jnp.sum(jnp.where(valid, jnp.abs(err), 0.0)),
-        "sq": jnp.sum(jnp.where(valid, err**2, 0.0)),
+      "loss": jnp.sum(jnp.where(valid, err**2, 0.0)),
+      "abs": jnp.sum(jnp.where(valid, jnp.abs(err), 0.0)),
+      "sq": jnp.sum(jnp.where(valid, err**2, 0.0)),
     }
 
   return eval_step
@@ -199,10 +199,10 @@ def evaluate(eval_step, state, ds: data_lib.Dataset, batch_size: int) -> dict[st
   mse = totals["sq"] / n
   var = float(np.var(ds.y_test))
   return {
-      "test_loss": totals["loss"] / n,
-      "test_mae": totals["abs"] / n * scale,
-      "test_mse": mse * scale**2,
-      "test_r2": 1.0 - mse / var if var > 0 else float("nan"),
+    "test_loss": totals["loss"] / n,
+    "test_mae": totals["abs"] / n * scale,
+    "test_mse": mse * scale**2,
+    "test_r2": 1.0 - mse / var if var > 0 else float("nan"),
   }
 
 
@@ -219,18 +219,18 @@ class RunResult:
 
 
 def train_run(
-    model: nn.Module,
-    opt: Optimizer,
-    ds: data_lib.Dataset,
-    *,
-    epochs: int,
-    batch_size: int,
-    seed: int,
-    checkpointer=None,
-    progress: bool = True,
-    log_every: int = 10,
-    on_epoch: Optional[Callable[[dict], None]] = None,
-    mesh: Any = None,
+  model: nn.Module,
+  opt: Optimizer,
+  ds: data_lib.Dataset,
+  *,
+  epochs: int,
+  batch_size: int,
+  seed: int,
+  checkpointer=None,
+  progress: bool = True,
+  log_every: int = 10,
+  on_epoch: Optional[Callable[[dict], None]] = None,
+  mesh: Any = None,
 ) -> RunResult:
   """Trains ``model`` with ``opt`` on ``ds`` and evaluates after every epoch.
 
@@ -264,7 +264,7 @@ def train_run(
     batch_sh = sharding.batch_sharding(mesh)
     state = jax.device_put(state, state_sh)
   train_step = make_train_step(
-      model, opt, ds.task, augment=ds.augment, state_sharding=state_sh, batch_sharding=batch_sh
+    model, opt, ds.task, augment=ds.augment, state_sharding=state_sh, batch_sharding=batch_sh
   )
   eval_step = make_eval_step(model, ds.task)
 
@@ -296,7 +296,7 @@ def train_run(
         bar.close()
         where = f"; last good checkpoint: step {checkpointer.latest_step()}" if checkpointer else ""
         raise NonFiniteLossError(
-            f"{opt.name}: loss became non-finite ({loss_now}) by step {done}{where}"
+          f"{opt.name}: loss became non-finite ({loss_now}) by step {done}{where}"
         )
       bar.set_postfix(loss=f"{loss_now:.4f}")
     bar.update(1)
@@ -319,4 +319,3 @@ def train_run(
     final["best_test_accuracy"] = max(h["test_accuracy"] for h in history)
   sps = timed_seconds / timed_steps if timed_steps else float("nan")
   return RunResult(opt.name, history, final, sps, total, state)
-

@@ -46,13 +46,13 @@ REGISTRY: dict[str, OptimizerEntry] = {}
 
 
 def register(
-    name: str,
-    build: Builder,
-    default_lr: float,
-    *,
-    needs=(),
-    norm_order: Optional[int] = None,
-    description: str = "",
+  name: str,
+  build: Builder,
+  default_lr: float,
+  *,
+  needs=(),
+  norm_order: Optional[int] = None,
+  description: str = "",
 ) -> None:
   """Adds an optimizer to the registry under ``name``."""
   if "+" in name or "@" in name:
@@ -62,17 +62,17 @@ def register(
 
 register("sgd", lambda lr: optax.sgd(lr), 0.1, description="plain SGD")
 register(
-    "momentum", lambda lr: optax.sgd(lr, momentum=0.9), 0.05, description="SGD, heavy-ball 0.9"
+  "momentum", lambda lr: optax.sgd(lr, momentum=0.9), 0.05, description="SGD, heavy-ball 0.9"
 )
 register(
-    "nesterov",
-    lambda lr: optax.sgd(lr, momentum=0.9, nesterov=True),
-    0.05,
-    description="SGD, Nesterov momentum 0.9",
+  "nesterov",
+  lambda lr: optax.sgd(lr, momentum=0.9, nesterov=True),
+  0.05,
+  description="SGD, Nesterov momentum 0.9",
 )
 register("adam", lambda lr: optax.adam(lr), 1e-3, description="Adam")
 register(
-    "adamw", lambda lr: optax.adamw(lr, weight_decay=1e-4), 1e-3, description="AdamW, decay 1e-4"
+  "adamw", lambda lr: optax.adamw(lr, weight_decay=1e-4), 1e-3, description="AdamW, decay 1e-4"
 )
 
 
@@ -80,39 +80,39 @@ def _register_methods() -> None:
   import optax_ext
 
   register(
-      "angulargrad_cos",
-      lambda lr: optax_ext.angulargrad(lr, method="cos"),
-      1e-3,
-      description="AngularGrad, cos variant",
+    "angulargrad_cos",
+    lambda lr: optax_ext.angulargrad(lr, method="cos"),
+    1e-3,
+    description="AngularGrad, cos variant",
   )
   register(
-      "angulargrad_tan",
-      lambda lr: optax_ext.angulargrad(lr, method="tan"),
-      1e-3,
-      description="AngularGrad, tan variant",
+    "angulargrad_tan",
+    lambda lr: optax_ext.angulargrad(lr, method="tan"),
+    1e-3,
+    description="AngularGrad, tan variant",
   )
   register(
-      "insgd_l2",
-      lambda lr: optax_ext.insgd(lr, norm_order=2),
-      0.05,
-      needs=("input_power",),
-      norm_order=2,
-      description="input-normalized SGD, l2 input power",
+    "insgd_l2",
+    lambda lr: optax_ext.insgd(lr, norm_order=2),
+    0.05,
+    needs=("input_power",),
+    norm_order=2,
+    description="input-normalized SGD, l2 input power",
   )
   register(
-      "insgd_l1",
-      lambda lr: optax_ext.insgd(lr, norm_order=1),
-      0.05,
-      needs=("input_power",),
-      norm_order=1,
-      description="input-normalized SGD, l1 input power",
+    "insgd_l1",
+    lambda lr: optax_ext.insgd(lr, norm_order=1),
+    0.05,
+    needs=("input_power",),
+    norm_order=1,
+    description="input-normalized SGD, l1 input power",
   )
   register("sp", lambda lr: optax_ext.sp(lr), 0.05, description="spectral proximal, saliency")
   register(
-      "sp_nesterov",
-      lambda lr: optax_ext.sp(lr, momentum=0.9, nesterov=True),
-      0.02,
-      description="spectral proximal + Nesterov momentum",
+    "sp_nesterov",
+    lambda lr: optax_ext.sp(lr, momentum=0.9, nesterov=True),
+    0.02,
+    description="spectral proximal + Nesterov momentum",
   )
 
 
@@ -125,7 +125,9 @@ class GalOptions:
 
   alpha: float = 1e-3
   beta: float = 1e-3
-  hidden: Optional[tuple[int, ...]] = None  # None: (100, 32, 16) classification, (128, 4) regression
+  hidden: Optional[tuple[int, ...]] = (
+    None  # None: (100, 32, 16) classification, (128, 4) regression
+  )
   seed: int = 0
 
 
@@ -159,14 +161,14 @@ def known_names() -> list[str]:
 
 
 def make_optimizer(
-    spec: str,
-    schedule: Callable[[float], optax.ScalarOrSchedule],
-    *,
-    lr: Optional[float] = None,
-    output_dim: int = 10,
-    task: str = "classification",
-    gal: GalOptions = GalOptions(),
-    plateau: Optional[optax.GradientTransformation] = None,
+  spec: str,
+  schedule: Callable[[float], optax.ScalarOrSchedule],
+  *,
+  lr: Optional[float] = None,
+  output_dim: int = 10,
+  task: str = "classification",
+  gal: GalOptions = GalOptions(),
+  plateau: Optional[optax.GradientTransformation] = None,
 ) -> Optimizer:
   """Builds the optimizer named by ``spec``.
 
@@ -199,7 +201,7 @@ def make_optimizer(
 
     hidden = gal.hidden or ((100, 32, 16) if task == "classification" else (128, 4))
     stage = optax_ext.gal(
-        output_dim, hidden=hidden, alpha=gal.alpha, beta=gal.beta, learning_rate=rate, seed=gal.seed
+      output_dim, hidden=hidden, alpha=gal.alpha, beta=gal.beta, learning_rate=rate, seed=gal.seed
     )
     tx = optax.chain(stage, tx)
     needs.add("gal")
@@ -213,12 +215,12 @@ SCHEDULES = ("constant", "exp", "multistep", "cosine", "plateau")
 
 
 def make_schedule(
-    kind: str,
-    steps_per_epoch: int,
-    total_steps: int,
-    *,
-    gamma: float = 0.7,
-    milestones: tuple[int, ...] = (),
+  kind: str,
+  steps_per_epoch: int,
+  total_steps: int,
+  *,
+  gamma: float = 0.7,
+  milestones: tuple[int, ...] = (),
 ) -> Callable[[float], optax.ScalarOrSchedule]:
   """Returns a function from the base learning rate to a schedule.
 
@@ -237,13 +239,13 @@ def make_schedule(
     return lambda lr: lr
   if kind == "exp":
     return lambda lr: optax.exponential_decay(
-        lr, transition_steps=steps_per_epoch, decay_rate=gamma, staircase=True
+      lr, transition_steps=steps_per_epoch, decay_rate=gamma, staircase=True
     )
   if kind == "multistep":
     if not milestones:
       raise UsageError("the multistep schedule needs --milestones (epochs)")
     return lambda lr: optax.piecewise_constant_schedule(
-        lr, {int(m) * steps_per_epoch: gamma for m in milestones}
+      lr, {int(m) * steps_per_epoch: gamma for m in milestones}
     )
   if kind == "cosine":
     return lambda lr: optax.cosine_decay_schedule(lr, max(1, total_steps))
@@ -251,9 +253,9 @@ def make_schedule(
 
 
 def make_plateau(
-    steps_per_epoch: int, gamma: float = 0.5, patience: int = 2
+  steps_per_epoch: int, gamma: float = 0.5, patience: int = 2
 ) -> optax.GradientTransformation:
   """Reduce-on-plateau: scales updates by ``gamma`` when the epoch loss stalls."""
   return optax.contrib.reduce_on_plateau(
-      factor=gamma, patience=patience, accumulation_size=steps_per_epoch
+    factor=gamma, patience=patience, accumulation_size=steps_per_epoch
   )

@@ -22,27 +22,27 @@ def table(results: Sequence[RunResult], task: str) -> str:
   if task == "classification":
     head = ["optimizer", "final test acc", "best test acc", "final train loss", "ms/step"]
     rows = [
-        [
-            r.name,
-            _fmt(r.final.get("test_accuracy"), True),
-            _fmt(r.final.get("best_test_accuracy"), True),
-            _fmt(r.final.get("train_loss")),
-            _fmt(1e3 * r.seconds_per_step),
-        ]
-        for r in results
+      [
+        r.name,
+        _fmt(r.final.get("test_accuracy"), True),
+        _fmt(r.final.get("best_test_accuracy"), True),
+        _fmt(r.final.get("train_loss")),
+        _fmt(1e3 * r.seconds_per_step),
+      ]
+      for r in results
     ]
   else:
     head = ["optimizer", "test MAE", "test MSE", "test R2", "final train loss", "ms/step"]
     rows = [
-        [
-            r.name,
-            _fmt(r.final.get("test_mae")),
-            _fmt(r.final.get("test_mse")),
-            _fmt(r.final.get("test_r2")),
-            _fmt(r.final.get("train_loss")),
-            _fmt(1e3 * r.seconds_per_step),
-        ]
-        for r in results
+      [
+        r.name,
+        _fmt(r.final.get("test_mae")),
+        _fmt(r.final.get("test_mse")),
+        _fmt(r.final.get("test_r2")),
+        _fmt(r.final.get("train_loss")),
+        _fmt(1e3 * r.seconds_per_step),
+      ]
+      for r in results
     ]
   widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
   line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))
@@ -53,11 +53,11 @@ def write_run(result: RunResult, directory: str) -> None:
   """Writes one run's per-epoch metrics as ``metrics.json`` and ``metrics.csv``."""
   os.makedirs(directory, exist_ok=True)
   payload = {
-      "optimizer": result.name,
-      "final": result.final,
-      "seconds_per_step": result.seconds_per_step,
-      "steps": result.steps,
-      "history": result.history,
+    "optimizer": result.name,
+    "final": result.final,
+    "seconds_per_step": result.seconds_per_step,
+    "steps": result.steps,
+    "history": result.history,
   }
   with open(os.path.join(directory, "metrics.json"), "w") as f:
     json.dump(payload, f, indent=2)
@@ -72,9 +72,7 @@ def write_run(result: RunResult, directory: str) -> None:
 def write_summary(results: Sequence[RunResult], directory: str, config: dict) -> None:
   """Writes ``results.json`` and ``results.csv`` with one row per optimizer."""
   os.makedirs(directory, exist_ok=True)
-  rows = [
-      {"optimizer": r.name, "seconds_per_step": r.seconds_per_step, **r.final} for r in results
-  ]
+  rows = [{"optimizer": r.name, "seconds_per_step": r.seconds_per_step, **r.final} for r in results]
   with open(os.path.join(directory, "results.json"), "w") as f:
     json.dump({"config": config, "results": rows}, f, indent=2)
   keys = sorted({k for r in rows for k in r}, key=lambda k: (k != "optimizer", k))
@@ -92,7 +90,7 @@ def plot_curves(results: Sequence[RunResult], task: str, path: str, title: str =
   import matplotlib.pyplot as plt
 
   metric, label = (
-      ("test_accuracy", "test accuracy") if task == "classification" else ("test_mae", "test MAE")
+    ("test_accuracy", "test accuracy") if task == "classification" else ("test_mae", "test MAE")
   )
   fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
   cmap = plt.get_cmap("tab20" if len(results) > 10 else "tab10")
@@ -140,11 +138,11 @@ def plot_diagnostics(result: RunResult, path: str) -> str | None:
   ep = [h["epoch"] for h in result.history]
   for ax, key in zip(axes.flat, keys):
     ax.plot(ep, [h.get(key, float("nan")) for h in result.history], marker="o", markersize=3)
-    ax.set_title(key[len("train_diag_"):], fontsize=9)
+    ax.set_title(key[len("train_diag_") :], fontsize=9)
     ax.set_xlabel("epoch", fontsize=8)
     ax.tick_params(labelsize=7)
     ax.grid(alpha=0.3)
-  for ax in list(axes.flat)[len(keys):]:
+  for ax in list(axes.flat)[len(keys) :]:
     ax.axis("off")
   fig.suptitle(f"{result.name}: optimizer diagnostics (epoch means)")
   fig.tight_layout()

@@ -53,8 +53,8 @@ def make_mesh(sizes: dict[str, int]) -> Mesh:
   devices = jax.devices()
   if n > len(devices):
     raise UsageError(
-        f"--mesh needs {n} devices but {len(devices)} are visible "
-        "(on CPU, set XLA_FLAGS=--xla_force_host_platform_device_count=N)"
+      f"--mesh needs {n} devices but {len(devices)} are visible "
+      "(on CPU, set XLA_FLAGS=--xla_force_host_platform_device_count=N)"
     )
   grid = np.asarray(devices[:n]).reshape(sizes["data"], sizes["fsdp"])
   return Mesh(grid, AXES)
@@ -81,7 +81,7 @@ def state_shardings(mesh: Mesh, tree: Any, min_shard_size: int = 2**14) -> Any:
   """NamedShardings for every leaf of ``tree`` (params, optimizer state, ...)."""
   fsdp = mesh.shape["fsdp"]
   return jax.tree.map(
-      lambda x: NamedSharding(mesh, leaf_spec(tuple(np.shape(x)), fsdp, min_shard_size)), tree
+    lambda x: NamedSharding(mesh, leaf_spec(tuple(np.shape(x)), fsdp, min_shard_size)), tree
   )
 
 

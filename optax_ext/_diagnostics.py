@@ -59,10 +59,11 @@ def diagnostics(state: Any) -> dict[str, jax.Array]:
     >>> import jax.numpy as jnp, optax
     >>> import optax_ext
     >>> tx = optax.chain(optax.clip(1.0), optax_ext.angulargrad(1e-3))
-    >>> state = tx.init({'w': jnp.ones(3)})
-    >>> _, state = tx.update({'w': jnp.ones(3)}, state)
-    >>> sorted(optax_ext.diagnostics(state))[:2]
-    ['angulargrad/phi_at_floor', 'angulargrad/phi_max']
+    >>> params = {'w': jnp.ones(3)}
+    >>> state = tx.init(params)
+    >>> _, state = tx.update({'w': jnp.ones(3)}, state, params)
+    >>> sorted(optax_ext.diagnostics(state))
+    ['angulargrad/phi_at_floor', 'angulargrad/phi_max', 'angulargrad/phi_mean', 'angulargrad/phi_min']
   """
   found: list = []
   _walk(state, found)
