@@ -11,6 +11,8 @@ from optax_ext.angulargrad import AngularGradState, angulargrad, scale_by_angula
 # --- spectral_proximal ---
 
 # --- insgd ---
+from optax_ext.input_power import capture_input_power
+from optax_ext.insgd import InputNormState, insgd, scale_by_input_norm
 
 # --- gal ---
 
