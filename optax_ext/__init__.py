@@ -3,17 +3,18 @@
 Every public name is re-exported here; the maths lives in one module per method.
 """
 
+from optax_ext import quantile
 from optax_ext._diagnostics import diagnostics
-
-# --- angulargrad ---
 from optax_ext.angulargrad import AngularGradState, angulargrad, scale_by_angulargrad
-
-# --- spectral_proximal ---
-
-# --- insgd ---
 from optax_ext.input_power import capture_input_power
 from optax_ext.insgd import InputNormState, insgd, scale_by_input_norm
-
-# --- gal ---
+from optax_ext.spectral_proximal import (
+  SaliencyProximalState,
+  SpectralDampingState,
+  SPState,
+  saliency_proximal,
+  scale_by_spectral_damping,
+  sp,
+)
 
 __version__ = "0.1.0"
