@@ -37,16 +37,19 @@ def _angle_sin2(g, g_prev):
   """``sin²(A)`` for ``A = arctan |(g − g_prev) / (1 + g·g_prev)|``, overflow-safe.
 
   With ``n = |g − g_prev|`` and ``d = |1 + g·g_prev|``, ``sin²(A) = n² / (n² + d²)``;
-  both are scaled by ``max(n, d)`` first, and ``n = d = 0`` (never reached by real
-  gradients) gives 0, as ``atan2(0, 0)`` does.
+  both are scaled by ``max(n, d)`` first, ``n = d = 0`` (never reached by real
+  gradients) gives 0, as ``atan2(0, 0)`` does, and an overflowed side decides.
   """
   n = jnp.abs(g - g_prev)
   d = jnp.abs(1.0 + g * g_prev)
   m = jnp.maximum(n, d)
   safe = jnp.where(m > 0, m, 1.0)
-  n, d = n / safe, d / safe
-  n2 = n * n
-  return n2 / jnp.where(m > 0, n2 + d * d, 1.0)
+  nn, dd = n / safe, d / safe
+  n2 = nn * nn
+  s2 = n2 / jnp.where(m > 0, n2 + dd * dd, 1.0)
+  # Overflowed products (|g| ~ 1e30): an infinite side sets the angle.
+  inf_n, inf_d = jnp.isinf(n), jnp.isinf(d)
+  return jnp.where(inf_d & ~inf_n, 0.0, jnp.where(inf_n & ~inf_d, 1.0, s2))
 
 
 def _phi_from_sin2(s2, method, lambda1, lambda2):

@@ -39,13 +39,14 @@ def check_input_power(input_power: Any, updates: Any) -> None:
       "the parameters' structure holding each normalised layer's input power (None "
       "elsewhere); optax_ext.capture_input_power computes it in the forward pass"
     )
-  want = jax.tree.structure(updates)
   got = jax.tree.structure(input_power, is_leaf=_is_none)
-  if want != got:
+  try:  # None stands for a whole subtree (a leaf, or optax.masked's MaskedNode)
+    got.flatten_up_to(updates)
+  except (ValueError, TypeError):
     raise ValueError(
-      f"`input_power` must have the parameters' structure {want}, got {got}; pass None "
-      "for leaves that are not normalised"
-    )
+      f"`input_power` must have the parameters' structure {jax.tree.structure(updates)}, "
+      f"got {got}; pass None for leaves that are not normalised"
+    ) from None
 
 
 def scale_by_input_norm(
@@ -108,10 +109,10 @@ def scale_by_input_norm(
     count = optax.safe_increment(state.count)
     first = count == 1
 
+    def nan_like(subtree):
+      return jax.tree.map(lambda _: jnp.full((), jnp.nan, jnp.float32), subtree)
+
     def leaf(g, m, p_prev):
-      if m is None:
-        nan = jnp.full((), jnp.nan, jnp.float32)
-        return g, p_prev, nan, nan
       m = jnp.asarray(m, jnp.float32)
       if m.ndim > 1 or (
         m.ndim == 1 and m.shape[0] not in (1, p_prev.shape[-1] if p_prev.ndim else 1)
@@ -126,9 +127,16 @@ def scale_by_input_norm(
       scale = 1.0 / jnp.maximum(log_p, eps)
       return (g * scale).astype(g.dtype), p, jnp.mean(log_p), jnp.mean(scale)
 
-    out = jax.tree.map(leaf, updates, input_power, state.power, is_leaf=_is_none)
-    is_quad = lambda x: isinstance(x, tuple) and len(x) == 4
-    pick = lambda i: jax.tree.map(lambda o: o[i], out, is_leaf=is_quad)
+    treedef = jax.tree.structure(input_power, is_leaf=_is_none)
+    outs = [
+      leaf(g, m, p) if m is not None else (g, p, nan_like(p), nan_like(p))
+      for g, m, p in zip(
+        treedef.flatten_up_to(updates),
+        treedef.flatten_up_to(input_power),
+        treedef.flatten_up_to(state.power),
+      )
+    ]
+    pick = lambda i: jax.tree.unflatten(treedef, [o[i] for o in outs])
     return pick(0), InputNormState(count, pick(1), pick(2), pick(3))
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

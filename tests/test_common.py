@@ -100,7 +100,10 @@ def test_inject_hyperparams_matches_plain(name):
   params = _params()
   grads = jax.tree.map(lambda x: -0.3 * x, params)
   plain = factory(**kwargs)
-  injected = optax.inject_hyperparams(factory, static_args=("method", "nesterov"))(**kwargs)
+  import inspect
+
+  statics = {"method", "nesterov", "norm_order"} & set(inspect.signature(factory).parameters)
+  injected = optax.inject_hyperparams(factory, static_args=statics)(**kwargs)
   s1, s2 = plain.init(params), injected.init(params)
   for _ in range(3):
     u1, s1 = jax.jit(plain.update)(grads, s1, params, **extra(params))
