@@ -34,9 +34,9 @@ def f2(x):
 
 def f3(x):
   return jnp.select(
-      [x <= -0.5, x <= -0.4, x <= 0, x <= 0.4, x <= 0.5],
-      [x**2, 0.75 + x, -7 * x / 8, 7 * x / 8, 0.75 - x],
-      x**2,
+    [x <= -0.5, x <= -0.4, x <= 0, x <= 0.4, x <= 0.5],
+    [x**2, 0.75 + x, -7 * x / 8, 7 * x / 8, 0.75 - x],
+    x**2,
   )
 
 
@@ -45,10 +45,10 @@ FUNCTIONS = {"F1": (f1, -0.3), "F2": (f2, None), "F3": (f3, 0.0)}
 
 def optimizers(lr=0.1):
   return {
-      "angulargrad_cos": optax_ext.angulargrad(lr, method="cos", b1=0.95, b2=0.999),
-      "angulargrad_tan": optax_ext.angulargrad(lr, method="tan", b1=0.95, b2=0.999),
-      "adam": optax.adam(lr, b1=0.95, b2=0.999),
-      "sgd_momentum": optax.sgd(lr, momentum=0.9),
+    "angulargrad_cos": optax_ext.angulargrad(lr, method="cos", b1=0.95, b2=0.999),
+    "angulargrad_tan": optax_ext.angulargrad(lr, method="tan", b1=0.95, b2=0.999),
+    "adam": optax.adam(lr, b1=0.95, b2=0.999),
+    "sgd_momentum": optax.sgd(lr, momentum=0.9),
   }
 
 
@@ -63,20 +63,23 @@ def run(f, tx, x0, steps):
 
   x0 = jnp.asarray(x0, jnp.float32)
   (x, state), (xs, losses, states) = jax.jit(
-      lambda x0: jax.lax.scan(body, (x0, tx.init(x0)), None, length=steps)
+    lambda x0: jax.lax.scan(body, (x0, tx.init(x0)), None, length=steps)
   )(x0)
   final_loss = jnp.sum(f(x))
   return (
-      np.concatenate([np.asarray(xs), np.asarray(x)[None]]),
-      np.concatenate([np.asarray(losses), np.asarray(final_loss)[None]]),
-      states,
+    np.concatenate([np.asarray(xs), np.asarray(x)[None]]),
+    np.concatenate([np.asarray(losses), np.asarray(final_loss)[None]]),
+    states,
   )
 
 
 def phi_trace(states) -> np.ndarray:
   """φ (mean over entries) at each step, from the stacked AngularGrad states."""
-  ag = [s for s in jax.tree.leaves(states, is_leaf=lambda s: isinstance(
-      s, optax_ext.AngularGradState)) if isinstance(s, optax_ext.AngularGradState)][0]
+  ag = [
+    s
+    for s in jax.tree.leaves(states, is_leaf=lambda s: isinstance(s, optax_ext.AngularGradState))
+    if isinstance(s, optax_ext.AngularGradState)
+  ][0]
   return np.asarray(ag.phi_stats[:, 0])
 
 
@@ -128,15 +131,21 @@ def main(argv=None) -> None:
   # Rosenbrock trajectories.
   start = np.array([-1.5, 2.0], np.float32)
   rosen = {
-      "angulargrad_cos": optax_ext.angulargrad(0.05, method="cos"),
-      "angulargrad_tan": optax_ext.angulargrad(0.05, method="tan"),
-      "adam": optax.adam(0.05),
-      "sgd": optax.sgd(5e-4),
+    "angulargrad_cos": optax_ext.angulargrad(0.05, method="cos"),
+    "angulargrad_tan": optax_ext.angulargrad(0.05, method="tan"),
+    "adam": optax.adam(0.05),
+    "sgd": optax.sgd(5e-4),
   }
   fig, ax = plt.subplots(figsize=(7, 6))
   gx, gy = np.meshgrid(np.linspace(-2, 2, 300), np.linspace(-1, 3, 300))
-  ax.contour(gx, gy, np.log10(1e-3 + (1 - gx) ** 2 + 100 * (gy - gx**2) ** 2), 25, cmap="gray",
-             linewidths=0.6)
+  ax.contour(
+    gx,
+    gy,
+    np.log10(1e-3 + (1 - gx) ** 2 + 100 * (gy - gx**2) ** 2),
+    25,
+    cmap="gray",
+    linewidths=0.6,
+  )
   rosen_rows = []
   for name, tx in rosen.items():
     xs, losses, _ = run(rosenbrock, tx, start, 1000)
@@ -150,15 +159,15 @@ def main(argv=None) -> None:
   plt.close(fig)
 
   lines = [
-      "# AngularGrad",
-      "",
-      "## Toy functions F1-F3 (paper Section 5, Fig. 2)",
-      "",
-      "Command: `python -m bench.angulargrad_toy`. Setting as the paper: β1 = 0.95, "
-      "β2 = 0.999, lr 0.1, θ0 = −1, g0 = 0, 300 steps (SGD momentum 0.9).",
-      "",
-      "| function | optimizer | final θ | final loss | global minimum at |",
-      "|---|---|---|---|---|",
+    "# AngularGrad",
+    "",
+    "## Toy functions F1-F3 (paper Section 5, Fig. 2)",
+    "",
+    "Command: `python -m bench.angulargrad_toy`. Setting as the paper: β1 = 0.95, "
+    "β2 = 0.999, lr 0.1, θ0 = −1, g0 = 0, 300 steps (SGD momentum 0.9).",
+    "",
+    "| function | optimizer | final θ | final loss | global minimum at |",
+    "|---|---|---|---|---|",
   ]
   for fname, name, x, loss, target in rows:
     tgt = "-" if target is None else f"{target}"
@@ -166,25 +175,25 @@ def main(argv=None) -> None:
   f1_rows = {name: x for fname, name, x, _, _ in rows if fname == "F1"}
   reached = [n for n, x in f1_rows.items() if abs(x + 0.3) < 0.05]
   lines += [
-      "",
-      f"**Does the paper's F1 claim hold?** The paper says AngularGrad reaches F1's global "
-      f"minimum at θ = −0.3 while Adam overshoots and settles near 0.2. Here the optimizers "
-      f"within 0.05 of −0.3 after 300 steps are: {', '.join(reached) or 'none'}; Adam ends at "
-      f"θ = {f1_rows['adam']:.3f}, AngularGrad-cos at {f1_rows['angulargrad_cos']:.3f}, "
-      f"AngularGrad-tan at {f1_rows['angulargrad_tan']:.3f}.",
-      "",
-      f"**The published code's rule** (`reference_compat=True`) on F1: φ stays in "
-      f"[{phi_ref.min():.4f}, {phi_ref.max():.4f}] over the 300 steps "
-      f"({'it never leaves 0.5' if np.allclose(phi_ref, 0.5) else 'it does move'}); final θ "
-      f"= {xs_ref[-1]:.4f}. With the paper's rule φ ranges over "
-      f"[{phi_paper.min():.4f}, {phi_paper.max():.4f}].",
-      "",
-      "![toy functions](angulargrad_toy.png)",
-      "",
-      "## Rosenbrock (paper Section 6.2.1, Fig. 3)",
-      "",
-      "| optimizer | final (x, y) | final loss |",
-      "|---|---|---|",
+    "",
+    f"**Does the paper's F1 claim hold?** The paper says AngularGrad reaches F1's global "
+    f"minimum at θ = −0.3 while Adam overshoots and settles near 0.2. Here the optimizers "
+    f"within 0.05 of −0.3 after 300 steps are: {', '.join(reached) or 'none'}; Adam ends at "
+    f"θ = {f1_rows['adam']:.3f}, AngularGrad-cos at {f1_rows['angulargrad_cos']:.3f}, "
+    f"AngularGrad-tan at {f1_rows['angulargrad_tan']:.3f}.",
+    "",
+    f"**The published code's rule** (`reference_compat=True`) on F1: φ stays in "
+    f"[{phi_ref.min():.4f}, {phi_ref.max():.4f}] over the 300 steps "
+    f"({'it never leaves 0.5' if np.allclose(phi_ref, 0.5) else 'it does move'}); final θ "
+    f"= {xs_ref[-1]:.4f}. With the paper's rule φ ranges over "
+    f"[{phi_paper.min():.4f}, {phi_paper.max():.4f}].",
+    "",
+    "![toy functions](angulargrad_toy.png)",
+    "",
+    "## Rosenbrock (paper Section 6.2.1, Fig. 3)",
+    "",
+    "| optimizer | final (x, y) | final loss |",
+    "|---|---|---|",
   ]
   for name, xy, loss in rosen_rows:
     lines.append(f"| {name} | ({xy[0]:.3f}, {xy[1]:.3f}) | {loss:.3g} |")
