@@ -190,16 +190,18 @@ def test_apply_if_finite_skips_a_bad_step_and_keeps_state(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("magnitude", [0.0, 1e-30, 1e30, 1e-40])
-def test_extreme_gradients_give_finite_updates(name, magnitude):
+def test_extreme_gradients_give_finite_updates(name):
+  """Zero gradients for many steps, magnitudes of 1e±30 and denormals."""
   tx, extra = _make(name)
-  params = _params()
-  state = tx.init(params)
-  grads = jax.tree.map(lambda x: jnp.full_like(x, magnitude), params)
-  for _ in range(5):
-    updates, state = tx.update(grads, state, params, **extra(params))
-    chex.assert_tree_all_finite(updates)
-    params = optax.apply_updates(params, updates)
+  step = jax.jit(lambda g, s, p: tx.update(g, s, p, **extra(p)))
+  for magnitude in (0.0, 1e-30, 1e30, 1e-40):
+    params = _params()
+    state = tx.init(params)
+    grads = jax.tree.map(lambda x: jnp.full_like(x, magnitude), params)
+    for _ in range(5):
+      updates, state = step(grads, state, params)
+      chex.assert_tree_all_finite(updates)
+      params = optax.apply_updates(params, updates)
 
 
 @pytest.mark.parametrize("name", NAMES)
