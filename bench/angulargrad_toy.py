@@ -3,8 +3,8 @@
 Setting of the paper: β1 = 0.95, β2 = 0.999, learning rate 0.1, θ0 = −1,
 g0 = 0, 300 iterations, for AngularGrad cos/tan, Adam and SGD with momentum
 (0.9). Also the published code's rule (``reference_compat=True``) on F1, with
-its coefficient φ at every step. Writes ``bench/results/angulargrad.md``
-(with the speed table of ``bench.angulargrad_speed`` when present) and figures.
+its coefficient φ at every step. Writes ``bench/results/angulargrad.md`` and
+its figures.
 
 Run: ``python -m bench.angulargrad_toy``.
 """
@@ -198,9 +198,6 @@ def main(argv=None) -> None:
   for name, xy, loss in rosen_rows:
     lines.append(f"| {name} | ({xy[0]:.3f}, {xy[1]:.3f}) | {loss:.3g} |")
   lines += ["", "![Rosenbrock](angulargrad_rosenbrock.png)", ""]
-  speed = os.path.join(RESULTS, "angulargrad_speed.md")
-  if os.path.exists(speed):
-    lines += [open(speed).read()]
   with open(os.path.join(RESULTS, "angulargrad.md"), "w") as fh:
     fh.write("\n".join(lines) + "\n")
   print("\n".join(lines))

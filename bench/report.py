@@ -9,17 +9,17 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
 
 SECTIONS = [
-  ("Summary", ["summary.md"], None),
-  (
-    "Optimizer-update speed",
-    ["update_speed_full.md", "update_speed_quick.md"],
-    "python -m bench.update_speed",
-  ),
-  ("Train-step cost", ["train_step_full.md", "train_step_quick.md"], "python -m bench.train_step"),
-  ("AngularGrad", ["angulargrad.md"], None),
-  ("SP", ["sp.md"], None),
-  ("INSGD", ["insgd.md"], None),
-  ("GAL", ["gal.md"], None),
+    ("Summary", ["summary.md"], None),
+    (
+        "Optimizer-update speed",
+        ["update_speed_full.md", "update_speed_quick.md"],
+        "python -m bench.update_speed",
+    ),
+    ("Train-step cost", ["train_step_full.md", "train_step_quick.md"], "python -m bench.train_step"),
+    ("AngularGrad", ["angulargrad.md"], None),
+    ("SP", ["sp_train_full.md", "sp_train_quick.md"], None),
+    ("INSGD", ["insgd_train_full.md", "insgd_train_quick.md"], None),
+    ("GAL", ["gal_regression_full.md", "gal_regression_quick.md"], None),
 ]
 
 
