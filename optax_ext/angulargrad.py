@@ -10,67 +10,75 @@ import optax
 
 from optax_ext import _checks, _diagnostics
 
+# φ statistics are taken over the first entries (memory order) of every leaf,
+# so that reading them costs almost nothing next to the update itself.
+STATS_SAMPLE = 1024
+
 
 class AngularGradState(NamedTuple):
   """State for :func:`scale_by_angulargrad`.
 
-  ``angle`` does not hold the angle ``A`` itself but ``sin²(A)``, which orders
-  exactly like ``A`` on ``[0, π/2]`` and gives ``cos`` and ``tan`` of the
-  minimum angle algebraically (see :func:`scale_by_angulargrad`). In
-  ``reference_compat`` mode it holds the published code's stored angle in
-  degrees instead, and ``final`` its stored cos/tan value.
+  The paper's Algorithm 2 keeps the previous angle :math:`A_{t-1}`. This state
+  keeps its tangent instead (``tan_angle``), which orders exactly like the
+  angle (arctan is increasing) and gives :math:`\\cos A` and :math:`\\tan A`
+  without any trigonometric function. Fields a mode does not use are empty
+  tuples.
   """
 
   count: jax.Array  # shape=(), dtype=jnp.int32
-  mu: optax.Updates
-  nu: optax.Updates
-  prev_grad: optax.Updates
-  angle: optax.Updates
-  final: optax.Updates  # reference_compat only; empty tuple otherwise
-  phi_stats: jax.Array  # shape=(4,), float32: mean, min, max of φ, fraction at the floor λ2
+  mu: optax.Updates  # Adam first moment (dtype mu_dtype or the parameter's)
+  nu: optax.Updates  # Adam second moment
+  prev_grad: optax.Updates  # g_{t-1}
+  # Paper mode: tan A_{t-1} = |g - g_prev| / |1 + g g_prev| in [0, inf] (inf is A = π/2).
+  tan_angle: optax.Updates
+  ref_angle: optax.Updates  # reference_compat: the stored angle `min`, in degrees
+  ref_final: optax.Updates  # reference_compat: the stored cos/tan value `final`
+  # shape=(4,), float32: mean, min, max of φ_t and the fraction of entries at the
+  # floor λ2, over the first STATS_SAMPLE entries of every leaf (NaN before step 1).
+  phi_stats: jax.Array
 
 
 _PHI_KEYS = ("phi_mean", "phi_min", "phi_max", "phi_at_floor")
 
 
-def _angle_sin2(g, g_prev):
-  """``sin²(A)`` for ``A = arctan |(g − g_prev) / (1 + g·g_prev)|``, overflow-safe.
+def _tan_of_angle(g, g_prev):
+  """``tan A`` for ``A = atan2(|g − g_prev|, |1 + g·g_prev|)``, in ``[0, inf]``.
 
-  With ``n = |g − g_prev|`` and ``d = |1 + g·g_prev|``, ``sin²(A) = n² / (n² + d²)``;
-  both are scaled by ``max(n, d)`` first, ``n = d = 0`` (never reached by real
-  gradients) gives 0, as ``atan2(0, 0)`` does, and an overflowed side decides.
+  A zero denominator gives ``inf`` (the angle π/2), never NaN; ``0/0`` gives
+  0, as ``atan2(0, 0) = 0``. An overflowed product (``|1 + g·g_prev| = inf``)
+  gives 0, as ``atan2`` of a finite over an infinite value does.
   """
-  n = jnp.abs(g - g_prev)
-  d = jnp.abs(1.0 + g * g_prev)
-  m = jnp.maximum(n, d)
-  safe = jnp.where(m > 0, m, 1.0)
-  nn, dd = n / safe, d / safe
-  n2 = nn * nn
-  s2 = n2 / jnp.where(m > 0, n2 + dd * dd, 1.0)
-  # Overflowed products (|g| ~ 1e30): an infinite side sets the angle.
-  inf_n, inf_d = jnp.isinf(n), jnp.isinf(d)
-  return jnp.where(inf_d & ~inf_n, 0.0, jnp.where(inf_n & ~inf_d, 1.0, s2))
+  num = jnp.abs(g - g_prev)
+  den = jnp.abs(1.0 + g * g_prev)
+  return jnp.where(num == 0, jnp.zeros_like(num), num / den)
 
 
-def _phi_from_sin2(s2, method, lambda1, lambda2):
-  cos2 = 1.0 - s2  # cos²(A_min), in [0, 1]
-  if method == "cos":
-    x = jnp.sqrt(cos2)
-  else:  # tan = sin / cos; cos = 0 gives +inf and tanh(inf) = 1
-    x = jnp.sqrt(s2 / cos2)
+def _coefficient(tan_min, method, lambda1, lambda2):
+  """φ = tanh(|cos A|)·λ1 + λ2 or tanh(|tan A|)·λ1 + λ2, from ``tan A``."""
+  if method == "cos":  # cos(arctan r) = 1 / sqrt(1 + r²); r = inf gives 0
+    x = jax.lax.rsqrt(1.0 + tan_min * tan_min)
+  else:  # tan(arctan r) = r; tanh(inf) = 1
+    x = tan_min
   return jnp.tanh(x) * lambda1 + lambda2
 
 
-def _phi_stats(phis, lambda2):
-  leaves = [p.astype(jnp.float32) for p in jax.tree.leaves(phis)]
-  size = sum(p.size for p in leaves)
-  if size == 0:
-    return jnp.array([jnp.nan, jnp.nan, jnp.nan, jnp.nan], jnp.float32)
-  total = sum(jnp.sum(p) for p in leaves)
-  lo = jnp.min(jnp.stack([jnp.min(p) for p in leaves if p.size]))
-  hi = jnp.max(jnp.stack([jnp.max(p) for p in leaves if p.size]))
-  floor = sum(jnp.sum(p <= lambda2) for p in leaves)
-  return jnp.stack([total / size, lo, hi, floor / size]).astype(jnp.float32)
+def _sample(x):
+  return x.reshape(-1)[:STATS_SAMPLE]
+
+
+def _stats(phis, lambda2) -> jax.Array:
+  """Mean, min, max of the sampled φ and the fraction at the floor λ2."""
+  flat = [p.astype(jnp.float32).reshape(-1) for p in jax.tree.leaves(phis)]
+  flat = [p for p in flat if p.size]
+  if not flat:
+    return jnp.full((4,), jnp.nan, jnp.float32)
+  phi = jnp.concatenate(flat)
+  at_floor = jnp.mean((phi <= lambda2).astype(jnp.float32))
+  return jnp.stack([jnp.mean(phi), jnp.min(phi), jnp.max(phi), at_floor]).astype(jnp.float32)
+
+
+def _compute_dtype(x):
+  return jnp.promote_types(x.dtype, jnp.float32)  # bfloat16/float16 work in float32
 
 
 def scale_by_angulargrad(
@@ -89,35 +97,41 @@ def scale_by_angulargrad(
   For each element, with the previous gradient :math:`g_{t-1}` (:math:`g_0 = 0`):
 
   .. math::
-    A_t = \arctan\left|\frac{g_t - g_{t-1}}{1 + g_t g_{t-1}}\right|,\quad
-    A_{\min} = \min(A_{t-1}, A_t)\ (A_{\min} = A_1 \text{ at } t = 1),
+    A_t = \arctan\left|\frac{g_t - g_{t-1}}{1 + g_t g_{t-1}}\right|,\qquad
+    A_{\min} = \min(A_{t-1}, A_t)\ \ (A_{\min} = A_1 \text{ at } t = 1),
 
     \phi_t = \tanh(|\angle(A_{\min})|)\,\lambda_1 + \lambda_2,\quad
     \angle \in \{\cos, \tan\},\qquad
-    u_t = \phi_t\,\hat m_t / (\sqrt{\hat v_t} + \varepsilon)
+    u_t = \phi_t\,\hat m_t / (\sqrt{\hat v_t} + \varepsilon),
 
   with Adam's bias-corrected moments :math:`\hat m_t, \hat v_t`. The angle is
-  never formed: arctan is monotone, so the minimum is taken over
-  :math:`\sin^2 A = n^2 / (n^2 + d^2)` (``n`` and ``d`` the numerator and
-  denominator above, in absolute value), and :math:`\cos A = \sqrt{1 - \sin^2 A}`,
-  :math:`\tan A = \sqrt{\sin^2 A / (1 - \sin^2 A)}`. This gives the same φ as
-  the literal formula up to rounding, computes the robust ``atan2`` form (a zero
-  denominator is the angle π/2, never NaN), and leaves one transcendental
-  function (tanh) per element instead of four.
+  taken robustly, as ``atan2(|g_t − g_{t−1}|, |1 + g_t g_{t−1}|)``, so that
+  :math:`g_t g_{t-1} = -1` is the angle π/2 rather than NaN.
+
+  No angle is ever formed. Since arctan is increasing, the minimum over angles
+  is the minimum over their tangents :math:`r = |g_t - g_{t-1}| / |1 + g_t
+  g_{t-1}|`, which the state keeps in place of the angle, and
+  :math:`\cos(\arctan r) = 1/\sqrt{1 + r^2}`, :math:`\tan(\arctan r) = r`.
+  This is the paper's φ up to float rounding, with one division and one
+  ``tanh`` per element in place of an arctan, a cos or tan, and a tanh.
 
   Args:
     method: ``"cos"`` or ``"tan"``: which function of the angle sets φ.
-    b1: Decay rate of the first moment.
-    b2: Decay rate of the second moment.
-    eps: Added to the square root of the second moment.
-    lambda1: Scale of the angular term; φ lies in ``[lambda2, lambda1 + lambda2]``.
-    lambda2: Floor of φ.
+    b1: Decay rate of the first moment, in ``[0, 1)``.
+    b2: Decay rate of the second moment, in ``[0, 1)``.
+    eps: Added to the square root of the second moment; positive.
+    lambda1: Scale of the angular term, non-negative; φ lies in
+      ``[lambda2, lambda1 + lambda2]``.
+    lambda2: Floor of φ, non-negative.
     mu_dtype: Optional dtype of the first moment.
     reference_compat: Reproduce the authors' published PyTorch code instead of
       the paper (see the note below).
 
   Returns:
-    A :class:`optax.GradientTransformationExtraArgs`.
+    A :class:`optax.GradientTransformationExtraArgs`. Its state records
+    statistics of φ (``phi_stats``; read them with :func:`optax_ext.diagnostics`)
+    over the first ``STATS_SAMPLE`` entries of every leaf, so that the
+    diagnostics do not cost a pass over the whole parameter tree.
 
   Examples:
     >>> import jax, jax.numpy as jnp, optax
@@ -138,14 +152,22 @@ def scale_by_angulargrad(
     <https://arxiv.org/abs/2105.10190>`_, IEEE TNNLS, 2022 (Algorithm 2).
 
   .. note::
-    ``reference_compat=True`` follows the published ``cosangulargrad.py`` /
-    ``tanangulargrad.py``: per leaf a stored angle (degrees, initially 0) and a
-    stored cos/tan value (initially 0) are replaced by the current ones only
-    when strictly fewer elements have an angle above the stored one than not
-    (a majority vote over the leaf); φ uses the stored value; the step is
-    PyTorch's Adam form :math:`\sqrt{1-\beta_2^t}/(1-\beta_1^t)\cdot m\phi /
-    (\sqrt{v} + \varepsilon)`. Because the stored angle starts at 0, the vote
-    passes only when some angle is exactly 0, so φ usually stays at 0.5.
+    ``reference_compat=True`` follows the published ``myoptims/cosangulargrad.py``
+    and ``tanangulargrad.py``. Per leaf they keep a stored angle ``min``
+    (degrees, initially 0) and a stored cos/tan value ``final`` (initially 0).
+    Each step they count the elements whose current angle exceeds the stored
+    one (``torch.unique`` counts) and replace both stored arrays by the current
+    ones only when both outcomes occur and strictly fewer elements are above
+    than not. When every element is above, or none is, ``count[1]`` does not
+    exist and the fallback branch compares a tensor with the string
+    ``"False"``, which is never true: the stored values are kept. φ uses the
+    stored value, and the step is PyTorch Adam's
+    :math:`\sqrt{1-\beta_2^t}/(1-\beta_1^t)\cdot m\phi/(\sqrt{v} + \varepsilon)`.
+    With ``min`` starting at 0, a replacement needs a majority of angles that
+    are exactly 0 (bit-identical consecutive gradients), so φ usually stays
+    at 0.5; on a one-element leaf it always does. The published code adds
+    weight decay to the gradient (L2); :func:`angulargrad`'s ``weight_decay``
+    stays decoupled in this mode too.
   """
   _checks.check_choice("method", method, ("cos", "tan"))
   _checks.check_range("b1", b1, 0.0, 1.0, high_open=True)
@@ -156,22 +178,15 @@ def scale_by_angulargrad(
   mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
 
   def init_fn(params):
-    mu = optax.tree.zeros_like(params, dtype=mu_dtype)
-    nu = optax.tree.zeros_like(params)
-    prev = optax.tree.zeros_like(params)
-    if reference_compat:
-      angle = optax.tree.zeros_like(params)
-      final = optax.tree.zeros_like(params)
-    else:  # sin²(A_0) = 1 (A_0 = π/2), so A_min = A_1 at the first step
-      angle = optax.tree.ones_like(params)
-      final = ()
+    zeros = lambda: optax.tree.zeros_like(params)  # noqa: E731
     return AngularGradState(
       count=jnp.zeros([], jnp.int32),
-      mu=mu,
-      nu=nu,
-      prev_grad=prev,
-      angle=angle,
-      final=final,
+      mu=optax.tree.zeros_like(params, dtype=mu_dtype),
+      nu=zeros(),
+      prev_grad=zeros(),
+      tan_angle=() if reference_compat else zeros(),
+      ref_angle=zeros() if reference_compat else (),
+      ref_final=zeros() if reference_compat else (),
       phi_stats=jnp.full((4,), jnp.nan, jnp.float32),
     )
 
@@ -181,60 +196,73 @@ def scale_by_angulargrad(
     nu = optax.tree.update_moment_per_elem_norm(updates, state.nu, b2, 2)
     count = optax.safe_increment(state.count)
     if reference_compat:
-      new_updates, angle, final, phi = _reference_step(updates, state, mu, nu, count)
+      new_updates, fields, phi_sample = _reference_step(updates, state, mu, nu, count)
     else:
-      mu_hat = optax.tree.bias_correction(mu, b1, count)
-      nu_hat = optax.tree.bias_correction(nu, b2, count)
-
-      def leaf(g, g_prev, s2_prev, m, v):
-        ct = jnp.promote_types(g.dtype, jnp.float32)
-        gf = g.astype(ct)
-        s2 = _angle_sin2(gf, g_prev.astype(ct))
-        phi = _phi_from_sin2(jnp.minimum(s2_prev, s2), method, lambda1, lambda2)
-        u = phi * m / (jnp.sqrt(v) + eps)
-        return u.astype(g.dtype), s2.astype(s2_prev.dtype), phi
-
-      out = jax.tree.map(leaf, updates, state.prev_grad, state.angle, mu_hat, nu_hat)
-      is_triple = lambda x: isinstance(x, tuple) and len(x) == 3
-      new_updates = jax.tree.map(lambda o: o[0], out, is_leaf=is_triple)
-      angle = jax.tree.map(lambda o: o[1], out, is_leaf=is_triple)
-      phi = jax.tree.map(lambda o: o[2], out, is_leaf=is_triple)
-      final = ()
-    prev = optax.tree.cast_like(updates, state.prev_grad)
+      new_updates, fields, phi_sample = _paper_step(updates, state, mu, nu, count)
     new_state = AngularGradState(
       count=count,
       mu=optax.tree.cast(mu, mu_dtype),
       nu=nu,
-      prev_grad=prev,
-      angle=angle,
-      final=final,
-      phi_stats=_phi_stats(phi, lambda2),
+      prev_grad=optax.tree.cast_like(updates, state.prev_grad),
+      phi_stats=_stats(phi_sample, lambda2),
+      **fields,
     )
     return new_updates, new_state
 
+  def _paper_step(updates, state, mu, nu, count):
+    first = count == 1  # A_min = A_1: there is no A_0
+    inv_bc1 = 1.0 / (1.0 - jnp.asarray(b1) ** count)
+    inv_sqrt_bc2 = jax.lax.rsqrt(1.0 - jnp.asarray(b2) ** count)
+
+    def phi_of(g, g_prev, tan_prev):
+      ct = _compute_dtype(g)
+      r = _tan_of_angle(g.astype(ct), g_prev.astype(ct))
+      r_min = jnp.where(first, r, jnp.minimum(r, tan_prev.astype(ct)))
+      return _coefficient(r_min, method, lambda1, lambda2), r
+
+    def direction(g, g_prev, tan_prev, m, v):
+      ct = _compute_dtype(g)
+      phi, _ = phi_of(g, g_prev, tan_prev)
+      m_hat = m.astype(ct) * inv_bc1.astype(ct)
+      denom = jnp.sqrt(v.astype(ct)) * inv_sqrt_bc2.astype(ct) + eps
+      return (phi * m_hat / denom).astype(g.dtype)
+
+    def tangent(g, g_prev, tan_prev):
+      ct = _compute_dtype(g)
+      return _tan_of_angle(g.astype(ct), g_prev.astype(ct)).astype(tan_prev.dtype)
+
+    new_updates = jax.tree.map(direction, updates, state.prev_grad, state.tan_angle, mu, nu)
+    tan_angle = jax.tree.map(tangent, updates, state.prev_grad, state.tan_angle)
+    phi_sample = jax.tree.map(
+      lambda g, gp, tp: phi_of(_sample(g), _sample(gp), _sample(tp))[0],
+      updates,
+      state.prev_grad,
+      state.tan_angle,
+    )
+    return new_updates, {"tan_angle": tan_angle, "ref_angle": (), "ref_final": ()}, phi_sample
+
   def _reference_step(updates, state, mu, nu, count):
-    bc1 = 1.0 - jnp.asarray(b1) ** count
-    bc2 = 1.0 - jnp.asarray(b2) ** count
-    step_scale = jnp.sqrt(bc2) / bc1
+    step_scale = jnp.sqrt(1.0 - jnp.asarray(b2) ** count) / (1.0 - jnp.asarray(b1) ** count)
 
-    def leaf(g, g_prev, stored, fin, m, v):
-      ct = jnp.promote_types(g.dtype, jnp.float32)
+    def leaf(g, g_prev, stored, final, m, v):
+      ct = _compute_dtype(g)
       gf, gp = g.astype(ct), g_prev.astype(ct)
-      angle = jnp.degrees(jnp.arctan2(jnp.abs(gf - gp), jnp.abs(1.0 + gf * gp)))
+      tan = jnp.abs((gp - gf) / (1.0 + gp * gf))  # literal, as published
+      angle = jnp.degrees(jnp.arctan(tan))
       above = jnp.sum(angle > stored)
-      replace = above < (angle.size - above)
-      rad = jnp.radians(angle)
-      current = jnp.cos(rad) if method == "cos" else jnp.tan(rad)
-      stored = jnp.where(replace, angle, stored)
-      fin = jnp.where(replace, current, fin)
-      phi = jnp.tanh(jnp.abs(fin)) * lambda1 + lambda2
-      u = step_scale * (m * phi) / (jnp.sqrt(v) + eps)
-      return u.astype(g.dtype), stored, fin, phi
+      replace = (above > 0) & (above < angle.size - above)
+      current = jax.lax.rsqrt(1.0 + tan * tan) if method == "cos" else tan
+      stored = jnp.where(replace, angle.astype(stored.dtype), stored)
+      final = jnp.where(replace, current.astype(final.dtype), final)
+      phi = jnp.tanh(jnp.abs(final.astype(ct))) * lambda1 + lambda2
+      u = step_scale.astype(ct) * (m.astype(ct) * phi) / (jnp.sqrt(v.astype(ct)) + eps)
+      return u.astype(g.dtype), stored, final, _sample(phi)
 
-    out = jax.tree.map(leaf, updates, state.prev_grad, state.angle, state.final, mu, nu)
-    is_quad = lambda x: isinstance(x, tuple) and len(x) == 4
-    pick = lambda i: jax.tree.map(lambda o: o[i], out, is_leaf=is_quad)
-    return pick(0), pick(1), pick(2), pick(3)
+    out = jax.tree.map(leaf, updates, state.prev_grad, state.ref_angle, state.ref_final, mu, nu)
+    u, stored, final, phi_sample = jax.tree.transpose(
+      jax.tree.structure(updates), jax.tree.structure((0, 0, 0, 0)), out
+    )
+    return u, {"tan_angle": (), "ref_angle": stored, "ref_final": final}, phi_sample
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
