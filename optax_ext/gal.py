@@ -3,13 +3,14 @@
 GAL works where the loss meets the model: at the outputs ``z`` (logits or
 regression outputs). A small MLP ``h(z; ϑ)`` (the regressor) proposes an
 adjustment of the output gradient ``∂ℓ/∂z``; the adjusted gradient is used
-only when a tentative step along it lowers the loss, and the regressor learns
-to minimise the magnitude of the first-order Taylor remainder of that step.
-The chosen output cotangent is back-propagated through the model once.
+only when a tentative step along it does not raise the loss, and the regressor
+learns to minimise the magnitude of the first-order Taylor remainder of that
+step. The chosen output cotangent is back-propagated through the model once.
 """
 
 from __future__ import annotations
 
+import numbers
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import flax.linen as nn
@@ -23,19 +24,22 @@ from optax_ext import _checks, _diagnostics
 class GALState(NamedTuple):
   """State for :func:`gal`.
 
-  The last four fields log the last step: whether the adjusted gradient was
-  used (1.0) or the vanilla one (0.0), the tentative loss
-  :math:`\\ell(z - \\tilde\\eta g)`, :math:`|r|`, and the cosine similarity
-  between the adjustment :math:`\\tilde v` and the vanilla output gradient.
+  ``regressor_params`` and ``regressor_state`` are the regressor's Flax
+  parameters and its optimizer's state. The last four fields log the last
+  step (float32 scalars): whether the adjusted gradient was used (1.0) or the
+  vanilla one (0.0), the tentative loss :math:`\\ell(z - \\tilde\\eta g)`,
+  :math:`|r|`, and the cosine similarity between the adjustment
+  :math:`\\tilde v` and the vanilla output gradient, over the whole batch
+  (0 where either is zero).
   """
 
   count: jax.Array  # shape=(), dtype=jnp.int32
   regressor_params: Any
   regressor_state: Any
-  used_adjusted: jax.Array  # shape=(), float32
-  tentative_loss: jax.Array  # shape=(), float32
-  remainder: jax.Array  # shape=(), float32: |r|
-  cosine: jax.Array  # shape=(), float32
+  used_adjusted: jax.Array  # shape=(), dtype=jnp.float32
+  tentative_loss: jax.Array  # shape=(), dtype=jnp.float32
+  remainder: jax.Array  # shape=(), dtype=jnp.float32, |r|
+  cosine: jax.Array  # shape=(), dtype=jnp.float32
 
 
 class Regressor(nn.Module):
@@ -66,11 +70,18 @@ def _require(name: str, value: Any, what: str) -> None:
     )
 
 
+def _row_norm(a: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Per-row Euclidean norm with a gradient that stays finite at zero."""
+  sq = jnp.sum(jnp.square(a), axis=-1, keepdims=True)
+  nonzero = sq > 0
+  return jnp.sqrt(jnp.where(nonzero, sq, 1.0)), nonzero
+
+
 def gal(
   output_dim: int,
   hidden: Sequence[int] = (100, 32, 16),
   alpha: jax.typing.ArrayLike = 1e-3,
-  beta: jax.typing.ArrayLike = 1e-3,
+  beta: jax.typing.ArrayLike = 1.0,
   learning_rate: optax.ScalarOrSchedule = 1e-2,
   regressor_optimizer: Optional[optax.GradientTransformation] = None,
   activation: Optional[Callable[[jax.Array], jax.Array]] = None,
@@ -86,7 +97,7 @@ def gal(
   and :math:`\tilde\eta = \beta\eta`:
 
   .. math::
-    v = h(z; \vartheta),\quad
+    v_n = h(z_n; \vartheta),\quad
     \tilde v_n = \alpha\,\|\nabla_n\|\,v_n / \|v_n\|,\quad g = \nabla + \tilde v
 
     \text{cotangent} = \begin{cases} g & \ell(z - \tilde\eta g) \le \ell(z)\\
@@ -95,30 +106,38 @@ def gal(
     r = \ell(z - \tilde\eta g) - \ell(z) + \tilde\eta \textstyle\sum_n \nabla_n \cdot g_n,
     \qquad \vartheta \leftarrow \text{regressor\_optimizer}(\partial |r| / \partial\vartheta)
 
-  ``update(updates, state, params, *, outputs, loss_fn, outputs_vjp)``:
-  ``outputs`` is :math:`z` (its last axis of size ``output_dim``),
-  ``loss_fn(z)`` the batch-mean training loss, and ``outputs_vjp`` the model's
-  VJP as :func:`jax.vjp` returns it (a cotangent of ``outputs`` in, a 1-tuple
-  of parameter cotangents out). With ``updates=None`` (recommended) the stage
-  back-propagates the chosen cotangent once and returns the parameter
-  gradient for the rest of the chain. If ``updates`` holds the vanilla
-  gradient instead, the stage adds :math:`\mathrm{VJP}(\tilde v)` when the
-  adjusted gradient is used: a second backward pass, so slower.
+  The update is ``update(updates, state, params, *, outputs, loss_fn,
+  outputs_vjp)``: ``outputs`` is :math:`z` (its last axis of size
+  ``output_dim``; leading axes are samples), ``loss_fn(z)`` the batch-mean
+  training loss, and ``outputs_vjp`` the model's VJP as :func:`jax.vjp`
+  returns it (an ``outputs`` cotangent in, a 1-tuple of parameter cotangents
+  out). :func:`gal_extra_args` builds the three in one forward pass.
+
+  - ``updates=None`` (recommended): the stage back-propagates the chosen
+    cotangent once and hands the parameter gradient to the rest of the chain,
+    so a GAL step costs one forward and one backward pass, like a plain step.
+  - ``updates`` = the vanilla parameter gradient: the stage adds
+    :math:`\mathrm{VJP}(\tilde v)` when the adjusted gradient is used, a second
+    backward pass (slower; useful when the gradient comes from elsewhere).
 
   Args:
     output_dim: d, the width of the model's outputs.
     hidden: Widths of the regressor's hidden layers (the paper uses
-      (100, 32, 16) for 10 classes and (128, 4) for its regression task).
-    alpha: α, the adjustment's size relative to the output gradient (the
-      paper's range: 1e-4 to 1e-2).
-    beta: β, the tentative step :math:`\tilde\eta = \beta\eta` (0.001 to 10).
-    learning_rate: η, the model's learning rate (float or schedule).
+      (100, 32, 16) for 10 classes and (128, 4) for its diabetes regression).
+    alpha: α ≥ 0, the adjustment's size relative to the output gradient (the
+      paper's useful range: 1e-4 to 1e-2; 0 switches the adjustment off).
+    beta: β > 0, the tentative step :math:`\tilde\eta = \beta\eta` (the paper
+      uses 0.001 to 10, depending on the optimizer).
+    learning_rate: η, the model's learning rate (float or schedule), the same
+      value the optimizer after this stage uses.
     regressor_optimizer: The regressor's optimizer; default
-      ``optax.sgd(learning_rate)`` (the published code trains both in one SGD).
-    activation: An activation between the regressor's layers (default none).
+      ``optax.sgd(learning_rate)`` (the published code trains the regressor in
+      the model's own optimizer).
+    activation: An activation between the regressor's layers (default none,
+      as the published ``RNet``).
     reference_compat: Take the linear term as the batch mean
       :math:`\tilde\eta\,\mathrm{mean}_n(\nabla_n\cdot g_n)`, as the published
-      ``adjustment.py`` does, instead of the paper's sum.
+      ``adjustment.py`` does, instead of the paper's sum (Eq. 7).
     seed: Seed of the regressor's initialisation.
 
   Returns:
@@ -128,38 +147,64 @@ def gal(
     >>> import jax, jax.numpy as jnp, flax.linen as nn, optax
     >>> import optax_ext
     >>> model = nn.Dense(3)
-    >>> x, y = jnp.ones((8, 4)), jnp.zeros(8, jnp.int32)
-    >>> params = model.init(jax.random.key(0), x)['params']
-    >>> tx = optax.chain(optax_ext.gal(3, learning_rate=0.1), optax.sgd(0.1))
-    >>> state = tx.init(params)
+    >>> x = jax.random.normal(jax.random.key(0), (8, 4))
+    >>> y = jnp.arange(8) % 3
+    >>> params = model.init(jax.random.key(1), x)['params']
     >>> loss = lambda z: optax.softmax_cross_entropy_with_integer_labels(z, y).mean()
-    >>> extra = optax_ext.gal_extra_args(lambda p: model.apply({'params': p}, x), params, loss)
-    >>> updates, state = tx.update(None, state, params, **extra)  # one backward pass
-    >>> params = optax.apply_updates(params, updates)
-    >>> print(float(state[0].used_adjusted) in (0.0, 1.0))
+    >>> tx = optax.chain(optax_ext.gal(3, learning_rate=0.5), optax.sgd(0.5))
+    >>> state = tx.init(params)
+    >>> @jax.jit
+    ... def step(params, state):
+    ...   extra = optax_ext.gal_extra_args(lambda p: model.apply({'params': p}, x), params, loss)
+    ...   updates, state = tx.update(None, state, params, **extra)  # one backward pass
+    ...   return optax.apply_updates(params, updates), state, loss(extra['outputs'])
+    >>> losses = []
+    >>> for _ in range(5):
+    ...   params, state, value = step(params, state)
+    ...   losses.append(float(value))
+    >>> losses[-1] < losses[0]
     True
+    >>> sorted(optax_ext.diagnostics(state))
+    ['gal/cosine', 'gal/remainder', 'gal/tentative_loss', 'gal/used_adjusted']
 
   References:
     Luo, Wong, Kankanhalli, Zhao, *Learning to Minimize the Remainder in
     Supervised Learning*, IEEE Transactions on Multimedia, 2022 (Algorithm 1,
-    Eq. 3-7).
+    Eq. 3-7); published code: `gradient_adjustment
+    <https://github.com/luoyan407/gradient_adjustment>`_.
+
+  .. note::
+    Put GAL first in the chain and wrap only the optimizer after it:
+    ``optax.chain(gal(...), optax.apply_if_finite(base, 5))``,
+    ``optax.chain(gal(...), optax.MultiSteps(base, k).gradient_transformation())``
+    and ``optax.chain(gal(...), optax.lookahead(base, ...))`` (the VJP is taken
+    with respect to the fast parameters) work; wrappers that read ``updates``
+    before GAL has made them (``apply_if_finite``, ``MultiSteps`` around GAL)
+    or drop extra arguments (``lookahead`` around GAL) need the vanilla
+    gradient path. A non-finite remainder leaves the regressor unchanged.
+    Under :func:`optax.inject_hyperparams` pass
+    ``static_args=('output_dim', 'seed', 'activation')``.
   """
-  _checks.check_range("output_dim", output_dim, 1)
-  if not isinstance(output_dim, int):
+  if isinstance(output_dim, bool) or not isinstance(output_dim, numbers.Integral):
     raise ValueError(f"output_dim must be a positive int, got {output_dim!r}")
+  _checks.check_range("output_dim", output_dim, 1)
+  output_dim = int(output_dim)
   hidden = tuple(hidden)
-  if any((not isinstance(h, int)) or h <= 0 for h in hidden):
+  if any(isinstance(h, bool) or not isinstance(h, numbers.Integral) or h <= 0 for h in hidden):
     raise ValueError(f"hidden must hold positive ints, got {hidden!r}")
-  _checks.check_positive("alpha", alpha)
+  hidden = tuple(int(h) for h in hidden)
+  _checks.check_nonnegative("alpha", alpha)
   _checks.check_positive("beta", beta)
   _checks.check_learning_rate(learning_rate)
+  if activation is not None and not callable(activation):
+    raise ValueError(f"activation must be callable or None, got {activation!r}")
   regressor = Regressor(hidden, output_dim, activation)
   reg_opt = regressor_optimizer if regressor_optimizer is not None else optax.sgd(learning_rate)
 
   def init_fn(params):
     del params
     reg_params = regressor.init(jax.random.key(seed), jnp.zeros((1, output_dim)))["params"]
-    zero = jnp.zeros([], jnp.promote_types(jnp.result_type(float), jnp.float32))
+    zero = jnp.zeros([], jnp.float32)
     return GALState(
       count=jnp.zeros([], jnp.int32),
       regressor_params=reg_params,
@@ -177,26 +222,32 @@ def gal(
     _require("outputs", outputs, "the model's outputs z")
     _require("loss_fn", loss_fn, "a function z -> batch-mean loss")
     _require("outputs_vjp", outputs_vjp, "the model's VJP from outputs to parameters")
-    if outputs.ndim < 1 or outputs.shape[-1] != output_dim:
+    if not callable(loss_fn):
+      raise ValueError(f"`loss_fn` must be a function z -> scalar loss, got {loss_fn!r}")
+    if not callable(outputs_vjp):
+      raise ValueError(f"`outputs_vjp` must be the function jax.vjp returns, got {outputs_vjp!r}")
+    if not hasattr(outputs, "shape") or outputs.ndim < 1 or outputs.shape[-1] != output_dim:
       raise ValueError(
-        f"`outputs` must have a last axis of size output_dim={output_dim}, "
-        f"got shape {outputs.shape}"
+        f"`outputs` must be an array whose last axis has size output_dim={output_dim}, "
+        f"got shape {getattr(outputs, 'shape', type(outputs))}"
       )
     z = jax.lax.stop_gradient(outputs)
+    ct = jnp.promote_types(outputs.dtype, jnp.float32)  # computation dtype
     lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
-    ct = jnp.promote_types(outputs.dtype, jnp.float32)
     eta_t = jnp.asarray(beta * lr, ct)
     loss0, nabla = jax.value_and_grad(loss_fn)(z)
+    loss0 = jnp.asarray(loss0, ct)
     rows = lambda a: a.reshape(-1, output_dim).astype(ct)
+    as_outputs = lambda a: a.reshape(outputs.shape).astype(outputs.dtype)
     nab = rows(nabla)
+    nab_norm, _ = _row_norm(nab)
 
     def remainder(theta):
-      v = regressor.apply({"params": theta}, rows(z))
-      v_norm = jnp.linalg.norm(v, axis=-1, keepdims=True)
-      g_norm = jnp.linalg.norm(nab, axis=-1, keepdims=True)
-      v_adj = alpha * g_norm * v / jnp.where(v_norm > 0, v_norm, 1.0)
+      v = regressor.apply({"params": theta}, rows(z)).astype(ct)
+      v_norm, v_nonzero = _row_norm(v)
+      v_adj = jnp.where(v_nonzero, alpha * nab_norm * v / v_norm, 0.0)  # per sample
       g = nab + v_adj
-      tentative = loss_fn(z - (eta_t * g).reshape(z.shape).astype(z.dtype))
+      tentative = jnp.asarray(loss_fn(z - as_outputs(eta_t * g)), ct)
       dots = jnp.sum(nab * g, axis=-1)
       linear = eta_t * (jnp.mean(dots) if reference_compat else jnp.sum(dots))
       r = tentative - loss0 + linear
@@ -205,30 +256,38 @@ def gal(
     (r_abs, (g, v_adj, tentative)), reg_grads = jax.value_and_grad(remainder, has_aux=True)(
       state.regressor_params
     )
-    use = tentative <= loss0
-    shape_like = lambda a: a.reshape(outputs.shape).astype(outputs.dtype)
+    use = tentative <= loss0  # False when either is NaN
     if updates is None:
-      (param_grads,) = outputs_vjp(shape_like(jnp.where(use, g, nab)))
+      (param_grads,) = outputs_vjp(as_outputs(jnp.where(use, g, nab)))
     else:
       param_grads = jax.lax.cond(
         use,
-        lambda: jax.tree.map(jnp.add, updates, outputs_vjp(shape_like(v_adj))[0]),
+        lambda: jax.tree.map(
+          lambda u, a: (u + a).astype(u.dtype), updates, outputs_vjp(as_outputs(v_adj))[0]
+        ),
         lambda: updates,
       )
     reg_updates, reg_state = reg_opt.update(
       reg_grads, state.regressor_state, state.regressor_params
     )
     reg_params = optax.apply_updates(state.regressor_params, reg_updates)
+    finite = jnp.isfinite(r_abs)
+    for leaf in jax.tree.leaves(reg_grads):
+      finite &= jnp.all(jnp.isfinite(leaf))
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+    reg_params = keep(reg_params, state.regressor_params)
+    reg_state = keep(reg_state, state.regressor_state)
     denom = jnp.linalg.norm(v_adj) * jnp.linalg.norm(nab)
     cosine = jnp.where(denom > 0, jnp.sum(v_adj * nab) / jnp.where(denom > 0, denom, 1.0), 0.0)
+    f32 = lambda a: jnp.asarray(a, jnp.float32)
     new_state = GALState(
       count=optax.safe_increment(state.count),
       regressor_params=reg_params,
       regressor_state=reg_state,
-      used_adjusted=use.astype(ct),
-      tentative_loss=jnp.asarray(tentative, ct),
-      remainder=jnp.asarray(r_abs, ct),
-      cosine=cosine.astype(ct),
+      used_adjusted=f32(use),
+      tentative_loss=f32(tentative),
+      remainder=f32(r_abs),
+      cosine=f32(cosine),
     )
     return param_grads, new_state
 
@@ -241,20 +300,29 @@ def gal_extra_args(
   loss_fn: Callable[[jax.Array], jax.Array],
   has_aux: bool = False,
 ):
-  """Runs the model once and returns GAL's extra arguments.
+  """Runs the model forward once and returns GAL's extra arguments.
 
   Args:
     model_fn: ``params -> outputs`` (or ``params -> (outputs, aux)`` with
-      ``has_aux``, e.g. updated BatchNorm statistics).
-    params: The model's parameters.
+      ``has_aux``, e.g. BatchNorm's updated ``batch_stats``).
+    params: The parameters to differentiate (for ``optax.lookahead``, the fast
+      parameters).
     loss_fn: ``outputs -> batch-mean loss``.
     has_aux: Whether ``model_fn`` also returns auxiliary data.
 
   Returns:
     ``dict(outputs=z, loss_fn=loss_fn, outputs_vjp=vjp)`` for
-    ``tx.update(None, state, params, **extra)``, and ``aux`` too (as
-    ``(extra, aux)``) when ``has_aux``. The forward pass runs once here; the
+    ``tx.update(None, state, params, **extra)``, or ``(extra, aux)`` when
+    ``has_aux``. The forward pass runs here, through :func:`jax.vjp`; the
     backward pass runs once, inside GAL's update.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import optax_ext
+    >>> extra = optax_ext.gal_extra_args(lambda w: jnp.ones((2, 3)) @ w, jnp.ones((3, 4)),
+    ...                                  lambda z: jnp.mean(z ** 2))
+    >>> sorted(extra), extra['outputs'].shape
+    (['loss_fn', 'outputs', 'outputs_vjp'], (2, 4))
   """
   if has_aux:
     z, vjp, aux = jax.vjp(model_fn, params, has_aux=True)

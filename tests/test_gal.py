@@ -31,7 +31,7 @@ def mse_grad(z, y):
 
 
 def gal_step(W, b, A, c, x, y, lr, alpha, beta, loss, loss_grad, linear="sum"):
-  """Algorithm 1 for z = xW + b and the linear regressor h(z) = zA + c."""
+  """Algorithm 1 for the model z = xW + b and the linear regressor h(z) = zA + c."""
   z = x @ W + b
   eta_t = beta * lr
   l0 = loss(z, y)
@@ -40,38 +40,39 @@ def gal_step(W, b, A, c, x, y, lr, alpha, beta, loss, loss_grad, linear="sum"):
   def parts(A, c):
     v = z @ A + c
     vn = np.linalg.norm(v, axis=1, keepdims=True)
-    v_adj = alpha * np.linalg.norm(nab, axis=1, keepdims=True) * v / vn  # per-sample
-    g = nab + v_adj
+    v_adj = alpha * np.linalg.norm(nab, axis=1, keepdims=True) * v / vn  # Eq. 4, per sample
+    g = nab + v_adj  # Eq. 5
     tent = loss(z - eta_t * g, y)
     dots = np.sum(nab * g, axis=1)
-    r = tent - l0 + eta_t * (dots.sum() if linear == "sum" else dots.mean())
+    r = tent - l0 + eta_t * (dots.sum() if linear == "sum" else dots.mean())  # Eq. 7
     return g, tent, r
 
   g, tent, r = parts(A, c)
-  use = tent <= l0
+  use = tent <= l0  # lines 7-10
   cot = g if use else nab
   dW, db = x.T @ cot, cot.sum(0)
-  # The regressor's gradient of |r|, by central differences in float64.
+  # The regressor's gradient of |r| (objective 6), by central differences in float64.
   h = 1e-6
   dA, dc = np.zeros_like(A), np.zeros_like(c)
-  for idx in np.ndindex(A.shape):
-    Ap, Am = A.copy(), A.copy()
-    Ap[idx] += h
-    Am[idx] -= h
-    dA[idx] = (abs(parts(Ap, c)[2]) - abs(parts(Am, c)[2])) / (2 * h)
-  for idx in np.ndindex(c.shape):
-    cp, cm = c.copy(), c.copy()
-    cp[idx] += h
-    cm[idx] -= h
-    dc[idx] = (abs(parts(A, cp)[2]) - abs(parts(A, cm)[2])) / (2 * h)
-  return dict(use=use, tent=tent, r=abs(r), dW=dW, db=db, dA=dA, dc=dc, g=g, nab=nab)
+  for arr, out in ((A, dA), (c, dc)):
+    for idx in np.ndindex(arr.shape):
+      old = arr[idx]
+      arr[idx] = old + h
+      up = abs(parts(A, c)[2])
+      arr[idx] = old - h
+      down = abs(parts(A, c)[2])
+      arr[idx] = old
+      out[idx] = (up - down) / (2 * h)
+  v_adj = g - nab
+  cos = np.sum(v_adj * nab) / (np.linalg.norm(v_adj) * np.linalg.norm(nab))
+  return dict(use=use, tent=tent, r=abs(r), dW=dW, db=db, dA=dA, dc=dc, cos=cos)
 
 
-def _setup(task, seed=0, d=3):
+def _setup(task, seed=0, d=3, n=6, k=4):
   rng = np.random.default_rng(seed)
-  x = rng.normal(size=(6, 4))
-  y = rng.integers(0, d, 6) if task == "ce" else rng.normal(size=(6, d))
-  W, b = rng.normal(size=(4, d)) * 0.5, np.zeros(d)
+  x = rng.normal(size=(n, k))
+  y = rng.integers(0, d, n) if task == "ce" else rng.normal(size=(n, d))
+  W, b = rng.normal(size=(k, d)) * 0.5, np.zeros(d)
   return x, y, W, b
 
 
@@ -81,11 +82,32 @@ def _jax_loss(task, y):
   return lambda z: jnp.mean((z - jnp.asarray(y)) ** 2)
 
 
-@pytest.mark.parametrize("task", ["ce", "mse"])
-# A small adjustment and tentative step lower the loss (adjusted gradient used); an
-# adjustment ten times the gradient, in the regressor's arbitrary direction, does not.
-@pytest.mark.parametrize("alpha,beta,branch", [(0.05, 0.5, True), (10.0, 50.0, False)])
-@pytest.mark.parametrize("linear", ["sum", "mean"])
+def _finite(tree):
+  return all(np.all(np.isfinite(np.asarray(a, np.float64))) for a in jax.tree.leaves(tree))
+
+
+def _all_zero(tree):
+  return all(not np.any(np.asarray(a, np.float64)) for a in jax.tree.leaves(tree))
+
+
+def _f32_problem(task="ce", seed=5, n=6, k=4):
+  x, y, W, b = _setup(task, seed=seed, n=n, k=k)
+  params = {"W": jnp.asarray(W, jnp.float32), "b": jnp.asarray(b, jnp.float32)}
+  model = lambda p: jnp.asarray(x, p["W"].dtype) @ p["W"] + p["b"]
+  return params, model, _jax_loss(task, y)
+
+
+@pytest.mark.parametrize(
+  "task,alpha,beta,branch,linear",
+  [
+    # A small adjustment and tentative step lower the loss (adjusted gradient used);
+    # an adjustment ten times the gradient, in the regressor's direction, does not.
+    ("ce", 0.05, 0.5, True, "sum"),
+    ("ce", 10.0, 50.0, False, "mean"),
+    ("mse", 0.05, 0.5, True, "mean"),
+    ("mse", 10.0, 50.0, False, "sum"),
+  ],
+)
 def test_one_and_several_steps_match_transcription(task, alpha, beta, branch, linear):
   d, lr = 3, 0.1
   x, y, W, b = _setup(task, d=d)
@@ -102,14 +124,17 @@ def test_one_and_several_steps_match_transcription(task, alpha, beta, branch, li
     step = jax.jit(
       lambda s, p: tx.update(None, s, p, **optax_ext.gal_extra_args(model, p, _jax_loss(task, y)))
     )
-    branches = []
-    for t in range(4):
+    for t in range(3):
       ref = gal_step(W, b, A, c, x, y, lr, alpha, beta, loss, loss_grad, linear)
+      if t == 0:
+        assert ref["use"] == branch  # the constructed case takes the intended branch
       grads, state = step(state, params)
-      branches.append(bool(ref["use"]))
       assert float(state.used_adjusted) == float(ref["use"]), t
-      np.testing.assert_allclose(state.tentative_loss, ref["tent"], rtol=1e-7)
-      np.testing.assert_allclose(state.remainder, ref["r"], rtol=1e-6, atol=1e-12)
+      # Logged quantities are float32 scalars.
+      np.testing.assert_allclose(state.tentative_loss, ref["tent"], rtol=1e-6)
+      np.testing.assert_allclose(state.remainder, ref["r"], rtol=1e-5, atol=1e-9)
+      np.testing.assert_allclose(state.cosine, ref["cos"], rtol=1e-5)
+      np.testing.assert_allclose(optax_ext.diagnostics(state)["gal/cosine"], ref["cos"], rtol=1e-5)
       np.testing.assert_allclose(grads["W"], ref["dW"], rtol=1e-7, atol=1e-12)
       np.testing.assert_allclose(grads["b"], ref["db"], rtol=1e-7, atol=1e-12)
       new_theta = state.regressor_params["Dense_0"]
@@ -122,92 +147,254 @@ def test_one_and_several_steps_match_transcription(task, alpha, beta, branch, li
       A = np.asarray(new_theta["kernel"], np.float64)
       c = np.asarray(new_theta["bias"], np.float64)
       params = {"W": jnp.asarray(W), "b": jnp.asarray(b)}
-    assert branches[0] == branch  # the constructed case takes the intended branch
+
+
+def test_schedule_is_read_at_the_step_count():
+  # With lr(t) = 0.1 * 0.5^t, step 2 of a scheduled GAL equals the transcription at lr 0.05.
+  x, y, W, b = _setup("mse", seed=2)
+  with jax.enable_x64(True):
+    tx = optax_ext.gal(
+      3,
+      hidden=(),
+      alpha=0.05,
+      beta=0.5,
+      learning_rate=optax.exponential_decay(0.1, 1, 0.5),
+      regressor_optimizer=optax.sgd(0.0),
+    )
+    model = lambda p: jnp.asarray(x) @ p["W"] + p["b"]
+    loss = _jax_loss("mse", y)
+    state = tx.init(None)
+    theta = state.regressor_params["Dense_0"]
+    A, c = np.asarray(theta["kernel"], np.float64), np.asarray(theta["bias"], np.float64)
+    params = {"W": jnp.asarray(W), "b": jnp.asarray(b)}
+
+    @jax.jit
+    def two_steps(state):
+      extra = optax_ext.gal_extra_args(model, params, loss)
+      _, state = tx.update(None, state, params, **extra)
+      return tx.update(None, state, params, **extra)
+
+    grads, state = two_steps(state)
+  ref = gal_step(W, b, A, c, x, y, 0.05, 0.05, 0.5, mse, mse_grad)
+  np.testing.assert_allclose(state.tentative_loss, ref["tent"], rtol=1e-6)
+  np.testing.assert_allclose(grads["W"], ref["dW"], rtol=1e-7)
+
+
+def test_zero_regressor_output_gives_the_vanilla_gradient():
+  params, model, loss = _f32_problem()
+  tx = optax_ext.gal(3, hidden=(4,), alpha=0.1, learning_rate=0.1)
+  state = tx.init(params)
+  state = state._replace(regressor_params=jax.tree.map(jnp.zeros_like, state.regressor_params))
+  (grads, state), vanilla = jax.jit(
+    lambda s, p: (
+      tx.update(None, s, p, **optax_ext.gal_extra_args(model, p, loss)),
+      jax.grad(lambda q: loss(model(q)))(p),
+    )
+  )(state, params)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), grads, vanilla)
+  assert _finite(state)
+  assert float(state.cosine) == 0.0
 
 
 def test_vanilla_gradient_path_equals_the_one_pass_path():
-  x, y, W, b = _setup("ce", seed=3)
-  params = {"W": jnp.asarray(W, jnp.float32), "b": jnp.asarray(b, jnp.float32)}
-  model = lambda p: jnp.asarray(x, jnp.float32) @ p["W"] + p["b"]
-  loss = _jax_loss("ce", y)
+  params, model, loss = _f32_problem(seed=3)
   used = []
   for alpha, beta in ((0.05, 0.5), (10.0, 50.0)):  # both branches
-    tx = optax_ext.gal(3, alpha=alpha, beta=beta, learning_rate=0.1)
-    s1 = s2 = tx.init(params)
-    extra = optax_ext.gal_extra_args(model, params, loss)
-    vanilla = jax.grad(lambda p: loss(model(p)))(params)
-    u1, s1 = tx.update(None, s1, params, **extra)
-    u2, s2 = tx.update(vanilla, s2, params, **extra)
+    tx = optax_ext.gal(3, hidden=(8,), alpha=alpha, beta=beta, learning_rate=0.1)
+
+    @jax.jit
+    def both(state, params, tx=tx):
+      extra = optax_ext.gal_extra_args(model, params, loss)
+      vanilla = jax.grad(lambda p: loss(model(p)))(params)
+      return tx.update(None, state, params, **extra), tx.update(vanilla, state, params, **extra)
+
+    (u1, s1), (u2, s2) = both(tx.init(params), params)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), u1, u2)
-    assert float(s1.used_adjusted) == float(s2.used_adjusted)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), s1, s2)
     used.append(float(s1.used_adjusted))
   assert used == [1.0, 0.0]
 
 
+def _count_model_matmuls(jaxpr, shape):
+  """dot_generals, in a jaxpr and its sub-jaxprs, with an operand of the model input's shape."""
+  n = 0
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "dot_general" and any(
+      getattr(v.aval, "shape", None) == shape for v in eqn.invars
+    ):
+      n += 1
+    for p in eqn.params.values():
+      for sub in p if isinstance(p, (list, tuple)) else (p,):
+        inner = getattr(sub, "jaxpr", None)
+        if inner is not None:
+          n += _count_model_matmuls(getattr(inner, "jaxpr", inner), shape)
+  return n
+
+
 def test_model_is_differentiated_once_per_step():
-  x, y, W, b = _setup("ce")
-  params = {"W": jnp.asarray(W, jnp.float32), "b": jnp.asarray(b, jnp.float32)}
-  loss = _jax_loss("ce", y)
-  tx = optax.chain(optax_ext.gal(3, learning_rate=0.1), optax.sgd(0.1))
-  calls = {"forward": 0, "vjp": 0}
+  # Batch 7, input width 5: x has a shape nothing else in the step has.
+  params, model, loss = _f32_problem(seed=1, n=7, k=5)
+  tx = optax.chain(optax_ext.gal(3, hidden=(8,), learning_rate=0.1), optax.sgd(0.1))
+  calls = {"forward": 0, "backward": 0}
 
-  def model(p):
+  @jax.custom_vjp
+  def counted(p):
+    return model(p)
+
+  def fwd(p):
     calls["forward"] += 1
-    return jnp.asarray(x, jnp.float32) @ p["W"] + p["b"]
+    return jax.vjp(model, p)
 
+  def bwd(vjp, ct):
+    calls["backward"] += 1
+    return vjp(ct)
+
+  counted.defvjp(fwd, bwd)
+
+  def one_pass(params, state):
+    u, state = tx.update(None, state, params, **optax_ext.gal_extra_args(counted, params, loss))
+    return optax.apply_updates(params, u), state
+
+  def vanilla(params, state):
+    extra = optax_ext.gal_extra_args(counted, params, loss)
+    grads = jax.grad(lambda p: loss(counted(p)))(params)
+    u, state = tx.update(grads, state, params, **extra)
+    return optax.apply_updates(params, u), state
+
+  state = tx.init(params)
+  jax.jit(one_pass)(params, state)
+  assert calls == {"forward": 1, "backward": 1}
+  # In the traced step: one matmul with x forward (x @ W), one backward (xᵀ @ ct).
+  assert _count_model_matmuls(jax.make_jaxpr(one_pass)(params, state).jaxpr, (7, 5)) == 2
+  # The vanilla-gradient path differentiates twice (its own grad, then VJP(ṽ) in the cond).
+  assert _count_model_matmuls(jax.make_jaxpr(vanilla)(params, state).jaxpr, (7, 5)) >= 4
+
+
+def _train(tx, params, model, loss, steps=12, extra_fn=None, fast=lambda p: p):
   @jax.jit
   def step(params, state):
-    extra = optax_ext.gal_extra_args(model, params, loss)
-    inner = extra["outputs_vjp"]
-
-    def counted(ct):
-      calls["vjp"] += 1
-      return inner(ct)
-
-    extra["outputs_vjp"] = counted
+    extra = optax_ext.gal_extra_args(model, fast(params), loss)
+    if extra_fn is not None:
+      extra.update(extra_fn())
     u, state = tx.update(None, state, params, **extra)
     return optax.apply_updates(params, u), state
 
-  params, state = step(params, tx.init(params))
-  assert calls == {"forward": 1, "vjp": 1}
-  # And in the compiled step's jaxpr: one matmul forward (x @ W), one backward (xᵀ @ ct).
-  jaxpr = str(jax.make_jaxpr(step)(params, state))
-  assert (
-    jaxpr.count("dot_general")
-    - str(jax.make_jaxpr(lambda s: tx.init(params))(state)).count("dot_general")
-    >= 2
-  )
-
-
-@pytest.mark.parametrize("base", ["sgd", "momentum", "adam", "angulargrad", "sp", "insgd"])
-def test_in_front_of_other_optimizers(base):
-  x, y, W, b = _setup("ce", seed=5)
-  params = {"W": jnp.asarray(W, jnp.float32), "b": jnp.asarray(b, jnp.float32)}
-  model = lambda p: jnp.asarray(x, jnp.float32) @ p["W"] + p["b"]
-  loss = _jax_loss("ce", y)
-  opt = {
-    "sgd": optax.sgd(0.1),
-    "momentum": optax.sgd(0.1, momentum=0.9),
-    "adam": optax.adam(0.05),
-    "angulargrad": optax_ext.angulargrad(0.05),
-    "sp": optax_ext.sp(0.1, sparsity=0.05),
-    "insgd": optax_ext.insgd(0.1),
-  }[base]
-  tx = optax.chain(optax_ext.gal(3, learning_rate=0.1), opt)
   state = tx.init(params)
-  extra_power = {"input_power": {"W": jnp.asarray(float(np.mean(np.sum(x**2, 1)))), "b": None}}
+  for _ in range(steps):
+    params, state = step(params, state)
+  return params, state
+
+
+BASES = {
+  "sgd": lambda: optax.sgd(0.1),
+  "momentum": lambda: optax.sgd(0.1, momentum=0.9),
+  "adam": lambda: optax.adam(0.05),
+  "multisteps": lambda: optax.MultiSteps(optax.sgd(0.2), 2).gradient_transformation(),
+  "apply_if_finite": lambda: optax.apply_if_finite(optax.sgd(0.1), 3),
+  "angulargrad": lambda: optax_ext.angulargrad(0.05),
+  "sp": lambda: optax_ext.sp(0.1, sparsity=0.05),
+  "insgd": lambda: optax_ext.insgd(0.1),
+}
+
+
+@pytest.mark.parametrize("base", sorted(BASES))
+def test_in_front_of_other_optimizers(base):
+  params, model, loss = _f32_problem()
+  tx = optax.chain(optax_ext.gal(3, hidden=(8,), learning_rate=0.1), BASES[base]())
+  extra_fn = None
+  if base == "insgd":  # the batch mean of ‖x‖², the power of the linear layer's input
+    power = jnp.asarray(np.mean(np.sum(_setup("ce", seed=5)[0] ** 2, 1)), jnp.float32)
+    extra_fn = lambda: {"input_power": {"W": power, "b": None}}
   start = float(loss(model(params)))
-  for _ in range(15):
-    extra = optax_ext.gal_extra_args(model, params, loss)
-    if base == "insgd":
-      extra.update(extra_power)
-    u, state = tx.update(None, state, params, **extra)
-    params = optax.apply_updates(params, u)
+  params, state = _train(tx, params, model, loss, extra_fn=extra_fn)
   assert float(loss(model(params))) < start
+  assert _finite(state[0])
+
+
+def test_in_front_of_lookahead():
+  fast, model, loss = _f32_problem()
+  params = optax.LookaheadParams.init_synced(fast)
+  tx = optax.chain(
+    optax_ext.gal(3, hidden=(8,), learning_rate=0.1), optax.lookahead(optax.sgd(0.1), 3, 0.5)
+  )
+  start = float(loss(model(fast)))
+  params, _ = _train(tx, params, model, loss, fast=lambda p: p.fast)
+  assert float(loss(model(params.slow))) < start
+  assert float(loss(model(params.fast))) < start
+
+
+def test_apply_if_finite_behind_gal_and_around_the_vanilla_path():
+  params, model, loss = _f32_problem()
+  nan_loss = lambda z: loss(z) * jnp.nan
+  gal = optax_ext.gal(3, hidden=(8,), learning_rate=0.1)
+  # Recommended path: the base is wrapped; a NaN batch changes neither the model nor the regressor.
+  tx = optax.chain(gal, optax.apply_if_finite(optax.sgd(0.1), 3))
+  state = tx.init(params)
+  step = jax.jit(
+    lambda s, p, bad: tx.update(
+      None, s, p, **optax_ext.gal_extra_args(model, p, nan_loss if bad else loss)
+    ),
+    static_argnums=2,
+  )
+  u, new = step(state, params, True)
+  assert _all_zero(u)
+  jax.tree.map(np.testing.assert_array_equal, new[0].regressor_params, state[0].regressor_params)
+  u, new = step(new, params, False)
+  assert float(jnp.abs(u["W"]).max()) > 0
+  # Vanilla path: apply_if_finite around the whole chain sees the gradient.
+  tx2 = optax.apply_if_finite(optax.chain(gal, optax.sgd(0.1)), 3)
+  s2 = tx2.init(params)
+
+  @jax.jit
+  def vanilla_step(s):
+    grads = jax.grad(lambda p: nan_loss(model(p)))(params)
+    return tx2.update(grads, s, params, **optax_ext.gal_extra_args(model, params, nan_loss))
+
+  u2, s2n = vanilla_step(s2)
+  assert int(s2n.total_notfinite) == 1
+  assert _all_zero(u2)
+
+
+def test_inject_hyperparams_matches_plain():
+  params, model, loss = _f32_problem()
+  kwargs = dict(output_dim=3, hidden=(8,), alpha=0.05, beta=0.5, learning_rate=0.1)
+  plain = optax_ext.gal(**kwargs)
+  injected = optax.inject_hyperparams(
+    optax_ext.gal, static_args=("output_dim", "seed", "activation")
+  )(**kwargs)
+  extra = optax_ext.gal_extra_args(model, params, loss)
+  f = jax.jit(
+    lambda s1, s2: (
+      plain.update(None, s1, params, **extra),
+      injected.update(None, s2, params, **extra),
+    )
+  )
+  (u1, s1), (u2, s2) = f(plain.init(params), injected.init(params))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), u1, u2)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), s1, s2.inner_state)
+
+
+def test_dtypes_diagnostics_and_activation():
+  params, model, loss = _f32_problem()
+  params = jax.tree.map(lambda a: a.astype(jnp.bfloat16), params)
+  tx = optax.chain(
+    optax_ext.gal(3, hidden=(8,), activation=jax.nn.relu, learning_rate=0.1), optax.sgd(0.1)
+  )
+  state = tx.init(params)
+  u, new = jax.jit(lambda s, p: tx.update(None, s, p, **optax_ext.gal_extra_args(model, p, loss)))(
+    state, params
+  )
+  assert all(a.dtype == jnp.bfloat16 for a in jax.tree.leaves(u))
+  assert jax.tree.map(lambda a: a.dtype, new) == jax.tree.map(lambda a: a.dtype, state)
+  assert _finite(u)
+  d = optax_ext.diagnostics(new)
+  assert set(d) == {"gal/used_adjusted", "gal/tentative_loss", "gal/remainder", "gal/cosine"}
+  assert -1.0 <= float(d["gal/cosine"]) <= 1.0
+  assert float(d["gal/used_adjusted"]) in (0.0, 1.0)
 
 
 def test_errors_name_the_argument():
-  tx = optax_ext.gal(3)
+  tx = optax_ext.gal(3, hidden=(4,))
   params = {"W": jnp.ones((4, 3))}
   state = tx.init(params)
   model = lambda p: jnp.ones((2, 4)) @ p["W"]
@@ -217,31 +404,18 @@ def test_errors_name_the_argument():
     del bad[name]
     with pytest.raises(ValueError, match=name):
       tx.update(None, state, params, **bad)
-  wrong = optax_ext.gal(5)
+  wrong = optax_ext.gal(5, hidden=(4,))
   with pytest.raises(ValueError, match="outputs"):
     wrong.update(None, wrong.init(params), params, **extra)
   for kwargs, name in [
-    ({"alpha": 0.0}, "alpha"),
+    ({"alpha": -0.1}, "alpha"),
+    ({"beta": 0.0}, "beta"),
     ({"beta": -1.0}, "beta"),
     ({"hidden": (0, 3)}, "hidden"),
     ({"output_dim": 0}, "output_dim"),
+    ({"output_dim": 2.5}, "output_dim"),
     ({"learning_rate": -0.1}, "learning_rate"),
+    ({"activation": 3}, "activation"),
   ]:
     with pytest.raises(ValueError, match=name):
       optax_ext.gal(**{"output_dim": 3, **kwargs})
-
-
-def test_diagnostics_and_schedule():
-  x, y, W, b = _setup("mse")
-  params = {"W": jnp.asarray(W, jnp.float32), "b": jnp.asarray(b, jnp.float32)}
-  model = lambda p: jnp.asarray(x, jnp.float32) @ p["W"] + p["b"]
-  tx = optax_ext.gal(
-    3, hidden=(8,), activation=jax.nn.relu, learning_rate=optax.exponential_decay(0.1, 1, 0.5)
-  )
-  state = tx.init(params)
-  _, state = tx.update(
-    None, state, params, **optax_ext.gal_extra_args(model, params, _jax_loss("mse", y))
-  )
-  d = optax_ext.diagnostics(state)
-  assert set(d) == {"gal/used_adjusted", "gal/tentative_loss", "gal/remainder", "gal/cosine"}
-  assert -1.0 <= float(d["gal/cosine"]) <= 1.0
