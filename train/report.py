@@ -8,6 +8,8 @@ import math
 import os
 from typing import Sequence
 
+import numpy as np
+
 from train.loop import RunResult
 
 
@@ -124,7 +126,11 @@ def diagnostic_keys(result: RunResult) -> list[str]:
 
 def plot_diagnostics(result: RunResult, path: str) -> str | None:
   """One PNG of the optimizer's own signals per epoch (epoch means); None if none."""
-  keys = diagnostic_keys(result)
+  def informative(key):  # drop leaves a method leaves alone (all 0, or all NaN)
+    vals = np.array([h.get(key, np.nan) for h in result.history], dtype=float)
+    return not (np.all(np.isnan(vals)) or np.all(vals == 0))
+
+  keys = [k for k in diagnostic_keys(result) if informative(k)]
   if not keys:
     return None
   import matplotlib
