@@ -1,92 +1,169 @@
 """Capture each layer's input power from a Flax (linen) model in its forward pass.
 
-INSGD (:func:`optax_ext.insgd`) divides a layer's gradient by the log of the
-mean q-th power of the q-norm of the layer's input vectors. For a dense layer
-the input vector is the input row; for a convolution it is the receptive-field
-patch of ``kh·kw·C_in/groups`` values. :func:`capture_input_power` records
-these while the model computes its output, without building patches: it sums
-``|x|^q`` over each group's input channels, then sums that map over the
-convolution's window with the convolution's own strides, padding and
-dilations (``lax.reduce_window``), so the cost is one cheap pass over each
-layer's input.
+INSGD (:func:`optax_ext.insgd`) divides a layer's gradient by the log of
+:math:`m_t`, the mean of :math:`\\|x\\|_q^q` over the layer's input vectors in
+the batch. For a dense layer the input vector is the input row (the last axis;
+every leading axis counts as batch). For a convolution the neuron is applied
+at every output position, and its input vector there is the receptive-field
+patch of ``kh·kw·C_in/groups`` values (zero padding included as zeros), so
+:math:`m_t` is the mean over samples *and output positions* of the patch's
+:math:`\\|\\cdot\\|_q^q`.
+
+No patch is built. The mean over output positions of the patch sums equals a
+weighted sum of :math:`|x|^q` over the input, where an input position's weight
+is the number of windows that contain it. That count depends only on shapes,
+strides, padding and dilations, and separates over spatial axes, so it is
+computed once in NumPy when the function is traced; at run time the capture is
+a single multiply-and-reduce pass over each layer's input.
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import traverse_util
 from jax import lax
 
 _warned: set[str] = set()
 
-
-def _dense_power(x: jax.Array, q: int) -> jax.Array:
-  v = jnp.abs(x) if q == 1 else jnp.square(x)
-  return jnp.mean(jnp.sum(v.astype(jnp.float32), axis=-1))
-
-
-def _pads(padding, spatial, window, strides, dilation, base_dilation):
-  if isinstance(padding, str):
-    if padding in ("SAME", "VALID", "SAME_LOWER"):
-      # As lax.conv_general_dilated does: from the undilated input shape.
-      del base_dilation
-      eff = tuple((k - 1) * d + 1 for k, d in zip(window, dilation))
-      return lax.padtype_to_pads(tuple(spatial), eff, strides, padding)
-    return None  # CIRCULAR, REFLECT, CAUSAL: not supported
-  if isinstance(padding, int):
-    return [(padding, padding)] * len(spatial)
-  pads = []
-  for p in padding:
-    pads.append((p, p) if isinstance(p, int) else tuple(p))
-  return pads if len(pads) == len(spatial) else None
+# Layers whose parameters are deliberately not normalised: normalisation
+# layers (the published code also leaves them to plain SGD). Their parameters
+# get ``None`` without a warning; the biases of Dense/Conv do too.
+_SILENT = tuple(
+  getattr(nn, name)
+  for name in ("BatchNorm", "LayerNorm", "GroupNorm", "RMSNorm", "InstanceNorm")
+  if hasattr(nn, name)
+)
 
 
-def _as_tuple(v, n):
+def _power_map(x: jax.Array, q: int) -> jax.Array:
+  x = x.astype(jnp.float32)
+  return jnp.abs(x) if q == 1 else jnp.square(x)
+
+
+def dense_power(x: jax.Array, q: int) -> jax.Array:
+  """Mean over every leading axis of ``‖row‖_q^q`` (the row is the last axis)."""
+  v = _power_map(x, q)
+  rows = max(1, int(np.prod(x.shape[:-1])))
+  return jnp.sum(v) / rows
+
+
+def _as_tuple(v, n: int) -> tuple[int, ...]:
   if v is None:
     return (1,) * n
   if isinstance(v, int):
     return (v,) * n
-  return tuple(v)
+  return tuple(int(a) for a in v)
 
 
-def conv_power(module: nn.Conv, x: jax.Array, q: int):
-  """Mean over batch and output positions of ``‖patch‖_q^q``, per feature group.
+def _window_counts(n: int, k: int, stride: int, dil: int, base: int, pad) -> tuple[np.ndarray, int]:
+  """How many windows of one spatial axis contain each of its ``n`` inputs.
 
-  Returns a scalar for ungrouped convolutions, else a vector over the output
-  features (each feature gets its group's power), or None if the padding mode
-  is not supported.
+  Follows ``lax.conv_general_dilated``: the input is dilated by ``base``
+  (input dilation), padded by ``pad = (lo, hi)`` (possibly negative), then
+  windows of ``k`` taps ``dil`` apart start every ``stride`` positions.
+  Returns the counts and the number of output positions.
   """
-  kernel_size = tuple(module.kernel_size)
-  n = len(kernel_size)
-  x = x.reshape((-1,) + x.shape[-n - 1 :])  # (batch, *spatial, C)
-  groups = module.feature_group_count
-  c = x.shape[-1]
-  v = jnp.abs(x) if q == 1 else jnp.square(x)
-  v = v.astype(jnp.float32).reshape(x.shape[:-1] + (groups, c // groups)).sum(-1)
+  lo, hi = pad
+  length = (n - 1) * base + 1 + lo + hi
+  span = (k - 1) * dil + 1
+  out = (length - span) // stride + 1 if length >= span else 0
+  taps = (np.arange(out)[:, None] * stride + np.arange(k)[None, :] * dil).ravel()
+  per_slot = np.bincount(taps, minlength=max(length, 0))
+  where = lo + np.arange(n) * base  # each input's slot in the padded, dilated axis
+  inside = (where >= 0) & (where < length)
+  counts = np.zeros(n)
+  counts[inside] = per_slot[where[inside]]
+  return counts, out
+
+
+def _conv_geometry(module: nn.Conv, spatial: tuple[int, ...]):
+  """Window counts per input position, and the number of output positions.
+
+  The sum over output positions of the patch powers is the sum over input
+  positions of ``|x|^q`` times these counts. Returns ``(counts, outputs)``,
+  the counts shaped like the input's spatial axes plus a trailing 1, or
+  ``None`` for a padding the capture does not know.
+  """
+  kernel = _as_tuple(module.kernel_size, 1)  # an int kernel_size means a 1-D convolution
+  n = len(kernel)
   strides = _as_tuple(module.strides, n)
   dilation = _as_tuple(module.kernel_dilation, n)
   base = _as_tuple(module.input_dilation, n)
-  pads = _pads(module.padding, x.shape[1:-1], kernel_size, strides, dilation, base)
-  if pads is None:
+  padding = module.padding
+  # Flax pads some modes itself (on the undilated input) and then runs a
+  # 'VALID' convolution: (pre-pad per axis, numpy pad mode, lax padding).
+  pre = [(0, 0)] * n
+  mode = "constant"
+  if isinstance(padding, str):
+    name = padding.upper()
+    if name in ("CIRCULAR", "REFLECT"):
+      spans = [(k - 1) * d + 1 for k, d in zip(kernel, dilation)]
+      pre = [((s - 1) // 2, s // 2) for s in spans]
+      mode = "wrap" if name == "CIRCULAR" else "reflect"
+      lax_pads = [(0, 0)] * n
+    elif name == "CAUSAL":
+      if n != 1:
+        return None
+      pre = [(dilation[0] * (kernel[0] - 1), 0)]
+      lax_pads = [(0, 0)]
+    else:
+      spans = tuple((k - 1) * d + 1 for k, d in zip(kernel, dilation))
+      try:  # as lax.conv_general_dilated does: from the undilated input shape
+        lax_pads = list(lax.padtype_to_pads(spatial, spans, strides, padding))
+      except Exception:  # noqa: BLE001 - an unknown mode is reported, not raised
+        return None
+  elif isinstance(padding, int):
+    lax_pads = [(padding, padding)] * n
+  else:
+    lax_pads = [(p, p) if isinstance(p, int) else tuple(p) for p in padding]
+    if len(lax_pads) != n:
+      return None
+  weights = np.ones(())
+  outputs = 1
+  for axis in range(n):
+    size = spatial[axis]
+    a, b = pre[axis]
+    counts, out = _window_counts(
+      size + a + b, kernel[axis], strides[axis], dilation[axis], base[axis], lax_pads[axis]
+    )
+    if a or b:  # fold the pre-padded slots back onto the inputs they copy
+      if mode == "constant":
+        src = np.concatenate([np.full(a, -1), np.arange(size), np.full(b, -1)])
+      else:
+        src = np.pad(np.arange(size), (a, b), mode=mode)
+      keep = src >= 0
+      counts = np.bincount(src[keep], weights=counts[keep], minlength=size)
+    weights = np.multiply.outer(weights, counts)
+    outputs *= out
+  return weights[..., None], outputs
+
+
+def conv_power(module: nn.Conv, x: jax.Array, q: int) -> Optional[jax.Array]:
+  """Mean over samples and output positions of ``‖patch‖_q^q``, per feature group.
+
+  Returns a scalar for an ungrouped convolution; with ``feature_group_count
+  = G > 1`` a vector over the ``features`` output channels, each holding its
+  group's power; ``None`` when the padding mode is not supported.
+  """
+  n = 1 if isinstance(module.kernel_size, int) else len(module.kernel_size)
+  x = x.reshape((-1,) + x.shape[x.ndim - n - 1 :])  # (batch, *spatial, C), as flax does
+  geometry = _conv_geometry(module, tuple(x.shape[1:-1]))
+  if geometry is None:
     return None
-  summed = lax.reduce_window(
-    v,
-    0.0,
-    lax.add,
-    window_dimensions=(1, *kernel_size, 1),
-    window_strides=(1, *strides, 1),
-    padding=((0, 0), *pads, (0, 0)),
-    base_dilation=(1, *base, 1),
-    window_dilation=(1, *dilation, 1),
-  )
-  per_group = jnp.mean(summed, axis=tuple(range(summed.ndim - 1)))
+  counts, outputs = geometry  # integer counts: exact in float32; divide once at the end
+  v = _power_map(x, q) * jnp.asarray(counts, jnp.float32)
+  denominator = float(max(x.shape[0] * outputs, 1))
+  groups = module.feature_group_count
   if groups == 1:
-    return per_group[0]
+    return jnp.sum(v) / denominator
+  per_channel = jnp.sum(v, axis=tuple(range(v.ndim - 1)))
+  per_group = per_channel.reshape(groups, -1).sum(-1) / denominator
   return jnp.repeat(per_group, module.features // groups)
 
 
@@ -105,23 +182,39 @@ def capture_input_power(
 ) -> tuple[Any, Any]:
   r"""Runs ``apply_fn(variables, *args, **apply_kwargs)`` and records input powers.
 
+  For each ``nn.Dense`` and ``nn.Conv`` kernel it records
+
+  .. math::
+    m_t = \frac{1}{|B|}\sum_{x \in B} \|x\|_q^q
+
+  where :math:`B` is the set of the layer's input vectors in this batch: the
+  rows of a dense layer's input (all leading axes are batch), or, for a
+  convolution, the receptive-field patches at every output position of every
+  sample (per feature group for grouped/depthwise convolutions). The values
+  are computed under ``stop_gradient`` in the same forward pass, without
+  building patches, so this can sit inside a loss given to
+  ``jax.value_and_grad`` (return the power as auxiliary output).
+
   Args:
-    apply_fn: A Flax ``Module.apply`` (or a function calling one).
+    apply_fn: A Flax ``Module.apply`` (or an unjitted function calling one).
     variables: The model's variables, with a ``'params'`` collection.
     *args: Positional arguments of ``apply_fn`` after ``variables``.
-    norm_order: q in :math:`\|x\|_q^q`: 2 (INSGD-ℓ2) or 1 (INSGD-ℓ1).
+    norm_order: q in :math:`\|x\|_q^q`: 2 (INSGD-ℓ2) or 1 (INSGD-ℓ1). Use the
+      same order as the ``insgd(..., norm_order=q)`` that consumes the power.
     **apply_kwargs: Keyword arguments of ``apply_fn`` (``train``, ``rngs``,
       ``mutable``, ...).
 
   Returns:
     ``(outputs, input_power)``: ``outputs`` is exactly what ``apply_fn``
-    returned; ``input_power`` has the structure of ``variables['params']``, with
-    the batch-mean power of the layer's input (under ``stop_gradient``) at each
-    ``nn.Dense`` / ``nn.Conv`` kernel and ``None`` elsewhere. A convolution
-    with ``feature_group_count > 1`` gets one value per output feature (its
-    group's power). Kernels of other layer types are left ``None`` with a
-    warning (once per layer path), never silently mis-normalised. A layer
-    called several times gets the mean of its calls.
+    returned (``(y, mutated_variables)`` when ``mutable`` is given);
+    ``input_power`` has the structure of ``variables['params']``, with
+    :math:`m_t` (a float32 scalar, or a vector over the output features for a
+    convolution with ``feature_group_count > 1``) at each Dense/Conv kernel
+    and ``None`` at every other leaf. A layer called several times gets the
+    mean of its calls.
+
+  Raises:
+    ValueError: if ``norm_order`` is not 1 or 2.
 
   Examples:
     >>> import jax, jax.numpy as jnp, flax.linen as nn
@@ -132,21 +225,37 @@ def capture_input_power(
     >>> y, power = optax_ext.capture_input_power(model.apply, variables, x)
     >>> print(power['kernel'])  # each 3x3x2 patch of ones has squared norm 18
     18.0
+    >>> print(power['bias'])
+    None
+
+  .. warning::
+    Parameters of any other layer (``nn.Einsum``, ``nn.DenseGeneral``,
+    ``nn.ConvTranspose``, ``nn.Embed``, a custom module's own ``self.param``,
+    a ``nn.Conv`` with a ``mask`` or an unknown padding) are left ``None``,
+    so INSGD updates them as plain SGD, and a warning names the layer (once
+    per layer and process). Normalisation layers (BatchNorm, LayerNorm, ...)
+    and Dense/Conv biases are left ``None`` silently. Layers run inside lifted
+    transforms (``nn.scan``, ``nn.vmap``, ``nn.remat``) or a jitted
+    ``apply_fn`` are not supported.
   """
   if norm_order not in (1, 2):
     raise ValueError(f"norm_order must be 1 or 2, got {norm_order!r}")
   records: dict[tuple[str, ...], list] = {}
+  kinds: dict[tuple[str, ...], type] = {}
   unsupported: set[tuple[str, ...]] = set()
 
   def interceptor(next_fn, call_args, call_kwargs, context):
     module = context.module
+    path = tuple(module.path)
+    kinds.setdefault(path, type(module))
     if context.method_name == "__call__" and call_args:
-      path = tuple(module.path)
-      x = lax.stop_gradient(call_args[0])
       if type(module) is nn.Dense:
-        records.setdefault(path, []).append(_dense_power(x, norm_order))
+        x = lax.stop_gradient(call_args[0])
+        records.setdefault(path, []).append(dense_power(x, norm_order))
       elif type(module) is nn.Conv:
-        p = conv_power(module, x, norm_order)
+        p = None
+        if getattr(module, "mask", None) is None:
+          p = conv_power(module, lax.stop_gradient(call_args[0]), norm_order)
         if p is None:
           unsupported.add(path)
         else:
@@ -160,15 +269,23 @@ def capture_input_power(
   power = {}
   for key in flat:
     module_path, name = key[:-1], key[-1]
+    kind = kinds.get(module_path)
     if name == "kernel" and module_path in records:
       vals = records[module_path]
       power[key] = vals[0] if len(vals) == 1 else sum(vals) / len(vals)
-    else:
-      power[key] = None
-      if name == "kernel" or module_path in unsupported:
-        _warn_once(
-          f"capture_input_power: layer {'/'.join(module_path)} is not a supported "
-          "nn.Dense/nn.Conv (or uses an unsupported padding mode); its parameters "
-          "are left unnormalised"
-        )
+      continue
+    power[key] = None
+    known = module_path in records and name == "bias"
+    if known or (kind is not None and issubclass(kind, _SILENT)):
+      continue
+    where = "/".join(module_path) or "<top level>"
+    what = (
+      "an unsupported nn.Conv (mask or padding)"
+      if module_path in unsupported
+      else (f"a {kind.__name__}" if kind is not None else "a module whose call was not seen")
+    )
+    _warn_once(
+      f"capture_input_power: the parameters of layer {where} ({what}) get no input power; "
+      "INSGD updates them as plain SGD"
+    )
   return outputs, traverse_util.unflatten_dict(power)

@@ -62,8 +62,12 @@ def scale_by_input_norm(
     P_1 = m_1,\quad P_t = \beta P_{t-1} + (1-\beta)\,m_t,\qquad
     g_t \leftarrow g_t / \max(\log P_t, \varepsilon)
 
-  Leaves whose ``input_power`` is ``None`` (biases, normalisation scales) pass
-  through unchanged.
+  :math:`P` and the division are per output unit of the layer (the
+  parameter's last axis): a scalar power applies to the whole kernel, a
+  vector to each output unit (grouped convolutions give one value per group,
+  repeated over the group's outputs). Leaves whose ``input_power`` is ``None``
+  (biases, normalisation scales) pass through unchanged. The first update
+  sets :math:`P_1 = m_1`, whatever ``input_momentum`` is.
 
   Args:
     input_momentum: β, the decay of the running power (0: :math:`P_t = m_t`).
@@ -73,8 +77,9 @@ def scale_by_input_norm(
     A :class:`optax.GradientTransformationExtraArgs` whose ``update`` takes the
     keyword argument ``input_power``: a pytree with the parameters' structure
     whose leaves are ``None`` or the batch input power ``m_t`` of that leaf's
-    layer, a scalar or a vector over the leaf's last axis (one value per output
-    unit, as grouped convolutions give).
+    layer: a scalar, or an array varying only along the leaf's last axis
+    (shape ``(units,)``, ``(1, ..., 1, units)`` or all ones).
+    :func:`optax_ext.capture_input_power` builds it from a Flax model.
 
   Raises:
     ValueError: at construction for bad hyperparameters; at ``update`` when
@@ -114,13 +119,14 @@ def scale_by_input_norm(
 
     def leaf(g, m, p_prev):
       m = jnp.asarray(m, jnp.float32)
-      if m.ndim > 1 or (
-        m.ndim == 1 and m.shape[0] not in (1, p_prev.shape[-1] if p_prev.ndim else 1)
-      ):
+      units = p_prev.shape[-1] if p_prev.ndim else 1
+      if m.ndim and (any(d != 1 for d in m.shape[:-1]) or m.shape[-1] not in (1, units)):
         raise ValueError(
-          f"`input_power` leaves must be scalars or vectors over the parameter's last axis "
-          f"({p_prev.shape}), got shape {m.shape}"
+          "`input_power` leaves must be scalars or arrays that vary only along the "
+          f"parameter's last axis (its {units} output units), e.g. shape () or ({units},) "
+          f"for a parameter of shape {jnp.shape(g)}; got shape {m.shape}"
         )
+      m = m.reshape(m.shape[-1:] if p_prev.ndim else ())
       p = jnp.where(first, m, input_momentum * p_prev + (1.0 - input_momentum) * m)
       p = jnp.broadcast_to(p, p_prev.shape)
       log_p = jnp.log(p)
@@ -170,8 +176,10 @@ def insgd(
     nesterov: Nesterov momentum instead of heavy-ball.
     input_momentum: β of the running input power.
     norm_order: q of the input power :math:`\|x\|_q^q` (2: the paper's INSGD-ℓ2,
-      1: INSGD-ℓ1). The transform reads the power from ``input_power``; compute
-      it with the same order: ``capture_input_power(..., norm_order=q)``.
+      1: INSGD-ℓ1). It is validated and recorded here, but the power itself is
+      computed outside the optimizer: pass the same value to
+      ``capture_input_power(..., norm_order=q)``. Under
+      :func:`optax.inject_hyperparams` list it in ``static_args``.
     eps: Floor of the log-power.
     weight_decay: λ, added after normalisation (as in Algorithm 1).
     mask: Which leaves weight decay applies to.
@@ -204,10 +212,18 @@ def insgd(
     The authors' published ``insgd.py`` departs from the paper (it standardises
     inputs per sample and adds an Adadelta-like accumulator); this follows the
     paper.
+
+  .. note::
+    :math:`m_t` is a batch mean, so with the batch sharded over devices under
+    ``jax.jit`` it is the global-batch mean automatically. Under
+    :func:`optax.MultiSteps` the inner update sees the ``input_power`` of the
+    call that completes the accumulation (the last micro-batch); average the
+    micro-batches' powers yourself if that matters.
   """
   _checks.check_learning_rate(learning_rate)
   _checks.check_range("momentum", momentum, 0.0, 1.0, high_open=True)
-  _checks.check_choice("norm_order", norm_order, (1, 2))
+  if not isinstance(norm_order, jax.core.Tracer):  # static_args under inject_hyperparams
+    _checks.check_choice("norm_order", norm_order, (1, 2))
   _checks.check_nonnegative("weight_decay", weight_decay)
   return optax.chain(
     scale_by_input_norm(input_momentum, eps),

@@ -1,4 +1,4 @@
-"""INSGD against a NumPy transcription of the paper's Algorithm 1."""
+"""INSGD against a NumPy transcription of the paper's Algorithm 1, and under optax's wrappers."""
 
 import flax.linen as nn
 import jax
@@ -9,49 +9,49 @@ import pytest
 
 import optax_ext
 
+E = float(np.e)
+
 
 class SmallCNN(nn.Module):
   @nn.compact
   def __call__(self, x):
     x = nn.relu(nn.Conv(4, (3, 3), strides=2)(x))
+    x = nn.relu(nn.Conv(4, (3, 3), feature_group_count=2, padding="VALID")(x))  # grouped
     x = x.reshape(x.shape[0], -1)
     return nn.Dense(3)(x)
 
 
-def algorithm1(grads, powers, params, lr, momentum, beta, eps, wd, nesterov=False):
-  """One leaf, all steps: Algorithm 1 with optax.trace momentum (SPEC §3)."""
-  theta = np.array(params, np.float64)
+def algorithm1(grads, powers, theta0, lr, momentum, beta, eps, wd, nesterov=False):
+  """One leaf, all steps: Algorithm 1, its momentum written as optax.trace (SPEC §3).
+
+  The paper's b_t = γ b_{t-1} + (1-γ) g_t is the same method with the learning
+  rate scaled by 1-γ; the experiments (PyTorch SGD) use b_t = γ b_{t-1} + g_t.
+  P and the division are per output unit: the leaf's last axis.
+  """
+  theta = np.array(theta0, np.float64)
   P = b = None
   out, scales = [], []
   for t, (g, m) in enumerate(zip(grads, powers), start=1):
     g = np.array(g, np.float64)
     if m is not None:
       m = np.array(m, np.float64)
-      P = m if t == 1 else beta * P + (1 - beta) * m  # first-step rule P_1 = m_1
-      f = np.maximum(np.log(P), eps)  # Eq. 27
-      g = g / f
+      P = m if t == 1 else beta * P + (1 - beta) * m  # P_1 = m_1, then Eq. 26/29
+      f = np.maximum(np.log(P), eps)  # f_eps(log P), Eq. 27
+      g = g / f  # Eq. 28
       scales.append(np.mean(1 / f))
-    g = g + wd * theta
+    g = g + wd * theta  # weight decay after the division
     b = g if b is None else momentum * b + g
-    step = g + momentum * b if nesterov else b
-    theta = theta - lr * step
+    theta = theta - lr * (g + momentum * b if nesterov else b)
     out.append(theta.copy())
   return out, scales
 
 
-@pytest.mark.parametrize("scale_input,nesterov", [(1.0, False), (0.05, True)])
-def test_matches_algorithm1_for_20_steps_on_a_cnn(scale_input, nesterov):
-  """scale_input=0.05 makes the conv's input power < e^ε, so the ε floor is hit."""
+def test_matches_algorithm1_for_20_steps_on_a_cnn():
+  """Two runs: plain inputs, and inputs scaled by 0.05 so log P < ε (the floor) with Nesterov."""
   model = SmallCNN()
   rng = np.random.default_rng(0)
-  xs = [jnp.asarray(rng.normal(size=(8, 7, 7, 2)) * scale_input, jnp.float32) for _ in range(20)]
-  ys = [jnp.asarray(rng.integers(0, 3, 8)) for _ in range(20)]
-  params = model.init(jax.random.key(0), xs[0])["params"]
   lr, mom, beta, eps, wd = 0.05, 0.9, 0.8, 0.01, 1e-3
-  tx = optax_ext.insgd(
-    lr, momentum=mom, nesterov=nesterov, input_momentum=beta, eps=eps, weight_decay=wd
-  )
-  state = tx.init(params)
+  keys = [(m, k) for m in ("Conv_0", "Conv_1", "Dense_0") for k in ("kernel", "bias")]
 
   @jax.jit
   def grads_and_power(p, x, y):
@@ -62,46 +62,87 @@ def test_matches_algorithm1_for_20_steps_on_a_cnn(scale_input, nesterov):
     (_, power), g = jax.value_and_grad(loss, has_aux=True)(p)
     return g, power
 
-  # Record the optimizer's trajectory, and the gradients and powers it was given.
-  keys = [("Conv_0", "kernel"), ("Conv_0", "bias"), ("Dense_0", "kernel"), ("Dense_0", "bias")]
-  seen = {k: ([], []) for k in keys}
-  traj = {k: [] for k in keys}
-  p = params
-  step = jax.jit(lambda g, s, p, pw: tx.update(g, s, p, input_power=pw))
-  for x, y in zip(xs, ys):
-    g, power = grads_and_power(p, x, y)
-    for k in keys:
-      seen[k][0].append(np.asarray(g[k[0]][k[1]]))
-      seen[k][1].append(None if power[k[0]][k[1]] is None else np.asarray(power[k[0]][k[1]]))
-    u, state = step(g, state, p, power)
-    p = optax.apply_updates(p, u)
-    for k in keys:
-      traj[k].append(np.asarray(p[k[0]][k[1]]))
-  floors = 0
-  for k in keys:
-    ref, scales = algorithm1(
-      seen[k][0], seen[k][1], params[k[0]][k[1]], lr, mom, beta, eps, wd, nesterov
+  for scale_input, nesterov in [(1.0, False), (0.05, True)]:
+    xs = [jnp.asarray(rng.normal(size=(8, 9, 9, 2)) * scale_input, jnp.float32) for _ in range(20)]
+    ys = [jnp.asarray(rng.integers(0, 3, 8)) for _ in range(20)]
+    params = model.init(jax.random.key(0), xs[0])["params"]
+    tx = optax_ext.insgd(
+      lr, momentum=mom, nesterov=nesterov, input_momentum=beta, eps=eps, weight_decay=wd
     )
-    floors += sum(np.isclose(s, 1 / eps) for s in scales)
-    for t in range(20):
-      np.testing.assert_allclose(traj[k][t], ref[t], rtol=2e-4, atol=1e-6, err_msg=f"{k} {t}")
-  if scale_input < 1:
-    assert floors > 0, "the eps floor was never reached"
-  # Biases carry no input power.
-  assert seen[("Dense_0", "bias")][1][0] is None
+    state = tx.init(params)
+    step = jax.jit(lambda g, s, p, pw, tx=tx: tx.update(g, s, p, input_power=pw))
+    seen = {k: ([], []) for k in keys}  # the gradients and powers the optimizer was given
+    traj = {k: [] for k in keys}
+    p = params
+    for x, y in zip(xs, ys):
+      g, power = grads_and_power(p, x, y)
+      for m, k in keys:
+        seen[m, k][0].append(np.asarray(g[m][k]))
+        pw = power[m][k]
+        seen[m, k][1].append(None if pw is None else np.asarray(pw))
+      u, state = step(g, state, p, power)
+      p = optax.apply_updates(p, u)
+      for m, k in keys:
+        traj[m, k].append(np.asarray(p[m][k]))
+    floors = 0
+    for m, k in keys:
+      ref, scales = algorithm1(*seen[m, k], params[m][k], lr, mom, beta, eps, wd, nesterov)
+      floors += sum(np.isclose(s, 1 / eps) for s in scales)
+      for t in range(20):
+        np.testing.assert_allclose(
+          traj[m, k][t], ref[t], rtol=2e-4, atol=1e-6, err_msg=f"{m} {k} {t}"
+        )
+    assert seen["Conv_1", "kernel"][1][0].shape == (4,)  # grouped: one power per output unit
+    assert seen["Dense_0", "bias"][1][0] is None
+    if scale_input < 1:
+      assert floors > 0, "the eps floor was never reached"
+    else:
+      assert floors == 0
+
+
+def test_first_step_uses_the_batch_power_and_then_the_running_mean():
+  """Hand-worked: P_1 = m_1 = e^4, P_2 = 0.5 e^4 + 0.5 e^2; no momentum, lr 1."""
+  tx = optax_ext.insgd(1.0, momentum=0.0, input_momentum=0.5)
+  params = {"w": jnp.zeros((2, 1))}
+  g = {"w": jnp.ones((2, 1))}
+  s = tx.init(params)
+  u, s = tx.update(g, s, params, input_power={"w": jnp.asarray(E**4)})
+  np.testing.assert_allclose(u["w"], -0.25, rtol=1e-6)
+  u, s = tx.update(g, s, params, input_power={"w": jnp.asarray(E**2)})
+  np.testing.assert_allclose(u["w"], -1 / np.log(0.5 * E**4 + 0.5 * E**2), rtol=1e-6)
+  # input_momentum 0: P_t = m_t.
+  tx0 = optax_ext.insgd(1.0, momentum=0.0, input_momentum=0.0)
+  s0 = tx0.init(params)
+  _, s0 = tx0.update(g, s0, params, input_power={"w": jnp.asarray(E**4)})
+  u, _ = tx0.update(g, s0, params, input_power={"w": jnp.asarray(E**2)})
+  np.testing.assert_allclose(u["w"], -0.5, rtol=1e-6)
 
 
 def test_leaves_without_power_update_like_sgd():
   params = {"w": jnp.ones((3, 2)), "b": jnp.ones(2)}
   grads = {"w": jnp.full((3, 2), 0.5), "b": jnp.array([0.3, -0.2])}
-  tx = optax_ext.insgd(0.1, momentum=0.9)
-  ref = optax.sgd(0.1, momentum=0.9)
-  s, r = tx.init(params), ref.init(params)
-  for _ in range(4):
-    u, s = tx.update(grads, s, params, input_power={"w": jnp.asarray(5.0), "b": None})
-    ur, r = ref.update(grads, r, params)
-    np.testing.assert_allclose(u["b"], ur["b"], rtol=1e-7)
-    np.testing.assert_allclose(u["w"], ur["w"] / np.log(5.0), rtol=1e-6)
+  for nesterov in (False, True):
+    tx = optax_ext.insgd(0.1, momentum=0.9, nesterov=nesterov)
+    ref = optax.sgd(0.1, momentum=0.9, nesterov=nesterov)
+    s, r = tx.init(params), ref.init(params)
+    for _ in range(4):
+      u, s = tx.update(grads, s, params, input_power={"w": jnp.asarray(5.0), "b": None})
+      ur, r = ref.update(grads, r, params)
+      np.testing.assert_array_equal(u["b"], ur["b"])
+      np.testing.assert_allclose(u["w"], ur["w"] / np.log(5.0), rtol=1e-6)
+
+
+def test_power_shapes_broadcast_along_the_output_axis():
+  tx = optax_ext.scale_by_input_norm()
+  params = {"k": jnp.ones((3, 3, 2, 4))}
+  state = tx.init(params)
+  vec = jnp.asarray([E, E**2, E**4, E**0.5])
+  want = np.broadcast_to([1.0, 0.5, 0.25, 2.0], (3, 3, 2, 4))
+  for shaped in (vec, vec.reshape(1, 1, 1, 4)):
+    u, _ = tx.update(params, state, params, input_power={"k": shaped})
+    np.testing.assert_allclose(u["k"], want, rtol=1e-6)
+  with pytest.raises(ValueError, match="input_power"):
+    tx.update(params, state, params, input_power={"k": jnp.ones((3, 1, 1, 4))})
 
 
 def test_input_power_errors_name_the_argument():
@@ -110,7 +151,7 @@ def test_input_power_errors_name_the_argument():
   state = tx.init(params)
   with pytest.raises(ValueError, match="input_power"):
     tx.update(params, state, params)
-  with pytest.raises(ValueError, match="input_power"):
+  with pytest.raises(ValueError, match="input_power.*structure"):
     tx.update(params, state, params, input_power={"w": jnp.asarray(2.0)})
   with pytest.raises(ValueError, match="input_power"):
     tx.update(params, state, params, input_power={"w": jnp.ones((3, 2)), "b": None})
@@ -119,22 +160,94 @@ def test_input_power_errors_name_the_argument():
 def test_bad_hyperparameters():
   for kwargs, name in [
     ({"momentum": 1.0}, "momentum"),
+    ({"momentum": -0.1}, "momentum"),
     ({"input_momentum": -0.1}, "input_momentum"),
+    ({"input_momentum": 1.0}, "input_momentum"),
     ({"eps": 0.0}, "eps"),
     ({"norm_order": 3}, "norm_order"),
     ({"weight_decay": -1.0}, "weight_decay"),
     ({"learning_rate": -1.0}, "learning_rate"),
+    ({"eps": float("nan")}, "eps"),
   ]:
     kw = {"learning_rate": 0.1, **kwargs}
     with pytest.raises(ValueError, match=name):
       optax_ext.insgd(**kw)
+  with pytest.raises(ValueError, match="input_momentum"):
+    optax_ext.scale_by_input_norm(input_momentum=2.0)
+
+
+def _tree():
+  params = {"w": jnp.ones((3, 2)), "b": jnp.ones(2)}
+  grads = {"w": jnp.full((3, 2), 0.5), "b": jnp.array([0.3, -0.2])}
+  power = {"w": jnp.asarray(E**2), "b": None}
+  return params, grads, power
+
+
+def test_inject_hyperparams_under_jit():
+  params, grads, power = _tree()
+  plain = optax_ext.insgd(0.1, weight_decay=1e-2)
+  inj = optax.inject_hyperparams(optax_ext.insgd, static_args=("norm_order", "nesterov"))(
+    0.1, weight_decay=1e-2
+  )
+  s, si = plain.init(params), inj.init(params)
+  for _ in range(3):
+    u, s = jax.jit(lambda g, s, p: plain.update(g, s, p, input_power=power))(grads, s, params)
+    ui, si = jax.jit(lambda g, s, p: inj.update(g, s, p, input_power=power))(grads, si, params)
+    np.testing.assert_allclose(ui["w"], u["w"], rtol=1e-6)
+  si.hyperparams["learning_rate"] = jnp.asarray(0.0)
+  ui, _ = inj.update(grads, si, params, input_power=power)
+  np.testing.assert_array_equal(ui["w"], 0.0)
+
+
+def test_multisteps_uses_the_mean_gradient_and_the_last_power():
+  params, grads, power = _tree()
+  tx = optax.MultiSteps(optax_ext.insgd(0.1, momentum=0.0), every_k_schedule=2)
+  s = tx.init(params)
+  u, s = tx.update(grads, s, params, input_power={"w": jnp.asarray(E**9), "b": None})
+  np.testing.assert_array_equal(u["w"], 0.0)
+  g2 = jax.tree.map(lambda g: 3 * g, grads)
+  u, s = jax.jit(lambda g, s: tx.update(g, s, params, input_power=power))(g2, s)
+  np.testing.assert_allclose(u["w"], -0.1 * 2 * grads["w"] / 2.0, rtol=1e-6)  # mean 2g, log P 2
+  np.testing.assert_allclose(u["b"], -0.1 * 2 * grads["b"], rtol=1e-6)
+
+
+def test_masked_with_compatible_extra_args():
+  params, grads, power = _tree()
+  tx = optax.masked(
+    optax_ext.insgd(0.1, momentum=0.0), {"w": True, "b": False}, mask_compatible_extra_args=True
+  )
+  u, _ = jax.jit(lambda g, s: tx.update(g, s, params, input_power=power))(grads, tx.init(params))
+  np.testing.assert_allclose(u["w"], -0.1 * grads["w"] / 2.0, rtol=1e-6)
+  np.testing.assert_array_equal(u["b"], grads["b"])  # masked out: passed through untouched
+
+
+def test_apply_if_finite_skips_and_keeps_the_first_step_rule():
+  params, grads, power = _tree()
+  tx = optax.apply_if_finite(optax_ext.insgd(0.1, momentum=0.0, input_momentum=0.5), 3)
+  s = tx.init(params)
+  bad = jax.tree.map(lambda g: g * jnp.nan, grads)
+  u, s = tx.update(bad, s, params, input_power={"w": jnp.asarray(E**9), "b": None})
+  np.testing.assert_array_equal(u["w"], 0.0)
+  assert int(s.notfinite_count) == 1
+  u, s = tx.update(grads, s, params, input_power=power)  # still step 1: P_1 = m_1 = e^2
+  np.testing.assert_allclose(u["w"], -0.1 * grads["w"] / 2.0, rtol=1e-6)
+
+
+def test_bfloat16_gradients_stay_bfloat16():
+  params, grads, power = _tree()
+  params = jax.tree.map(lambda p: p.astype(jnp.bfloat16), params)
+  grads = jax.tree.map(lambda g: g.astype(jnp.bfloat16), grads)
+  tx = optax_ext.insgd(0.1)
+  u, s = tx.update(grads, tx.init(params), params, input_power=power)
+  assert u["w"].dtype == u["b"].dtype == jnp.bfloat16
+  assert s[0].power["w"].dtype == jnp.float32
 
 
 def test_diagnostics_report_log_power_and_step_scale():
   tx = optax_ext.insgd(0.1)
   params = {"w": jnp.ones((3, 2)), "b": jnp.ones(2)}
   _, state = tx.update(
-    params, tx.init(params), params, input_power={"w": jnp.asarray(np.e**3), "b": None}
+    params, tx.init(params), params, input_power={"w": jnp.asarray(E**3), "b": None}
   )
   d = optax_ext.diagnostics(state)
   np.testing.assert_allclose(d["insgd/log_power/w"], 3.0, rtol=1e-6)
