@@ -266,7 +266,7 @@ def test_model_is_differentiated_once_per_step():
   assert calls == {"forward": 1, "backward": 1}
   # In the traced step: one matmul with x forward (x @ W), one backward (xᵀ @ ct).
   assert _count_model_matmuls(jax.make_jaxpr(one_pass)(params, state).jaxpr, (7, 5)) == 2
-  # The vanilla-gradient path differentiates twice (its own grad, then VJP(ṽ) in the cond).
+  # The vanilla-gradient path differentiates twice (its own gradient, then VJP(ṽ)).
   assert _count_model_matmuls(jax.make_jaxpr(vanilla)(params, state).jaxpr, (7, 5)) >= 4
 
 
