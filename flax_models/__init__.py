@@ -1,11 +1,25 @@
 """Flax (linen) models that the optax_ext papers train.
 
-Every model is called as ``model.apply(variables, x, train=False)``; dropout
-draws from the ``'dropout'`` RNG stream when ``train=True``; BatchNorm keeps
-its statistics in the ``'batch_stats'`` collection.
+Every model is initialised and called as::
+
+  variables = model.init({'params': key, 'dropout': key}, x, train=False)
+  logits = model.apply(variables, x, train=False)
+
+Images are NHWC floats of any height and width (8×8×1 digits, 28×28×1
+Fashion-MNIST, 32×32×3 CIFAR); the MLP takes ``(batch, features)`` and
+flattens anything larger. Outputs are ``(batch, num_classes)`` logits (or
+``(batch, out_features)``). Dropout draws from the ``'dropout'`` RNG stream and
+acts only when ``train=True``; BatchNorm keeps its running statistics in the
+``'batch_stats'`` collection (pass ``mutable=['batch_stats']`` when training)
+and uses them when ``train=False``. Every module has a ``dtype`` field, the
+computation dtype; parameters stay float32.
 """
 
 from __future__ import annotations
+
+from typing import Callable
+
+import flax.linen as nn
 
 from flax_models.cnn import InsgdCNN, MnistCNN
 from flax_models.mlp import MLP
@@ -20,31 +34,56 @@ from flax_models.resnet import (
   ResNet50,
 )
 
-_FACTORIES = {
-  "mnist_cnn": lambda n, **kw: MnistCNN(num_classes=n, **kw),
-  "insgd_cnn": lambda n, **kw: InsgdCNN(num_classes=n, use_bn=False, **kw),
-  "insgd_cnn_bn": lambda n, **kw: InsgdCNN(num_classes=n, use_bn=True, **kw),
-  "resnet20": lambda n, **kw: ResNet20(num_classes=n, **kw),
-  "resnet18": lambda n, **kw: ResNet18(num_classes=n, **kw),
-  "resnet18_cifar": lambda n, **kw: ResNet18(num_classes=n, cifar_stem=True, **kw),
-  "resnet50": lambda n, **kw: ResNet50(num_classes=n, **kw),
-  "resnet50_cifar": lambda n, **kw: ResNet50(num_classes=n, cifar_stem=True, **kw),
-  "mobilenetv2": lambda n, **kw: MobileNetV2(num_classes=n, **kw),
-  "mobilenetv2_cifar": lambda n, **kw: MobileNetV2(num_classes=n, cifar_stem=True, **kw),
-  "mlp": lambda n, **kw: MLP(out_features=n, **kw),
+# name -> (constructor, keyword arguments it fixes, keyword naming the output width).
+# Keyword arguments given to get_model override the fixed ones.
+_REGISTRY: dict[str, tuple[Callable[..., nn.Module], dict, str]] = {
+  "mnist_cnn": (MnistCNN, {}, "num_classes"),
+  "insgd_cnn": (InsgdCNN, {"use_bn": False}, "num_classes"),
+  "insgd_cnn_bn": (InsgdCNN, {"use_bn": True}, "num_classes"),
+  "resnet20": (ResNet20, {}, "num_classes"),
+  "resnet20_nobn": (ResNet20, {"use_bn": False}, "num_classes"),
+  "resnet18": (ResNet18, {}, "num_classes"),
+  "resnet18_cifar": (ResNet18, {"cifar_stem": True}, "num_classes"),
+  "resnet50": (ResNet50, {}, "num_classes"),
+  "resnet50_cifar": (ResNet50, {"cifar_stem": True}, "num_classes"),
+  "mobilenetv2": (MobileNetV2, {}, "num_classes"),
+  "mobilenetv2_cifar": (MobileNetV2, {"cifar_stem": True}, "num_classes"),
+  "mlp": (MLP, {}, "out_features"),
 }
-MODEL_NAMES = tuple(_FACTORIES)
+#: Every name :func:`get_model` accepts.
+MODEL_NAMES = tuple(_REGISTRY)
 
 
-def get_model(name: str, num_classes: int, **kwargs):
-  """Builds a model by name; ``num_classes`` is the output width (1 for regression).
+def get_model(name: str, num_classes: int, **kwargs) -> nn.Module:
+  """Builds a model by name.
+
+  Args:
+    name: One of :data:`MODEL_NAMES`: ``mnist_cnn`` (SP paper), ``insgd_cnn``
+      / ``insgd_cnn_bn`` (INSGD Table 2 without / with BatchNorm),
+      ``resnet20`` / ``resnet20_nobn`` (INSGD Tables 1 and 7),
+      ``resnet18``, ``resnet18_cifar``, ``resnet50``, ``resnet50_cifar``,
+      ``mobilenetv2``, ``mobilenetv2_cifar`` and ``mlp`` (64-32 by default).
+    num_classes: Output width: classes, or 1 for scalar regression (the MLP's
+      ``out_features``).
+    **kwargs: Further fields of the model (``dtype``, ``dropout_rate``,
+      ``features``, ``shortcut``...), overriding the variant's own.
+
+  Returns:
+    The (unbound) Flax module.
 
   Raises:
-    ValueError: for an unknown name (the message lists the known ones).
+    ValueError: For an unknown name (the message lists the known ones) or an
+      invalid field value.
+
+  Examples:
+    >>> model = get_model('mlp', 1, features=(100, 50))
+    >>> model.features, model.out_features
+    ((100, 50), 1)
   """
-  if name not in _FACTORIES:
+  if name not in _REGISTRY:
     raise ValueError(f"unknown model {name!r}; known: {', '.join(MODEL_NAMES)}")
-  return _FACTORIES[name](num_classes, **kwargs)
+  constructor, fixed, width = _REGISTRY[name]
+  return constructor(**{**fixed, width: num_classes, **kwargs})
 
 
 __all__ = [
