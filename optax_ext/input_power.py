@@ -48,9 +48,10 @@ def _power_map(x: jax.Array, q: int) -> jax.Array:
 
 def dense_power(x: jax.Array, q: int) -> jax.Array:
   """Mean over every leading axis of ``‖row‖_q^q`` (the row is the last axis)."""
-  v = _power_map(x, q)
-  rows = max(1, int(np.prod(x.shape[:-1])))
-  return jnp.sum(v) / rows
+  # Batch axes first: a reduction along the major axis vectorises well, one
+  # straight to a scalar does not (about 4x slower on XLA:CPU).
+  v = _power_map(x, q).reshape(-1, x.shape[-1])
+  return jnp.sum(jnp.sum(v, axis=0)) / max(1, v.shape[0])
 
 
 def _as_tuple(v, n: int) -> tuple[int, ...]:
@@ -157,7 +158,8 @@ def conv_power(module: nn.Conv, x: jax.Array, q: int) -> Optional[jax.Array]:
   if geometry is None:
     return None
   counts, outputs = geometry  # integer counts: exact in float32; divide once at the end
-  v = _power_map(x, q) * jnp.asarray(counts, jnp.float32)
+  # Sum over the batch first (fast, see dense_power), then weight the positions.
+  v = jnp.sum(_power_map(x, q), axis=0) * jnp.asarray(counts, jnp.float32)
   denominator = float(max(x.shape[0] * outputs, 1))
   groups = module.feature_group_count
   if groups == 1:
