@@ -250,6 +250,48 @@ def test_small_models_compute_finite_logits():
     chex.assert_tree_all_finite(out)
 
 
+def _np_conv(x, kernel, bias, stride, pad):
+  """Direct NHWC/HWIO cross-correlation, one output position at a time."""
+  x = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  k = kernel.shape[0]
+  rows = (x.shape[1] - k) // stride + 1
+  cols = (x.shape[2] - k) // stride + 1
+  out = np.zeros((x.shape[0], rows, cols, kernel.shape[-1]))
+  for i in range(rows):
+    for j in range(cols):
+      patch = x[:, i * stride : i * stride + k, j * stride : j * stride + k, :]
+      out[:, i, j, :] = np.einsum("bhwc,hwco->bo", patch, kernel)
+  return out + bias
+
+
+def test_small_cnns_match_numpy_forward_pass():
+  # Evaluation-mode forward passes written out from the papers' layer lists.
+  relu = lambda a: np.maximum(a, 0)
+  x = jax.random.normal(jax.random.key(6), (2, 8, 8, 1))
+  xn = np.asarray(x, np.float64)
+
+  model = get_model("mnist_cnn", 10)
+  variables = _init(model, x)
+  p = jax.tree.map(lambda a: np.asarray(a, np.float64), variables["params"])
+  h = relu(_np_conv(xn, p["Conv_0"]["kernel"], p["Conv_0"]["bias"], 1, 0))
+  h = relu(_np_conv(h, p["Conv_1"]["kernel"], p["Conv_1"]["bias"], 1, 0))  # (2, 4, 4, 64)
+  h = h.reshape(2, 2, 2, 2, 2, 64).max(axis=(2, 4))  # 2x2 max-pool
+  h = relu(h.reshape(2, -1) @ p["Dense_0"]["kernel"] + p["Dense_0"]["bias"])
+  expected = h @ p["Dense_1"]["kernel"] + p["Dense_1"]["bias"]
+  out, _ = _apply(model, variables, x, False, KEYS["dropout"])
+  np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
+
+  model = get_model("insgd_cnn", 10)
+  variables = _init(model, x)
+  p = jax.tree.map(lambda a: np.asarray(a, np.float64), variables["params"])
+  h = xn
+  for i, stride in enumerate((1, 2, 2, 2)):  # 8x8 -> 8 -> 4 -> 2 -> 1
+    h = relu(_np_conv(h, p[f"Conv_{i}"]["kernel"], p[f"Conv_{i}"]["bias"], stride, 1))
+  expected = h.reshape(2, -1) @ p["Dense_0"]["kernel"] + p["Dense_0"]["bias"]
+  out, _ = _apply(model, variables, x, False, KEYS["dropout"])
+  np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
+
+
 def test_batchnorm_switch_and_collections():
   assert "batch_stats" not in _abstract_variables(get_model("insgd_cnn", 10), (1, 8, 8, 1))
   assert "batch_stats" in _abstract_variables(get_model("insgd_cnn_bn", 10), (1, 8, 8, 1))
