@@ -30,13 +30,18 @@ def _fast_compile():
   jax.config.update("jax_disable_most_optimizations", previous)
 
 
-def _abstract_variables(model, shape, dtype=jnp.float32):
+def _abstract(model, shape, dtype=jnp.float32, train=False):
+  """(output, variables) as shapes and dtypes, from one trace and no allocation."""
   x = jax.ShapeDtypeStruct(shape, dtype)
-  return jax.eval_shape(lambda x: model.init(KEYS, x, train=False), x)
+  return jax.eval_shape(lambda x: model.init_with_output(KEYS, x, train=train), x)
 
 
-def _count(model, shape):
-  return sum(p.size for p in jax.tree.leaves(_abstract_variables(model, shape)["params"]))
+def _abstract_variables(model, shape):
+  return _abstract(model, shape)[1]
+
+
+def _count(variables):
+  return sum(p.size for p in jax.tree.leaves(variables["params"]))
 
 
 def _conv(k, cin, cout, bias=True):
@@ -94,7 +99,9 @@ _INSGD_CNN = (
   ],
 )  # fmt: skip
 def test_parameter_counts(name, classes, shape, kwargs, expected):
-  assert _count(get_model(name, classes, **kwargs), shape) == expected
+  out, variables = _abstract(get_model(name, classes, **kwargs), shape)
+  assert _count(variables) == expected
+  chex.assert_shape(out, (1, classes))
 
 
 def test_well_known_counts_written_out():
@@ -121,7 +128,7 @@ def test_well_known_counts_written_out():
 )
 def test_gal_adjustment_module_counts(arch, d_in, d_out, stated_k):
   model = flax_models.MLP(features=arch, out_features=d_out, use_bias=False)
-  n = _count(model, (1, d_in))
+  n = _count(_abstract_variables(model, (1, d_in)))
   widths = (d_in, *arch, d_out)
   assert n == sum(a * b for a, b in zip(widths[:-1], widths[1:]))
   assert int(n / 100) / 10 == stated_k  # the paper truncates to one decimal of K
@@ -131,13 +138,12 @@ def _intermediate_shapes(model, shape, filter_fn):
   x = jax.ShapeDtypeStruct(shape, jnp.float32)
 
   def run(x):
-    variables = model.init(KEYS, x, train=False)
-    _, state = model.apply(
-      variables,
+    _, state = model.init_with_output(
+      KEYS,
       x,
       train=False,
       capture_intermediates=lambda mdl, method: method == "__call__" and filter_fn(mdl),
-      mutable=["intermediates"],
+      mutable=True,
     )
     return state["intermediates"]
 
@@ -200,8 +206,10 @@ def test_final_feature_map(name, shape, final):
     ("mlp", (3, 8, 8, 1)),
   ],
 )
-def test_output_shapes(name, shape):
-  _check_output(name, shape, jnp.float32)
+def test_output_shapes_in_training(name, shape):
+  # Evaluation-mode outputs are checked with the parameter counts.
+  out, variables = _abstract(get_model(name, 7), shape, train=True)
+  chex.assert_shape(out, (shape[0], 7))
 
 
 @pytest.mark.parametrize(
@@ -210,44 +218,11 @@ def test_output_shapes(name, shape):
    ("mobilenetv2_cifar", (3, 8, 8, 3)), ("mlp", (3, 10))],
 )  # fmt: skip
 def test_computation_dtype(name, shape):
-  _check_output(name, shape, jnp.bfloat16)
-
-
-def _check_output(name, shape, dtype):
-  model = get_model(name, 7, dtype=dtype)
-  variables = _abstract_variables(model, shape, dtype)
-  x = jax.ShapeDtypeStruct(shape, dtype)
-  for train in (False, True):
-    out = jax.eval_shape(
-      lambda v, x, train=train: model.apply(
-        v, x, train=train, rngs={"dropout": KEYS["dropout"]}, mutable=["batch_stats"]
-      )[0],
-      variables,
-      x,
-    )
-    chex.assert_shape(out, (shape[0], 7))
-    assert out.dtype == dtype
+  out, variables = _abstract(get_model(name, 7, dtype=jnp.bfloat16), shape, jnp.bfloat16)
+  chex.assert_shape(out, (shape[0], 7))
+  assert out.dtype == jnp.bfloat16
   # Parameters stay float32 whatever the computation dtype.
   assert {p.dtype for p in jax.tree.leaves(variables["params"])} == {jnp.dtype(jnp.float32)}
-
-
-@functools.partial(jax.jit, static_argnums=(0, 3))
-def _apply(model, variables, x, train, key):
-  return model.apply(variables, x, train=train, rngs={"dropout": key}, mutable=["batch_stats"])
-
-
-@functools.partial(jax.jit, static_argnums=(0,))
-def _init(model, x):
-  return model.init(KEYS, x, train=False)
-
-
-def test_small_models_compute_finite_logits():
-  x = jax.random.normal(jax.random.key(3), (4, 8, 8, 1))
-  for name in ("mnist_cnn", "insgd_cnn_bn", "mlp"):
-    model = get_model(name, 10)
-    out, _ = _apply(model, _init(model, x), x, False, KEYS["dropout"])
-    chex.assert_shape(out, (4, 10))
-    chex.assert_tree_all_finite(out)
 
 
 def _np_conv(x, kernel, bias, stride, pad):
@@ -264,31 +239,42 @@ def _np_conv(x, kernel, bias, stride, pad):
   return out + bias
 
 
-def test_small_cnns_match_numpy_forward_pass():
+@functools.partial(jax.jit, static_argnums=0)
+def _init_eval(model, x):
+  """Initial variables and the evaluation-mode output, in one compiled call."""
+  out, variables = model.init_with_output(KEYS, x, train=False)
+  return out, variables
+
+
+def test_small_models_match_numpy_forward_pass():
   # Evaluation-mode forward passes written out from the papers' layer lists.
   relu = lambda a: np.maximum(a, 0)
   x = jax.random.normal(jax.random.key(6), (2, 8, 8, 1))
   xn = np.asarray(x, np.float64)
+  as_np = lambda tree: jax.tree.map(lambda a: np.asarray(a, np.float64), tree)
 
-  model = get_model("mnist_cnn", 10)
-  variables = _init(model, x)
-  p = jax.tree.map(lambda a: np.asarray(a, np.float64), variables["params"])
+  out, variables = _init_eval(get_model("mnist_cnn", 10), x)
+  p = as_np(variables["params"])
   h = relu(_np_conv(xn, p["Conv_0"]["kernel"], p["Conv_0"]["bias"], 1, 0))
   h = relu(_np_conv(h, p["Conv_1"]["kernel"], p["Conv_1"]["bias"], 1, 0))  # (2, 4, 4, 64)
   h = h.reshape(2, 2, 2, 2, 2, 64).max(axis=(2, 4))  # 2x2 max-pool
   h = relu(h.reshape(2, -1) @ p["Dense_0"]["kernel"] + p["Dense_0"]["bias"])
   expected = h @ p["Dense_1"]["kernel"] + p["Dense_1"]["bias"]
-  out, _ = _apply(model, variables, x, False, KEYS["dropout"])
   np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
 
-  model = get_model("insgd_cnn", 10)
-  variables = _init(model, x)
-  p = jax.tree.map(lambda a: np.asarray(a, np.float64), variables["params"])
+  out, variables = _init_eval(get_model("insgd_cnn", 10), x)
+  p = as_np(variables["params"])
   h = xn
   for i, stride in enumerate((1, 2, 2, 2)):  # 8x8 -> 8 -> 4 -> 2 -> 1
     h = relu(_np_conv(h, p[f"Conv_{i}"]["kernel"], p[f"Conv_{i}"]["bias"], stride, 1))
   expected = h.reshape(2, -1) @ p["Dense_0"]["kernel"] + p["Dense_0"]["bias"]
-  out, _ = _apply(model, variables, x, False, KEYS["dropout"])
+  np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
+
+  out, variables = _init_eval(get_model("mlp", 3, features=(5, 4)), x)  # flattens 8x8x1
+  p = as_np(variables["params"])
+  h = relu(xn.reshape(2, 64) @ p["Dense_0"]["kernel"] + p["Dense_0"]["bias"])
+  h = relu(h @ p["Dense_1"]["kernel"] + p["Dense_1"]["bias"])
+  expected = h @ p["Dense_2"]["kernel"] + p["Dense_2"]["bias"]
   np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
 
 
@@ -302,54 +288,75 @@ def test_batchnorm_switch_and_collections():
 def test_batchnorm_train_updates_stats_and_eval_uses_them():
   model = flax_models.ResNet1(num_classes=3)
   x = 3.0 + 2.0 * jax.random.normal(jax.random.key(2), (4, 6, 6, 3))
-  variables = _init(model, x)
+
+  @jax.jit
+  def run(x):
+    variables = model.init(KEYS, x, train=False)
+    train_out, new = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    trained = {**variables, "batch_stats": new["batch_stats"]}
+    outs = {
+      "eval_all": model.apply(trained, x, train=False),
+      "eval_first": model.apply(trained, x[:1], train=False),
+      "train_all": model.apply(trained, x, train=True, mutable=["batch_stats"])[0],
+      "train_pair": model.apply(trained, x[:2], train=True, mutable=["batch_stats"])[0],
+    }
+    return variables, new["batch_stats"], outs
+
+  variables, stats, outs = run(x)
   # Training: statistics move toward the batch's (momentum 0.9: 10% of the way).
-  _, new = _apply(model, variables, x, True, KEYS["dropout"])
-  stem_mean = new["batch_stats"]["BatchNorm_0"]["mean"]
   conv = jax.lax.conv_general_dilated(
     x, variables["params"]["Conv_0"]["kernel"], (1, 1), ((1, 1), (1, 1)),
     dimension_numbers=("NHWC", "HWIO", "NHWC"),
   )  # fmt: skip
-  np.testing.assert_allclose(stem_mean, 0.1 * np.mean(conv, axis=(0, 1, 2)), rtol=1e-4, atol=1e-6)
-  # Evaluation: running statistics, so each example's logits ignore the rest of the batch.
-  trained = {**variables, "batch_stats": new["batch_stats"]}
-  together, _ = _apply(model, trained, x, False, KEYS["dropout"])
-  alone, _ = _apply(model, trained, x[:1], False, KEYS["dropout"])
-  np.testing.assert_allclose(together[:1], alone, rtol=1e-5, atol=1e-6)
+  expected = 0.1 * np.mean(np.asarray(conv, np.float64), axis=(0, 1, 2))
+  np.testing.assert_allclose(stats["BatchNorm_0"]["mean"], expected, rtol=1e-4, atol=1e-6)
+  assert "var" in stats["BatchNorm_0"] and "BasicBlock_0" in stats
+  # Evaluation: running statistics, so each example's logits ignore the rest of the batch...
+  np.testing.assert_allclose(outs["eval_all"][:1], outs["eval_first"], rtol=1e-5, atol=1e-6)
   # ...whereas in training mode they depend on the batch.
-  together, _ = _apply(model, trained, x, True, KEYS["dropout"])
-  alone, _ = _apply(model, trained, x[:2], True, KEYS["dropout"])
-  assert not np.allclose(together[:1], alone[:1], atol=1e-4)
+  assert not np.allclose(outs["train_all"][:1], outs["train_pair"][:1], atol=1e-4)
 
 
 def test_dropout_only_in_training():
   x = jax.random.normal(jax.random.key(4), (4, 8, 8, 1))
   model = get_model("mnist_cnn", 10)
-  variables = _init(model, x)
-  k1, k2 = jax.random.key(10), jax.random.key(11)
-  eval1, _ = _apply(model, variables, x, False, k1)
-  eval2, _ = _apply(model, variables, x, False, k2)
-  np.testing.assert_array_equal(eval1, eval2)  # the key is ignored in evaluation
-  # No dropout key is needed in evaluation.
-  np.testing.assert_array_equal(jax.jit(model.apply)(variables, x), eval1)
-  t1, _ = _apply(model, variables, x, True, k1)
-  t1_again, _ = _apply(model, variables, x, True, k1)
-  t2, _ = _apply(model, variables, x, True, k2)
-  np.testing.assert_array_equal(t1, t1_again)
-  assert not np.allclose(t1, t2) and not np.allclose(t1, eval1)
-  # With both rates 0 and no BatchNorm, training and evaluation coincide.
   no_drop = get_model("mnist_cnn", 10, conv_dropout=0.0, dense_dropout=0.0)
-  t0, _ = _apply(no_drop, variables, x, True, k1)
-  np.testing.assert_allclose(t0, eval1, rtol=1e-6)
+
+  @jax.jit
+  def run(x, k1, k2):
+    variables = model.init(KEYS, x, train=False)
+    return {
+      "eval_k1": model.apply(variables, x, train=False, rngs={"dropout": k1}),
+      "eval_k2": model.apply(variables, x, train=False, rngs={"dropout": k2}),
+      "eval_no_key": model.apply(variables, x),  # no dropout key needed in evaluation
+      "train_k1": model.apply(variables, x, train=True, rngs={"dropout": k1}),
+      "train_k1_again": model.apply(variables, x, train=True, rngs={"dropout": k1}),
+      "train_k2": model.apply(variables, x, train=True, rngs={"dropout": k2}),
+      "train_no_dropout": no_drop.apply(variables, x, train=True, rngs={"dropout": k1}),
+    }
+
+  o = run(x, jax.random.key(10), jax.random.key(11))
+  np.testing.assert_array_equal(o["eval_k1"], o["eval_k2"])
+  np.testing.assert_array_equal(o["eval_k1"], o["eval_no_key"])
+  np.testing.assert_array_equal(o["train_k1"], o["train_k1_again"])
+  assert not np.allclose(o["train_k1"], o["train_k2"])
+  assert not np.allclose(o["train_k1"], o["eval_k1"])
+  # With both rates 0 and no BatchNorm, training and evaluation coincide.
+  np.testing.assert_allclose(o["train_no_dropout"], o["eval_k1"], rtol=1e-6)
 
 
 def test_zero_pad_shortcut_is_option_a():
   # With the residual branch zeroed, a downsampling block returns relu(shortcut(x)).
   block = flax_models.BasicBlock(filters=8, strides=2, use_bn=False, shortcut="zero_pad")
   x = jax.random.normal(jax.random.key(5), (2, 6, 6, 4))
-  variables = jax.tree.map(jnp.zeros_like, block.init(KEYS, x))
+
+  @jax.jit
+  def run(x):
+    variables = jax.tree.map(jnp.zeros_like, block.init(KEYS, x))
+    return variables, block.apply(variables, x)
+
+  variables, out = run(x)
   assert "Conv_2" not in variables["params"]  # no projection parameters
-  out = block.apply(variables, x)
   expected = np.zeros((2, 3, 3, 8), np.float32)
   expected[..., 2:6] = np.maximum(np.asarray(x)[:, ::2, ::2, :], 0)
   np.testing.assert_allclose(out, expected, rtol=1e-6)
