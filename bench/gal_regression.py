@@ -1,29 +1,39 @@
 """GAL paper, Table V: diabetes regression, an MLP (64-32) with Adam, with and without GAL.
 
-The paper gives no protocol beyond the architecture and α = β = 0.001 with a
-GAL regressor of widths (128, 4); ours, fixed before looking at test numbers:
+The paper fixes the MLP (64-32), the GAL regressor (128-4), α = β = 0.001, Adam
+and 5 seeds, and gives nothing else. Our protocol, fixed before looking at any
+test number:
 
 - five seeds; seed ``s`` draws a random 80/20 train/test split of
-  scikit-learn's 442 rows, the MLP's initialisation and the batch order;
+  scikit-learn's 442 rows, the MLP's and the regressor's initialisation and the
+  batch order;
 - features and target standardised with training statistics; errors reported
   in the original units;
-- Adam, batch 32, mean squared error; learning rate and epochs chosen per
-  method and seed from the same grid (lr ∈ {1e-4, 3e-4, 1e-3} × epochs ∈
-  {50, 150}) on a validation split (20% of the training rows), then retrained
-  on the whole training split, so the baseline is tuned exactly as carefully as
-  GAL;
-- a plain least-squares linear regression on the same splits, to show whether
-  the MLP baseline was trained well.
+- Adam, batch 32 (the last partial batch dropped), mean squared error, ReLU;
+- learning rate and number of epochs chosen per method and seed from the same
+  grid, lr ∈ {3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2} × epochs ∈ {25, 50, 100, 200,
+  400, 800},
+  by the MSE on a validation split (20% of the training rows, a fixed permutation
+  per seed); then trained on the whole training split with the chosen lr and
+  read at the chosen epoch. Training is deterministic, so a run's state at epoch
+  ``e`` is what training for ``e`` epochs gives; the test split is never used for
+  a choice, and the baseline is tuned exactly as GAL is;
+- beside the paper's setting, GAL with α = 0.01, β = 1 (its CIFAR settings) as a
+  sensitivity check;
+- a least-squares linear regression on the same splits, to show whether the MLP
+  baseline was trained well.
 
-Run: ``python -m bench.gal_regression [--quick]`` (quick: 3 seeds, a 2-point grid).
+Run: ``python -m bench.gal_regression [--quick]`` (quick: 3 seeds, lr ∈ {1e-3,
+1e-2}, epochs ∈ {50, 200}).
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
+import functools
 import json
 import os
+import time
 
 import flax.linen as nn
 import jax
@@ -35,168 +45,299 @@ from sklearn.datasets import load_diabetes
 from sklearn.linear_model import LinearRegression
 
 import optax_ext
+from bench import timing
 from flax_models import MLP
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
-PAPER = {"baseline": (44.38, 0.78), "gal": (41.62, 0.30)}
+PAPER = {
+  "baseline": {"mae": (44.3832, 0.7752), "mse": (3226.0238, 38.8293), "r2": (0.3821, 0.0074)},
+  "gal": {"mae": (41.6186, 0.2989), "mse": (2961.5520, 29.4521), "r2": (0.4327, 0.0056)},
+}
+METHODS = {  # name -> GAL (alpha, beta), or None for plain Adam
+  "baseline": None,
+  "gal": (1e-3, 1e-3),
+  "gal_a0.01_b1": (1e-2, 1.0),
+}
+SHORT = {"gal": "GAL α=β=0.001", "gal_a0.01_b1": "GAL α=0.01, β=1"}
+LABELS = {
+  "linear": "linear regression",
+  "baseline": "MLP 64-32, Adam",
+  "gal": "MLP 64-32, Adam + GAL (α=β=0.001, paper)",
+  "gal_a0.01_b1": "MLP 64-32, Adam + GAL (α=0.01, β=1)",
+}
+BATCH = 32
 
 
-def split(x, y, seed, frac=0.2):
-  perm = np.random.default_rng(seed).permutation(len(x))
-  n_test = int(round(frac * len(x)))
-  return x[perm[n_test:]], y[perm[n_test:]], x[perm[:n_test]], y[perm[:n_test]]
+def split(n, seed, frac=0.2):
+  perm = np.random.default_rng(seed).permutation(n)
+  n_out = int(round(frac * n))
+  return perm[n_out:], perm[:n_out]
 
 
-def train_mlp(x, y, use_gal, lr, epochs, seed, batch=32):
+@functools.lru_cache(maxsize=None)
+def make_run(method, epochs):
+  """A jitted ``(lr, seed, x, y, x_eval) -> per-epoch (eval predictions, GAL logs)``."""
   model = MLP(features=(64, 32), out_features=1, activation=nn.relu)
-  params = model.init(jax.random.key(seed), x[:1])["params"]
-  base = optax.adam(lr)
-  tx = (
-    optax.chain(
-      optax_ext.gal(1, hidden=(128, 4), alpha=1e-3, beta=1e-3, learning_rate=lr, seed=seed), base
-    )
-    if use_gal
-    else base
-  )
-  state = tx.init(params)
-  steps = len(x) // batch
-  xj, yj = jnp.asarray(x), jnp.asarray(y)
-
-  def step(carry, idx):
-    params, state = carry
-    xb, yb = xj[idx], yj[idx]
-    loss = lambda z: jnp.mean((z - yb) ** 2)
-    fwd = lambda p: model.apply({"params": p}, xb)
-    if use_gal:
-      extra = optax_ext.gal_extra_args(fwd, params, loss)
-      updates, state = tx.update(None, state, params, **extra)
-    else:
-      grads = jax.grad(lambda p: loss(fwd(p)))(params)
-      updates, state = tx.update(grads, state, params)
-    return (optax.apply_updates(params, updates), state), None
+  gal_hp = METHODS[method]
 
   @jax.jit
-  def epoch(carry, key):
-    perm = jax.random.permutation(key, len(x))[: steps * batch].reshape(steps, batch)
-    return jax.lax.scan(step, carry, perm)[0]
+  def run(lr, seed, xj, yj, xe):
+    steps = len(xj) // BATCH
+    params = model.init(jax.random.key(seed), xj[:1])["params"]
+    base = optax.adam(lr)
+    if gal_hp is None:
+      tx = base
+    else:
+      alpha, beta = gal_hp
+      gal = optax_ext.gal(
+        1, hidden=(128, 4), alpha=alpha, beta=beta, learning_rate=lr, seed=seed + 1
+      )
+      tx = optax.chain(gal, base)
 
-  carry = (params, state)
-  key = jax.random.key(seed + 1000)
-  for e in range(epochs):
-    carry = epoch(carry, jax.random.fold_in(key, e))
-  params = carry[0]
-  return lambda xt: np.asarray(model.apply({"params": params}, jnp.asarray(xt)))
+    def step(carry, idx):
+      params, state = carry
+      xb, yb = xj[idx], yj[idx]
+      loss = lambda z: jnp.mean((z - yb) ** 2)
+      fwd = lambda p: model.apply({"params": p}, xb)
+      if gal_hp is None:
+        updates, state = tx.update(jax.grad(lambda p: loss(fwd(p)))(params), state, params)
+        logs = jnp.zeros(5)
+      else:
+        extra = optax_ext.gal_extra_args(fwd, params, loss)
+        updates, state = tx.update(None, state, params, **extra)
+        g = state[0]
+        value = loss(extra["outputs"]).astype(jnp.float32)
+        unchanged = (g.tentative_loss == value).astype(jnp.float32)
+        logs = jnp.stack([g.used_adjusted, g.remainder, g.cosine, unchanged, value])
+      return (optax.apply_updates(params, updates), state), logs
+
+    def epoch(carry, e):
+      perm = jax.random.permutation(jax.random.fold_in(jax.random.key(seed + 1000), e), len(xj))
+      carry, logs = jax.lax.scan(step, carry, perm[: steps * BATCH].reshape(steps, BATCH))
+      return carry, (model.apply({"params": carry[0]}, xe)[:, 0], logs.mean(0))
+
+    _, (preds, logs) = jax.lax.scan(epoch, (params, tx.init(params)), jnp.arange(epochs))
+    return preds, logs
+
+  return run
 
 
 def metrics(pred, y):
-  err = pred[:, 0] - y[:, 0]
+  err = pred - y
   mse = float(np.mean(err**2))
-  return {"mae": float(np.mean(np.abs(err))), "mse": mse, "r2": 1.0 - mse / float(np.var(y[:, 0]))}
+  return {"mae": float(np.mean(np.abs(err))), "mse": mse, "r2": 1.0 - mse / float(np.var(y))}
 
 
-def run_seed(seed, grid):
+def run_seed(seed, lrs, epoch_grid):
   d = load_diabetes()
-  x, y = d.data.astype(np.float32), d.target.astype(np.float32)[:, None]
-  x_tr, y_tr, x_te, y_te = split(x, y, seed)
+  x, y = d.data.astype(np.float32), d.target.astype(np.float32)
+  tr, te = split(len(x), seed)
+  x_tr, y_tr, x_te, y_te = x[tr], y[tr], x[te], y[te]
   out = {"linear": metrics(LinearRegression().fit(x_tr, y_tr).predict(x_te), y_te)}
   mu, sd = x_tr.mean(0), x_tr.std(0) + 1e-6
   ymu, ysd = float(y_tr.mean()), float(y_tr.std())
   xs = lambda a: (a - mu) / sd
-  ys = lambda a: (a - ymu) / ysd
-  x_fit, y_fit, x_val, y_val = split(x_tr, y_tr, seed + 100)
-  for name, use_gal in (("baseline", False), ("gal", True)):
+  ys = lambda a: ((a - ymu) / ysd)[:, None]
+  fit, val = split(len(x_tr), seed + 100)
+  run = lambda method, lr, x_, y_, xe_: make_run(method, max(epoch_grid))(
+    jnp.float32(lr), seed, jnp.asarray(xs(x_)), jnp.asarray(ys(y_)), jnp.asarray(xs(xe_))
+  )
+  for method in METHODS:
     best = None
-    for lr, epochs in grid:
-      predict = train_mlp(xs(x_fit), ys(y_fit), use_gal, lr, epochs, seed)
-      val = metrics(predict(xs(x_val)) * ysd + ymu, y_val)["mse"]
-      if best is None or val < best[0]:
-        best = (val, lr, epochs)
-    _, lr, epochs = best
-    predict = train_mlp(xs(x_tr), ys(y_tr), use_gal, lr, epochs, seed)
-    out[name] = {**metrics(predict(xs(x_te)) * ysd + ymu, y_te), "lr": lr, "epochs": epochs}
+    for lr in lrs:
+      preds, _ = run(method, lr, x_tr[fit], y_tr[fit], x_tr[val])
+      preds = np.asarray(preds) * ysd + ymu
+      for e in epoch_grid:
+        v = metrics(preds[e - 1], y_tr[val])["mse"]
+        if np.isfinite(v) and (best is None or v < best[0]):
+          best = (v, lr, e)
+    _, lr, e = best
+    # Deterministic training: the state after epoch e of a longer run is the e-epoch model.
+    preds, logs = run(method, lr, x_tr, y_tr, x_te)
+    preds = np.asarray(preds) * ysd + ymu
+    out[method] = {**metrics(preds[e - 1], y_te), "lr": lr, "epochs": e, "val_mse": best[0]}
+    if METHODS[method] is not None:
+      logs = np.asarray(logs)[:e]
+      out[method]["per_epoch"] = {
+        "used_adjusted": logs[:, 0].tolist(),
+        "remainder": logs[:, 1].tolist(),
+        "cosine": logs[:, 2].tolist(),
+        "tentative_equals_loss": logs[:, 3].tolist(),
+        "train_loss": logs[:, 4].tolist(),
+      }
   return out
+
+
+def plot(runs, summary, path):
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  names = ["linear", *METHODS]
+  fig, axes = plt.subplots(1, 4, figsize=(16, 4))
+  ax = axes[0]
+  for i, name in enumerate(names):
+    vals = [r[name]["mae"] for r in runs]
+    ax.scatter(np.full(len(vals), i) + np.linspace(-0.12, 0.12, len(vals)), vals, s=18)
+    ax.errorbar(i + 0.3, summary[name]["mae"][0], summary[name]["mae"][1], fmt="ks", ms=4)
+  for name, color in (("baseline", "tab:orange"), ("gal", "tab:green")):
+    m, s = PAPER[name]["mae"]
+    ax.axhspan(m - s, m + s, color=color, alpha=0.25, label=f"paper {name}: {m:.2f} ± {s:.2f}")
+  ax.set_xticks(
+    range(len(names)), ["linear", "Adam", "Adam+GAL\n(paper α,β)", "Adam+GAL\n(α=.01,β=1)"]
+  )
+  ax.set_ylabel("test MAE (dots: seeds; square: mean ± sd)")
+  ax.set_title("Diabetes, test MAE")
+  ax.set_ylim(bottom=min(39.0, ax.get_ylim()[0]))
+  ax.legend(fontsize=7, loc="lower right")
+  keys = [
+    ("used_adjusted", "fraction of steps using g"),
+    ("remainder", "|r| (mean per epoch)"),
+    ("cosine", "cos(ṽ, ∂ℓ/∂z) (mean per epoch)"),
+  ]
+  for ax, (key, title) in zip(axes[1:], keys):
+    for method, color in (("gal", "tab:green"), ("gal_a0.01_b1", "tab:red")):
+      for j, r in enumerate(runs):
+        ax.plot(
+          r[method]["per_epoch"][key],
+          color=color,
+          alpha=0.6,
+          lw=0.8,
+          label=LABELS[method].split(", ")[1] if j == 0 else None,
+        )
+    ax.set_xlabel("epoch (final run, each seed)")
+    ax.set_title(title)
+    if key == "remainder":
+      ax.set_yscale("log")
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
 
 
 def main(argv=None) -> None:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--quick", action="store_true")
   args = ap.parse_args(argv)
-  seeds = range(3) if args.quick else range(5)
-  grid = (
-    [(3e-4, 50), (1e-3, 50)]
-    if args.quick
-    else list(itertools.product((1e-4, 3e-4, 1e-3), (50, 150)))
-  )
+  t0 = time.perf_counter()
+  if args.quick:
+    seeds, lrs, epoch_grid = range(3), (1e-3, 1e-2), (50, 200)
+  else:
+    seeds, lrs = range(5), (3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
+    epoch_grid = (25, 50, 100, 200, 400, 800)
   runs = []
   for s in seeds:
-    runs.append(run_seed(s, grid))
+    runs.append(run_seed(s, lrs, epoch_grid))
     print(
-      f"seed {s}: " + ", ".join(f"{k} MAE {v['mae']:.2f}" for k, v in runs[-1].items()), flush=True
+      f"seed {s}: "
+      + ", ".join(f"{k} MAE {v['mae']:.2f}" for k, v in runs[-1].items())
+      + f" ({time.perf_counter() - t0:.0f} s)",
+      flush=True,
     )
-  summary = {}
-  for name in ("linear", "baseline", "gal"):
-    summary[name] = {
-      m: (
-        float(np.mean([r[name][m] for r in runs])),
-        float(np.std([r[name][m] for r in runs], ddof=1)),
-      )
+  names = ["linear", *METHODS]
+  summary = {
+    n: {
+      m: (float(np.mean([r[n][m] for r in runs])), float(np.std([r[n][m] for r in runs], ddof=1)))
       for m in ("mae", "mse", "r2")
     }
-  tests = {
-    m: stats.ttest_ind([r["gal"][m] for r in runs], [r["baseline"][m] for r in runs])
-    for m in ("mae", "mse", "r2")
+    for n in names
   }
-  os.makedirs(RESULTS, exist_ok=True)
+  tests = {
+    g: {
+      m: stats.ttest_ind([r["baseline"][m] for r in runs], [r[g][m] for r in runs])
+      for m in ("mae", "mse", "r2")
+    }
+    for g in ("gal", "gal_a0.01_b1")
+  }
   tag = "quick" if args.quick else "full"
+  os.makedirs(RESULTS, exist_ok=True)
+  png = f"gal_regression_{tag}.png"
+  plot(runs, summary, os.path.join(RESULTS, png))
   with open(os.path.join(RESULTS, f"gal_regression_{tag}.json"), "w") as f:
     json.dump(
-      {"runs": runs, "summary": summary, "ttest_p": {m: float(t.pvalue) for m, t in tests.items()}},
+      {
+        "runs": runs,
+        "summary": summary,
+        "ttest": {
+          g: {m: [float(t.statistic), float(t.pvalue)] for m, t in tt.items()}
+          for g, tt in tests.items()
+        },
+      },
       f,
-      indent=2,
+      indent=1,
     )
+  wall = time.perf_counter() - t0
   lines = [
     "## Diabetes regression (paper Table V)",
     "",
-    f"Command: `python -m bench.gal_regression{' --quick' if args.quick else ''}`; "
-    f"{len(list(seeds))} seeds, protocol in the script's docstring (random 80/20 splits, "
-    "lr and epochs chosen on a validation split for each method alike).",
+    f"Command: `python -m bench.gal_regression{' --quick' if args.quick else ''}` "
+    f"({wall / 60:.1f} min on {timing.machine_description()}). {len(runs)} seeds; protocol "
+    "in the script's docstring: random 80/20 splits, standardised features and target, "
+    "Adam with batch 32, lr ∈ {"
+    + ", ".join(f"{v:g}" for v in lrs)
+    + "} × epochs ∈ {"
+    + ", ".join(map(str, epoch_grid))
+    + "} chosen per method and seed on a validation split of the training rows.",
     "",
-    "| model | MAE | MSE | R² | paper MAE |",
-    "|---|---|---|---|---|",
+    "| model | MAE | MSE | R² |",
+    "|---|---|---|---|",
   ]
-  for name, label in (
-    ("linear", "linear regression"),
-    ("baseline", "MLP 64-32, Adam"),
-    ("gal", "MLP 64-32, Adam + GAL"),
-  ):
-    s = summary[name]
-    paper = PAPER.get(name)
+  fmt = lambda v, d: f"{v[0]:.{d}f} ± {v[1]:.{d}f}"
+  for n in names:
+    s = summary[n]
+    lines.append(f"| {LABELS[n]} | {fmt(s['mae'], 2)} | {fmt(s['mse'], 0)} | {fmt(s['r2'], 3)} |")
+  for n in ("baseline", "gal"):
+    p = PAPER[n]
     lines.append(
-      f"| {label} | {s['mae'][0]:.2f} ± {s['mae'][1]:.2f} | {s['mse'][0]:.0f} ± "
-      f"{s['mse'][1]:.0f} | {s['r2'][0]:.3f} ± {s['r2'][1]:.3f} | "
-      f"{f'{paper[0]} ± {paper[1]}' if paper else '-'} |"
+      f"| paper: {LABELS[n].split(' (')[0]} | {fmt(p['mae'], 2)} | {fmt(p['mse'], 0)} | "
+      f"{fmt(p['r2'], 3)} |"
     )
-  p_mae = float(tests["mae"].pvalue)
-  diff = summary["gal"]["mae"][0] - summary["baseline"]["mae"][0]
   lines += [
     "",
-    f"Two-sample t-test, GAL vs baseline: MAE p = {p_mae:.3f}, MSE p = "
-    f"{float(tests['mse'].pvalue):.3f}, R² p = {float(tests['r2'].pvalue):.3f}. GAL's mean MAE "
-    f"is {abs(diff):.2f} {'lower' if diff < 0 else 'higher'} than the baseline's. The paper "
-    f"reports 2.76 lower (44.38 → 41.62). "
+    "Two-sample t-tests (Student, baseline vs GAL, as the paper's (t, p)):",
+    "",
+    "| GAL setting | MAE (t, p) | MSE (t, p) | R² (t, p) |",
+    "|---|---|---|---|",
+  ]
+  for g, tt in tests.items():
+    cells = " | ".join(f"({tt[m].statistic:.2f}, {tt[m].pvalue:.3g})" for m in ("mae", "mse", "r2"))
+    lines.append(f"| {LABELS[g].split('GAL ')[1]} | {cells} |")
+  paper_row = "(7.43, 7.34e-05) | (12.13, 1.97e-06) | (-12.14, 1.95e-06)"
+  lines.append(f"| paper (α=β=0.001) | {paper_row} |")
+  d_mae = summary["gal"]["mae"][0] - summary["baseline"]["mae"][0]
+  p_mae = float(tests["gal"]["mae"].pvalue)
+  gal_logs = [r["gal"]["per_epoch"] for r in runs]
+  unchanged = float(np.mean([np.mean(p["tentative_equals_loss"]) for p in gal_logs]))
+  used = float(np.mean([np.mean(p["used_adjusted"]) for p in gal_logs]))
+  r_med = float(np.median(np.concatenate([p["remainder"] for p in gal_logs])))
+  ulp = float(np.median([np.spacing(np.float32(v)) for p in gal_logs for v in p["train_loss"]]))
+  eta_t = 1e-3 * float(np.median([r["gal"]["lr"] for r in runs]))
+  lines += [
+    "",
+    f"With the paper's α = β = 0.001, GAL's mean test MAE is {abs(d_mae):.2f} "
+    f"{'lower' if d_mae < 0 else 'higher'} than the baseline's (p = {p_mae:.3g}); the paper "
+    "reports 2.77 lower with p = 7e-5. "
     + (
-      "The difference is not significant here (p ≥ 0.05): the paper's improvement is not "
-      "reproduced under this protocol."
-      if p_mae >= 0.05
-      else "The difference is significant at p < 0.05."
+      "**The paper's claim does not hold here**: the difference is not significant."
+      if p_mae >= 0.05 or d_mae >= 0
+      else "The improvement is significant here too."
     ),
+    f"GAL used the adjusted gradient on {100 * used:.0f}% of steps. With the chosen "
+    f"learning rates η̃ = βη ≈ {eta_t:.0e}; the tentative loss equalled the loss exactly "
+    f"(in float32) on {100 * unchanged:.0f}% of steps, and the median per-epoch |r| "
+    f"({r_med:.1e}) is of the order of the float32 spacing at the training loss "
+    f"({ulp:.1e}): the regressor is trained on a remainder dominated by rounding.",
+    f"The paper's baseline (R² {PAPER['baseline']['r2'][0]:.2f}) is well below a linear "
+    f"regression on the same data (R² {summary['linear']['r2'][0]:.2f} here, MAE "
+    f"{summary['linear']['mae'][0]:.2f}); our tuned MLP baseline reaches R² "
+    f"{summary['baseline']['r2'][0]:.2f} (MAE {summary['baseline']['mae'][0]:.2f}). "
+    "Test-split differences between seeds (sd of the MAE) dwarf any method difference.",
+    "",
+    f"![diabetes: test MAE per seed and GAL's logged quantities]({png})",
     "",
     "Chosen (lr, epochs) per seed: "
-    + "; ".join(
-      f"baseline {r['baseline']['lr']:g}/{r['baseline']['epochs']}, GAL "
-      f"{r['gal']['lr']:g}/{r['gal']['epochs']}"
-      for r in runs
-    )
+    + "; ".join(", ".join(f"{n} {r[n]['lr']:g}/{r[n]['epochs']}" for n in METHODS) for r in runs)
     + ".",
   ]
   text = "\n".join(lines) + "\n"
