@@ -84,7 +84,12 @@ def scaled_tree(n_params: int, n_leaves: int = 160, seed: int = 0) -> dict[str, 
   base = resnet_shapes(50)[:n_leaves]
   sizes = np.array([int(np.prod(s)) for s in base], dtype=np.float64)
   scale = n_params / sizes.sum()
-  shapes = [(max(1, int(round(sz * scale))),) for sz in sizes]
+  shapes = []
+  for base_shape, sz in zip(base, sizes):
+    n = max(1, int(round(sz * scale)))
+    # Kernels stay 2-D (so methods that treat matrices differently, e.g. SP's
+    # pruning mask, see them as kernels); vectors stay 1-D.
+    shapes.append((max(1, n // 64), 64) if len(base_shape) >= 2 else (n,))
   return make_tree(shapes, seed)
 
 
