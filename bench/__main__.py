@@ -16,16 +16,17 @@ import time
 from bench import report
 
 PARTS = {
-    "update_speed": "optimizer-update speed of every method against optax baselines",
-    "train_step": "full train-step cost of every method against the SGD step",
-    "angulargrad_speed": "AngularGrad update speed and bandwidth against adam",
-    "angulargrad_toy": "AngularGrad paper: toy functions F1-F3 and Rosenbrock",
-    "sp_speed": "SP quantile modes and scaling against adam",
-    "insgd_speed": "INSGD train-step cost against SGD with momentum",
-    "gal_speed": "GAL train-step cost against SGD",
-    "sp_train": "SP paper: Fashion-MNIST training check and the damping bound",
-    "insgd_train": "INSGD paper: robustness to large learning rates without BatchNorm",
-    "gal_regression": "GAL paper: diabetes regression (Table V)",
+  "update_speed": "optimizer-update speed of every method against optax baselines",
+  "train_step": "full train-step cost of every method against the SGD step",
+  "mesh_step": "train step on 1-8 simulated devices, with the collectives it holds",
+  "angulargrad_speed": "AngularGrad update speed and bandwidth against adam",
+  "angulargrad_toy": "AngularGrad paper: toy functions F1-F3 and Rosenbrock",
+  "sp_speed": "SP quantile modes and scaling against adam",
+  "insgd_speed": "INSGD train-step cost against SGD with momentum",
+  "gal_speed": "GAL train-step cost against SGD",
+  "sp_train": "SP paper: Fashion-MNIST training check and the damping bound",
+  "insgd_train": "INSGD paper: robustness to large learning rates without BatchNorm",
+  "gal_regression": "GAL paper: diabetes regression (Table V)",
 }
 
 
