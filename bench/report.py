@@ -20,6 +20,7 @@ SECTIONS = [
     ["train_step_full.md", "train_step_quick.md"],
     "python -m bench.train_step",
   ),
+  ("Device mesh", ["mesh_step_full.md", "mesh_step_quick.md"], "python -m bench.mesh_step"),
   ("AngularGrad: paper checks", ["angulargrad.md"], None),
   ("AngularGrad: update speed", ["angulargrad_speed.md"], None),
   ("SP: paper checks", ["sp_train_full.md", "sp_train_quick.md", "sp.md"], None),
