@@ -1,0 +1,191 @@
+"""INSGD train-step cost: forward with input-power capture, backward, update.
+
+Times the training loop's jitted step (``train.loop.make_train_step``, state
+donated) for INSGD-ℓ2 and INSGD-ℓ1 against the same step with
+``optax.sgd(momentum=0.9)`` (the registry's ``momentum``), interleaved in one
+run. Also times the capture on its own: the forward pass with
+``capture_input_power`` against the plain forward pass. Models: the paper's
+4-conv custom CNN (without and with BatchNorm) and ResNet-20 on random
+32×32×3 batches.
+
+Run: ``python -m bench.insgd_speed [--quick] [--batch N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import optax_ext
+from bench import timing
+from flax_models import get_model
+from train import registry
+from train.loop import init_state, make_train_step
+
+RESULTS = os.path.join(os.path.dirname(__file__), "results")
+MODELS = ("insgd_cnn", "insgd_cnn_bn", "resnet20")
+METHODS = ("momentum", "insgd_l2", "insgd_l1")
+TARGET = 1.10
+
+
+def time_model(model_name: str, batch: int, reps: int) -> dict:
+  model = get_model(model_name, 10)
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(batch, 32, 32, 3)).astype(np.float32)
+  y = rng.integers(0, 10, batch).astype(np.int32)
+  const = registry.make_schedule("constant", 1, 1)
+  fns = {}
+  for name in METHODS:
+    opt = registry.make_optimizer(name, const, lr=0.01)
+    step = make_train_step(model, opt, "classification")
+    holder = {"state": init_state(model, opt.tx, x[:1], 0)}
+
+    def run(step=step, holder=holder):
+      holder["state"], metrics = step(holder["state"], x, y)
+      return metrics["loss"]
+
+    fns[name] = run
+
+  # The capture alone: forward pass with and without it (train mode, dropout on).
+  variables = model.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, x[:1])
+  mutable = ["batch_stats"] if "batch_stats" in variables else False
+  kw = dict(train=True, rngs={"dropout": jax.random.key(2)}, mutable=mutable)
+  xj = jnp.asarray(x)
+  plain = jax.jit(lambda v, x: model.apply(v, x, **kw))
+  captured = jax.jit(lambda v, x: optax_ext.capture_input_power(model.apply, v, x, **kw))
+  fns["forward"] = lambda: plain(variables, xj)
+  fns["forward+capture"] = lambda: captured(variables, xj)
+
+  res = timing.time_calls(fns, reps=reps, warmup=3)
+  step_ratio = timing.ratios({k: res[k] for k in METHODS}, "momentum")
+  fwd_ratio = timing.ratios({k: res[k] for k in ("forward", "forward+capture")}, "forward")
+  out = {}
+  for name, r in res.items():
+    out[name] = {
+      "median_ms": 1e3 * r["median"],
+      "p25_ms": 1e3 * r["p25"],
+      "p75_ms": 1e3 * r["p75"],
+      "ratio": step_ratio.get(name, fwd_ratio.get(name)),
+    }
+  return out
+
+
+def markdown(result: dict) -> str:
+  lines = [
+    "## Train-step cost",
+    "",
+    f"Command: `{result['command']}`. Machine: {result['machine']}; batch {result['batch']}, "
+    f"32×32×3 inputs, {result['reps']} interleaved repetitions after 3 warm-up calls. "
+    "The machine is shared with other jobs and noisy: medians with the 25th-75th "
+    "percentiles; the ratios come from one run, with the candidates interleaved.",
+    "",
+    "Full jitted train step (forward with capture, backward, update, apply) relative to the "
+    f"same step with `optax.sgd(momentum=0.9)`; target ≤ {TARGET:.2f}×.",
+    "",
+    "| model | sgd+momentum ms | INSGD-ℓ2 ms | ×sgd | INSGD-ℓ1 ms | ×sgd | "
+    "forward ms | forward+capture ms | ×forward |",
+    "|---|---|---|---|---|---|---|---|---|",
+  ]
+  for model, r in result["models"].items():
+
+    def cell(name, r=r):
+      return f"{r[name]['median_ms']:.1f} ({r[name]['p25_ms']:.1f}-{r[name]['p75_ms']:.1f})"
+
+    lines.append(
+      f"| {model} | {cell('momentum')} | {cell('insgd_l2')} | {r['insgd_l2']['ratio']:.3f} | "
+      f"{cell('insgd_l1')} | {r['insgd_l1']['ratio']:.3f} | {cell('forward')} | "
+      f"{cell('forward+capture')} | {r['forward+capture']['ratio']:.3f} |"
+    )
+  worst = max(r[m]["ratio"] for r in result["models"].values() for m in ("insgd_l2", "insgd_l1"))
+  verdict = "met" if worst <= TARGET else "NOT met"
+  lines += ["", f"Largest INSGD/SGD step ratio: {worst:.3f} (target ≤ {TARGET:.2f}: {verdict})."]
+  return "\n".join(lines)
+
+
+def plot(result: dict, path: str) -> None:
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  models = list(result["models"])
+  fig, ax = plt.subplots(figsize=(7, 3.6))
+  width = 0.25
+  names = [
+    ("insgd_l2", "INSGD-ℓ2 step"),
+    ("insgd_l1", "INSGD-ℓ1 step"),
+    ("forward+capture", "forward with capture"),
+  ]
+  for i, (key, label) in enumerate(names):
+    vals = [result["models"][m][key]["ratio"] for m in models]
+    bars = ax.bar(np.arange(len(models)) + (i - 1) * width, vals, width, label=label)
+    ax.bar_label(bars, fmt="%.2f", fontsize=8)
+  ax.axhline(1.0, color="k", lw=0.8)
+  ax.axhline(TARGET, color="r", ls="--", lw=0.8, label=f"target {TARGET:.2f}×")
+  ax.set_xticks(np.arange(len(models)), models)
+  ax.set_ylabel("time ratio (step: ×SGD+momentum;\nforward: ×plain forward)")
+  ax.set_ylim(0.8, max(1.3, ax.get_ylim()[1]))
+  ax.set_title(f"INSGD cost, batch {result['batch']}, {jax.devices()[0].platform.upper()}")
+  ax.legend(fontsize=8, loc="upper left")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def main(argv=None) -> dict:
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--quick", action="store_true", help="batch 32 and fewer repetitions")
+  ap.add_argument("--batch", type=int, default=None)
+  ap.add_argument("--reps", type=int, default=None)
+  args = ap.parse_args(argv)
+  batch = args.batch or (32 if args.quick else 128)
+  reps = args.reps or (5 if args.quick else 15)
+  tag = "quick" if args.quick else "full"
+  command = "python -m bench.insgd_speed" + (" --quick" if args.quick else "")
+  if args.batch or args.reps:
+    command += f" --batch {batch} --reps {reps}"
+  result = {
+    "machine": timing.machine_description(),
+    "batch": batch,
+    "reps": reps,
+    "command": command,
+    "models": {},
+  }
+  for name in MODELS:
+    print(f"timing {name} ...", flush=True)
+    result["models"][name] = time_model(name, batch, reps)
+  os.makedirs(RESULTS, exist_ok=True)
+  with open(os.path.join(RESULTS, f"insgd_speed_{tag}.json"), "w") as f:
+    json.dump(result, f, indent=1)
+  plot(result, os.path.join(RESULTS, f"insgd_speed_{tag}.png"))
+  md = markdown(result) + f"\n\n![INSGD step cost](insgd_speed_{tag}.png)\n"
+  with open(os.path.join(RESULTS, f"insgd_speed_{tag}.md"), "w") as f:
+    f.write(md)
+  assemble()
+  print(md)
+  return result
+
+
+def assemble() -> str:
+  """Writes ``bench/results/insgd.md`` from the INSGD parts present (full runs first)."""
+  parts = ["# INSGD", ""]
+  for stem in ("insgd_speed", "insgd_train"):
+    for tag in ("full", "quick"):
+      path = os.path.join(RESULTS, f"{stem}_{tag}.md")
+      if os.path.exists(path):
+        with open(path) as f:
+          parts += [f.read().strip(), ""]
+        break
+  text = "\n".join(parts)
+  with open(os.path.join(RESULTS, "insgd.md"), "w") as f:
+    f.write(text)
+  return text
+
+
+if __name__ == "__main__":
+  main()
