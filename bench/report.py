@@ -23,12 +23,12 @@ SECTIONS = [
   ("Device mesh", ["mesh_step_full.md", "mesh_step_quick.md"], "python -m bench.mesh_step"),
   ("AngularGrad: paper checks", ["angulargrad.md"], None),
   ("AngularGrad: update speed", ["angulargrad_speed.md"], None),
-  ("SP: paper checks", ["sp_train_full.md", "sp_train_quick.md", "sp.md"], None),
-  ("SP: speed", ["sp_speed.md"], None),
-  ("INSGD: paper checks", ["insgd_train_full.md", "insgd_train_quick.md", "insgd.md"], None),
-  ("INSGD: speed", ["insgd_speed.md"], None),
-  ("GAL: paper checks", ["gal_regression_full.md", "gal_regression_quick.md", "gal.md"], None),
-  ("GAL: speed", ["gal_speed.md"], None),
+  ("SP: paper checks", ["sp.md", "sp_train_full.md", "sp_train_quick.md"], None),
+  ("SP: speed", ["sp_speed_full.md", "sp_speed_quick.md", "sp_speed.md"], None),
+  ("INSGD: paper checks", ["insgd.md", "insgd_train_full.md", "insgd_train_quick.md"], None),
+  ("INSGD: speed", ["insgd_speed_full.md", "insgd_speed_quick.md", "insgd_speed.md"], None),
+  ("GAL: paper checks", ["gal.md", "gal_regression_full.md", "gal_regression_quick.md"], None),
+  ("GAL: speed", ["gal_speed_full.md", "gal_speed_quick.md", "gal_speed.md"], None),
 ]
 
 
