@@ -181,6 +181,10 @@ def assemble() -> str:
         with open(path) as f:
           parts += [f.read().strip(), ""]
         break
+  notes = os.path.join(RESULTS, "insgd_notes.md")  # hand-written reading of the numbers
+  if os.path.exists(notes):
+    with open(notes) as f:
+      parts += [f.read().strip(), ""]
   text = "\n".join(parts)
   with open(os.path.join(RESULTS, "insgd.md"), "w") as f:
     f.write(text)

@@ -120,7 +120,7 @@ def main(argv=None) -> dict:
   ap.add_argument("--seeds", type=int, default=None)
   ap.add_argument("--lrs", type=float, nargs="+", default=[0.1, 0.25])
   args = ap.parse_args(argv)
-  train_size = args.train_size or (2000 if args.quick else 10000)
+  train_size = args.train_size or (2000 if args.quick else 8000)
   epochs = args.epochs or (2 if args.quick else 4)
   seeds = list(range(args.seeds or (2 if args.quick else 3)))
   ds = data_lib.load_dataset(args.dataset, args.data_dir).subset(train_size, args.test_size)
