@@ -10,10 +10,6 @@ import optax
 
 from optax_ext import _checks, _diagnostics
 
-# φ statistics are taken over the first entries (memory order) of every leaf,
-# so that reading them costs almost nothing next to the update itself.
-STATS_SAMPLE = 1024
-
 
 class AngularGradState(NamedTuple):
   """State for :func:`scale_by_angulargrad`.
@@ -34,7 +30,7 @@ class AngularGradState(NamedTuple):
   ref_angle: optax.Updates  # reference_compat: the stored angle `min`, in degrees
   ref_final: optax.Updates  # reference_compat: the stored cos/tan value `final`
   # shape=(4,), float32: mean, min, max of φ_t and the fraction of entries at the
-  # floor λ2, over the first STATS_SAMPLE entries of every leaf (NaN before step 1).
+  # floor λ2, over every entry of every leaf (NaN before step 1).
   phi_stats: jax.Array
 
 
@@ -62,19 +58,34 @@ def _coefficient(tan_min, method, lambda1, lambda2):
   return jnp.tanh(x) * lambda1 + lambda2
 
 
-def _sample(x):
-  return x.reshape(-1)[:STATS_SAMPLE]
+def _leaf_stats(phi, lambda2):
+  """``(Σφ, min φ, max φ, #{φ <= λ2})`` of one leaf in one variadic reduction.
+
+  The reduction runs over every axis without reshaping, so that a leaf
+  sharded over devices is reduced in place (one all-reduce of four scalars).
+  """
+  phi = phi.astype(jnp.float32)
+  zero = jnp.zeros([], jnp.float32)
+  if not phi.size:
+    return zero, jnp.float32(jnp.inf), jnp.float32(-jnp.inf), zero
+  return jax.lax.reduce(
+    (phi, phi, phi, (phi <= lambda2).astype(jnp.float32)),
+    (zero, jnp.float32(jnp.inf), jnp.float32(-jnp.inf), zero),
+    lambda a, b: (a[0] + b[0], jnp.minimum(a[1], b[1]), jnp.maximum(a[2], b[2]), a[3] + b[3]),
+    tuple(range(phi.ndim)),
+  )
 
 
-def _stats(phis, lambda2) -> jax.Array:
-  """Mean, min, max of the sampled φ and the fraction at the floor λ2."""
-  flat = [p.astype(jnp.float32).reshape(-1) for p in jax.tree.leaves(phis)]
-  flat = [p for p in flat if p.size]
-  if not flat:
+def _stats(per_leaf, sizes) -> jax.Array:
+  """Mean, min, max of φ over all entries and the fraction at the floor λ2."""
+  n = sum(sizes)
+  if not n:
     return jnp.full((4,), jnp.nan, jnp.float32)
-  phi = jnp.concatenate(flat)
-  at_floor = jnp.mean((phi <= lambda2).astype(jnp.float32))
-  return jnp.stack([jnp.mean(phi), jnp.min(phi), jnp.max(phi), at_floor]).astype(jnp.float32)
+  total = sum(s[0] for s in per_leaf)
+  lo = jnp.min(jnp.stack([s[1] for s in per_leaf]))
+  hi = jnp.max(jnp.stack([s[2] for s in per_leaf]))
+  at_floor = sum(s[3] for s in per_leaf)
+  return jnp.stack([total / n, lo, hi, at_floor / n]).astype(jnp.float32)
 
 
 def _compute_dtype(x):
@@ -129,9 +140,8 @@ def scale_by_angulargrad(
 
   Returns:
     A :class:`optax.GradientTransformationExtraArgs`. Its state records
-    statistics of φ (``phi_stats``; read them with :func:`optax_ext.diagnostics`)
-    over the first ``STATS_SAMPLE`` entries of every leaf, so that the
-    diagnostics do not cost a pass over the whole parameter tree.
+    statistics of φ over every entry (``phi_stats``; read them with
+    :func:`optax_ext.diagnostics`), one reduction per leaf.
 
   Examples:
     >>> import jax, jax.numpy as jnp, optax
@@ -204,7 +214,7 @@ def scale_by_angulargrad(
       mu=optax.tree.cast(mu, mu_dtype),
       nu=nu,
       prev_grad=optax.tree.cast_like(updates, state.prev_grad),
-      phi_stats=_stats(phi_sample, lambda2),
+      phi_stats=_stats(phi_sample, [x.size for x in jax.tree.leaves(updates)]),
       **fields,
     )
     return new_updates, new_state
@@ -233,12 +243,12 @@ def scale_by_angulargrad(
 
     new_updates = jax.tree.map(direction, updates, state.prev_grad, state.tan_angle, mu, nu)
     tan_angle = jax.tree.map(tangent, updates, state.prev_grad, state.tan_angle)
-    phi_sample = jax.tree.map(
-      lambda g, gp, tp: phi_of(_sample(g), _sample(gp), _sample(tp))[0],
-      updates,
-      state.prev_grad,
-      state.tan_angle,
-    )
+    phi_sample = [
+      _leaf_stats(phi_of(g, gp, tp)[0], lambda2)
+      for g, gp, tp in zip(
+        *(jax.tree.leaves(t) for t in (updates, state.prev_grad, state.tan_angle))
+      )
+    ]
     return new_updates, {"tan_angle": tan_angle, "ref_angle": (), "ref_final": ()}, phi_sample
 
   def _reference_step(updates, state, mu, nu, count):
@@ -256,13 +266,16 @@ def scale_by_angulargrad(
       final = jnp.where(replace, current.astype(final.dtype), final)
       phi = jnp.tanh(jnp.abs(final.astype(ct))) * lambda1 + lambda2
       u = step_scale.astype(ct) * (m.astype(ct) * phi) / (jnp.sqrt(v.astype(ct)) + eps)
-      return u.astype(g.dtype), stored, final, _sample(phi)
+      return u.astype(g.dtype), stored, final, _leaf_stats(phi, lambda2)
 
-    out = jax.tree.map(leaf, updates, state.prev_grad, state.ref_angle, state.ref_final, mu, nu)
-    u, stored, final, phi_sample = jax.tree.transpose(
-      jax.tree.structure(updates), jax.tree.structure((0, 0, 0, 0)), out
-    )
-    return u, {"tan_angle": (), "ref_angle": stored, "ref_final": final}, phi_sample
+    treedef = jax.tree.structure(updates)
+    args = [
+      treedef.flatten_up_to(t)
+      for t in (updates, state.prev_grad, state.ref_angle, state.ref_final, mu, nu)
+    ]
+    out = [leaf(*xs) for xs in zip(*args)]
+    u, stored, final = (jax.tree.unflatten(treedef, [o[i] for o in out]) for i in range(3))
+    return u, {"tan_angle": (), "ref_angle": stored, "ref_final": final}, [o[3] for o in out]
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 

@@ -1,20 +1,35 @@
-"""Quantile thresholds of non-negative arrays by counting, without sorting.
+"""Order statistics of non-negative float32 arrays by counting, without sorting.
 
-For a non-negative float32 ``x``, the int32 bit pattern orders exactly like the
-value, so the ``k``-th smallest element is the smallest bit pattern ``b`` with
-``count(bits(x) <= b) >= k + 1``. :func:`select_thresholds` finds it by
-bracketing: each pass counts the elements below 16 candidate patterns spread
-over the current bracket (one read of the data, no sort, no gather) and keeps
-the sub-bracket that holds the answer, shrinking it 16-fold; 8 passes reach the
-exact pattern from the whole float range.
+The saliency threshold of :func:`optax_ext.saliency_proximal` is a quantile of
+tens of millions of values per step. Sorting them (``jnp.quantile``) costs
+about a hundred optimizer updates on a CPU; this module finds the same
+threshold with a few counting passes instead.
 
-The *fast* mode stops as soon as the bracket holds so few elements that the
-pruned fraction cannot differ from the exact one by more than ``tol``, and
-starts from the previous step's threshold (a stateful caller keeps it), whose
-neighbourhood usually holds the new one: typically one or two passes.
+**The domain.** Values are first mapped by :func:`to_domain`: NaN and values
+above ``HIGH = 2**100`` become ``HIGH``, values below ``LOW = 2**-100``
+(negatives included) become 0. Inside it every value has an integer *key*
+(:func:`to_key`): 0 for 0, and ``bits(v) - bits(LOW) + 1`` above, so that
+keys are consecutive integers ordered like the values.
 
-Several groups (one per leaf, or one for all leaves) are refined together in
-one loop; a group that has converged skips its counting.
+**Counting.** For a key ``k`` with value ``a`` and its successor ``b`` (the
+next representable value), ``min(x, b) - min(x, a)`` is exactly ``b - a`` (a
+power of two) where ``x > a`` and exactly 0 elsewhere, so their sum divided
+by ``b - a`` is the exact number of elements above ``a`` (the partial sums are
+multiples of a power of two below ``2**24`` of it, leaves are counted in
+chunks of at most ``2**24``). It uses only ``min``, ``-`` and a sum, which the
+CPU backend fuses into one vectorised reduction: about three times faster
+than summing a comparison.
+
+**Selection.** :func:`select` keeps, per group, a bracket of keys
+``lo < hi`` with ``count(<= lo) < T <= count(<= hi)`` (``T = kth + 1``) and
+shrinks it one counting pass at a time: from a warm start (the previous step's
+threshold) it steps outward geometrically until the target is bracketed, then
+interpolates the count linearly in key space (keys are a piecewise-linear
+``log2`` of the value, where saliency distributions are smooth), falling back
+to bisection whenever two passes in a row move the same end. A group stops
+when ``count(<= hi) - T <= allowed``: ``allowed = 0`` prunes exactly the
+elements at or below the ``kth`` smallest (``jnp.quantile(..., method="lower")``
+semantics), ``allowed = floor(tol * n)`` is the *fast* mode.
 """
 
 from __future__ import annotations
@@ -23,131 +38,286 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
-N_CANDIDATES = 16
-MAX_PASSES = 10
-TOP = jnp.iinfo(jnp.int32).max  # above every pattern, NaN's included
-WARM_SPACING = 2**20  # 16 candidates span a factor of about 2 each way in value
+LOW = 2.0**-100
+HIGH = 2.0**100
+_LOW_BITS = int(np.float32(LOW).view(np.int32))
+_HIGH_BITS = int(np.float32(HIGH).view(np.int32))
+KEY_MAX = _HIGH_BITS - _LOW_BITS + 1  # the key of HIGH; 0 is the key of 0.0
+CHUNK = 2**24  # float32 counts are exact up to here
+MAX_PASSES = 64
+DEFAULT_STEP = 2**20  # first outward step from a warm start: 1/8 of a binade (~9%)
+MIN_STEP = 2**12
 
 
-def to_bits(x: jax.Array) -> jax.Array:
-  """The int32 bit pattern of non-negative ``x`` (as float32); orders like ``x``."""
-  return lax.bitcast_convert_type(jnp.maximum(x.astype(jnp.float32), 0.0), jnp.int32)
+def to_domain(x: jax.Array) -> jax.Array:
+  """Maps ``x`` to float32 values in ``{0} ∪ [LOW, HIGH]``; NaN goes to ``HIGH``."""
+  x = x.astype(jnp.float32)
+  return jnp.where(x >= LOW, jnp.where(x <= HIGH, x, HIGH), jnp.where(x <= HIGH, 0.0, HIGH))
 
 
-def from_bits(b: jax.Array) -> jax.Array:
-  return lax.bitcast_convert_type(b, jnp.float32)
+def to_key(v: jax.Array) -> jax.Array:
+  """The int32 key of a domain value (0 for 0.0, consecutive above)."""
+  bits = lax.bitcast_convert_type(v.astype(jnp.float32), jnp.int32)
+  return jnp.where(v < LOW, 0, bits - _LOW_BITS + 1).astype(jnp.int32)
 
 
-def _count(bits_leaves: Sequence[jax.Array], cands: jax.Array) -> jax.Array:
-  total = jnp.zeros(cands.shape, jnp.int32)
-  for b in bits_leaves:
-    flat = b.reshape(-1)
-    total = total + jnp.sum(flat[:, None] <= cands[None, :], axis=0, dtype=jnp.int32)
+def from_key(k: jax.Array) -> jax.Array:
+  """The float32 domain value of a key (keys below 1 give 0.0)."""
+  k = jnp.asarray(k, jnp.int32)
+  v = lax.bitcast_convert_type(jnp.maximum(k, 1) - 1 + _LOW_BITS, jnp.float32)
+  return jnp.where(k <= 0, jnp.float32(0.0), v)
+
+
+def count_above(x: jax.Array, key: jax.Array) -> jax.Array:
+  """Exact int32 number of elements of domain array ``x`` above ``from_key(key)``."""
+  a, b = from_key(key), from_key(key + 1)
+  unit = b - a
+  total = jnp.zeros([], jnp.int32)
+  for part in _chunks(x):
+    s = jnp.sum(jnp.minimum(part, b) - jnp.minimum(part, a))
+    total = total + jnp.round(s / unit).astype(jnp.int32)
   return total
 
 
-def select_thresholds(
+def _chunks(x: jax.Array) -> list[jax.Array]:
+  """``x`` in pieces of at most ``CHUNK`` elements, cut along the leading axis.
+
+  Arrays are never flattened: a reshape of an array sharded over devices
+  would gather it onto every device.
+  """
+  if x.size <= CHUNK:
+    return [x]
+  if x.ndim and x.size // x.shape[0] <= CHUNK:
+    rows = CHUNK // (x.size // x.shape[0])
+    return [x[i : i + rows] for i in range(0, x.shape[0], rows)]
+  flat = x.reshape(-1)  # a single row above CHUNK elements
+  return [flat[i : i + CHUNK] for i in range(0, flat.size, CHUNK)]
+
+
+def _above_unit(x, key):
+  """``(x > from_key(key))`` as exact 0.0/1.0, with min and subtraction only."""
+  a, b = from_key(key), from_key(key + 1)
+  return (jnp.minimum(x, b) - jnp.minimum(x, a)) / (b - a)
+
+
+def next_above(x: jax.Array, key: jax.Array) -> jax.Array:
+  """The smallest element of domain array ``x`` above ``from_key(key)`` (> HIGH if none)."""
+  return jnp.min(x + (1.0 - _above_unit(x, key)) * (4.0 * HIGH))
+
+
+def last_at_most(x: jax.Array, key: jax.Array) -> jax.Array:
+  """The largest element of domain array ``x`` at or below ``from_key(key)`` (< 0 if none)."""
+  return jnp.max(x - _above_unit(x, key) * (4.0 * HIGH))
+
+
+def count_at_most(x: jax.Array, key: jax.Array) -> jax.Array:
+  """Exact int32 number of elements of domain array ``x`` at or below ``from_key(key)``."""
+  return jnp.int32(x.size) - count_above(x, key)
+
+
+def select(
   groups: Sequence[Sequence[jax.Array]],
   kth: jax.Array,
+  allowed: jax.Array | None,
   *,
-  warm_start: jax.Array | None = None,
-  tol: float | None = 0.0,
+  warm: jax.Array | None = None,
+  step: jax.Array | None = None,
+  density: jax.Array | None = None,
   max_passes: int = MAX_PASSES,
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Finds, per group, a bit pattern ``t`` with ``count(bits <= t)`` near ``kth + 1``.
+):
+  """Per group, a key ``t`` with ``count(<= t)`` just at or above ``kth + 1``.
 
   Args:
-    groups: ``G`` groups, each a list of int32 bit-pattern arrays (see
-      :func:`to_bits`); a group's elements are all of its arrays together.
-    kth: ``(G,)`` int32: the 0-based rank sought in each group.
-    warm_start: ``(G,)`` int32 previous thresholds, or None to start from the
-      whole range.
-    tol: Allowed excess of ``count(bits <= t)`` over the exact
-      ``count(bits <= x_(kth))``, as a fraction of the group's size. 0 selects
-      exactly the elements at or below the ``kth`` smallest; None returns the
-      ``kth`` smallest pattern itself (``jnp.quantile(..., method='lower')``).
+    groups: ``G`` groups, each a list of domain arrays (see :func:`to_domain`);
+      a group's elements are those of all its arrays.
+    kth: ``(G,)`` int32, the 0-based rank sought in each group.
+    allowed: ``(G,)`` int32: a group is done once ``count(<= t) - (kth + 1)``
+      is at most this (0: the same elements as the exact ``kth`` smallest).
+      None: the ``kth`` smallest key itself.
+    warm: ``(G,)`` int32 keys to start from (the previous thresholds), or None.
+    step: ``(G,)`` int32 first outward steps from ``warm`` (default 2**20).
+    density: ``(G,)`` float32 elements per key near the answer (a previous
+      call's), for one Newton step after the warm pass; 0 or None: unknown.
     max_passes: Upper bound on counting passes.
 
   Returns:
-    ``(thresholds, counts, passes)``: ``(G,)`` int32 thresholds, the counts of
-    elements at or below them, and the number of passes run.
+    ``(keys, counts, leaf_counts, density, passes)``: ``(G,)`` int32 keys and
+    the counts of elements at or below them, a list with each array's own
+    count (in the order of ``groups``), the elements per key of the last
+    bracket at least ``2**12`` keys wide (for the next call), and the number
+    of counting passes run.
   """
   n_groups = len(groups)
-  sizes = jnp.array([sum(b.size for b in g) for g in groups], jnp.int32)
+  sizes_py = [sum(int(x.size) for x in g) for g in groups]
+  sizes = jnp.asarray(sizes_py, jnp.int32)
   target = kth.astype(jnp.int32) + 1
-  if tol is None:  # the exact pattern itself
+  if allowed is None:
     allowed = jnp.full((n_groups,), -1, jnp.int32)
-  else:  # the same elements at or below as the exact pattern, up to tol
-    allowed = jnp.floor(tol * sizes.astype(jnp.float32)).astype(jnp.int32)
-  lo = jnp.full((n_groups,), -1, jnp.int32)
-  hi = jnp.full((n_groups,), TOP, jnp.int32)
-  c_lo = jnp.zeros((n_groups,), jnp.int32)
-  c_hi = sizes
-  j = jnp.arange(1, N_CANDIDATES + 1, dtype=jnp.int32)
+    aim_extra = jnp.zeros((n_groups,), jnp.float32)
+  else:
+    allowed = jnp.asarray(allowed, jnp.int32)
+    aim_extra = 0.5 * allowed.astype(jnp.float32) + 0.5
+  leaf_sizes = [jnp.asarray([x.size for x in g], jnp.int32) for g in groups]
 
-  def done(lo, hi, c_lo, c_hi):
-    return (hi - 1 <= lo) | (c_hi - c_lo - 1 <= allowed)
+  def done(c):
+    lo, hi, c_hi = c["lo"], c["hi"], c["c_hi"]
+    return (hi - lo <= 1) | (c_hi - target <= allowed)
 
-  def refine(carry, cands):
-    lo, hi, c_lo, c_hi = carry
-    finished = done(lo, hi, c_lo, c_hi)
-    new = []
-    for g, bits in enumerate(groups):
-      counts = lax.cond(
-        finished[g],
-        lambda: jnp.zeros((N_CANDIDATES,), jnp.int32),
-        lambda bits=bits, g=g: _count(bits, cands[g]),
-      )
-      below = counts < target[g]
-      cand_lo = jnp.max(jnp.where(below, cands[g], -1))
-      cnt_lo = jnp.max(jnp.where(below, counts, 0))
-      cand_hi = jnp.min(jnp.where(below, TOP, cands[g]))
-      cnt_hi = jnp.min(jnp.where(below, sizes[g], counts))
-      keep = finished[g]
-      take_lo = ~keep & (cand_lo > lo[g])
-      take_hi = ~keep & (cand_hi < hi[g])
-      new.append(
-        (
-          jnp.where(take_lo, cand_lo, lo[g]),
-          jnp.where(take_hi, cand_hi, hi[g]),
-          jnp.where(take_lo, cnt_lo, c_lo[g]),
-          jnp.where(take_hi, cnt_hi, c_hi[g]),
-        )
-      )
-    return tuple(jnp.stack([n[i] for n in new]) for i in range(4))
+  def propose(c):
+    lo, hi, c_lo, c_hi = c["lo"], c["hi"], c["c_lo"], c["c_hi"]
+    span = (hi - lo).astype(jnp.float32)
+    bisect = lo + (hi - lo) // 2
+    aim = target.astype(jnp.float32) + aim_extra
+    frac = (aim - c_lo.astype(jnp.float32)) / jnp.maximum(c_hi - c_lo, 1).astype(jnp.float32)
+    interp = lo + jnp.floor(span * jnp.clip(frac, 0.0, 1.0)).astype(jnp.int32)
+    # Interpolate within a bracket of a few binades; bisect wider ones, and
+    # after two passes that moved the same end.
+    use_interp = (span <= 2.0**25) & (c["streak"] < 2)
+    cand = jnp.where(use_interp, interp, bisect)
+    # From a warm start: the warm key, then outward steps that grow 4x.
+    has_lo, has_hi = c["seen_lo"], c["seen_hi"]
+    gap = jnp.maximum(hi - lo - 1, 0)
+    up = lo + jnp.minimum(c["step"], gap)
+    down = hi - jnp.minimum(c["step"], gap)
+    one_sided = jnp.where(has_lo, up, down)
+    # One Newton step on the count, with the density the previous call saw.
+    anchor, c_anchor = jnp.where(has_lo, lo, hi), jnp.where(has_lo, c_lo, c_hi)
+    move = (aim - c_anchor.astype(jnp.float32)) / jnp.maximum(c["density"], 1e-30)
+    newton_f = anchor.astype(jnp.float32) + jnp.clip(move, -(2.0**31), 2.0**31)
+    newton = jnp.clip(newton_f, -1.0, float(KEY_MAX)).astype(jnp.int32)
+    use_newton = (c["density"] > 0) & ~c["newton_done"]
+    one_sided = jnp.where(use_newton, newton, one_sided)
+    cand = jnp.where(has_lo ^ has_hi, one_sided, cand)
+    cand = jnp.where(c["use_warm"], c["warm"], cand)
+    return jnp.clip(cand, lo + 1, hi - 1)
 
-  def linear_cands(lo, hi):
-    base = lo + 1  # the smallest pattern not yet known to be below the answer
-    step = jnp.maximum((hi - base) // N_CANDIDATES, 1)
-    return jnp.minimum(base[:, None] + step[:, None] * (j[None, :] - 1), hi[:, None])
+  def refine(c):
+    cand = propose(c)
+    fin = done(c)
+    # A pass stuck on one end (ties, or a gap in the data) snaps both ends to
+    # the nearest elements instead: lo just below the smallest element above
+    # it, hi onto the largest element at or below it. Counts do not change,
+    # and a bracket holding one distinct value closes at once.
+    snap = ~fin & (c["streak"] >= 2) & (c["passes"] % 2 == 0) & c["seen_lo"] & c["seen_hi"]
+    counts, leaf_counts, succ, pred = [], [], [], []
+    zero_i, big = jnp.zeros([], jnp.int32), jnp.float32(4.0 * HIGH)
+    for g, arrays in enumerate(groups):
 
-  carry = (lo, hi, c_lo, c_hi)
-  passes = jnp.zeros([], jnp.int32)
-  if warm_start is not None:
-    offsets = (j - N_CANDIDATES // 2 - 1) * WARM_SPACING
-    start = jnp.clip(warm_start, 0, TOP - 1)
-    cands = jnp.clip(start[:, None] + offsets[None, :], 0, TOP - 1)
-    carry = refine(carry, cands)
-    passes = passes + 1
+      def count_group(arrays=arrays, g=g):
+        per = jnp.stack([count_at_most(x, cand[g]) for x in arrays])
+        return jnp.sum(per, dtype=jnp.int32), per, big, -big
 
-  def cond(state):
-    (lo, hi, c_lo, c_hi), passes = state
-    return jnp.any(~done(lo, hi, c_lo, c_hi)) & (passes < max_passes)
+      def snap_group(arrays=arrays, g=g):
+        nxt = jnp.min(jnp.stack([next_above(x, c["lo"][g]) for x in arrays]))
+        last = jnp.max(jnp.stack([last_at_most(x, c["hi"][g]) for x in arrays]))
+        return zero_i, jnp.zeros((len(arrays),), jnp.int32), nxt, last
 
-  def body(state):
-    carry, passes = state
-    lo, hi, _, _ = carry
-    return refine(carry, linear_cands(lo, hi)), passes + 1
+      def skip(arrays=arrays):
+        return zero_i, jnp.zeros((len(arrays),), jnp.int32), big, -big
 
-  (lo, hi, c_lo, c_hi), passes = lax.while_loop(cond, body, (carry, passes))
-  return hi, c_hi, passes
+      branch = jnp.where(fin[g], 0, jnp.where(snap[g], 2, 1))
+      tot, per, nxt, last = lax.switch(branch, [skip, count_group, snap_group])
+      counts.append(tot)
+      leaf_counts.append(per)
+      succ.append(nxt)
+      pred.append(last)
+    counts = jnp.stack(counts)
+    succ, pred = jnp.stack(succ), jnp.stack(pred)
+    below = counts < target
+    move_lo = ~fin & ~snap & below
+    move_hi = ~fin & ~snap & ~below
+    side = jnp.where(move_lo, 1, jnp.where(move_hi, 2, 0)).astype(jnp.int32)
+    out = dict(c)
+    out["lo"] = jnp.where(move_lo, cand, c["lo"])
+    out["c_lo"] = jnp.where(move_lo, counts, c["c_lo"])
+    out["hi"] = jnp.where(move_hi, cand, c["hi"])
+    out["c_hi"] = jnp.where(move_hi, counts, c["c_hi"])
+    out["leaf_hi"] = [
+      jnp.where(move_hi[g], per, old) for g, (per, old) in enumerate(zip(leaf_counts, c["leaf_hi"]))
+    ]
+    snap_lo = snap & (c["lo"] >= 0)
+    out["lo"] = jnp.where(snap_lo, to_key(jnp.minimum(succ, HIGH)) - 1, out["lo"]).astype(jnp.int32)
+    out["hi"] = jnp.where(snap, to_key(jnp.maximum(pred, 0.0)), out["hi"])
+    out["streak"] = jnp.where(snap, 0, jnp.where(side == c["side"], c["streak"] + 1, 1)).astype(
+      jnp.int32
+    )
+    out["side"] = side
+    out["seen_lo"] = c["seen_lo"] | move_lo
+    out["seen_hi"] = c["seen_hi"] | move_hi
+    one_sided = ~c["use_warm"] & (c["seen_lo"] ^ c["seen_hi"])
+    stepping = one_sided & ((c["density"] <= 0) | c["newton_done"])
+    out["step"] = jnp.where(stepping, jnp.minimum(c["step"], 2**28) * 4, c["step"]).astype(
+      jnp.int32
+    )
+    out["newton_done"] = c["newton_done"] | one_sided
+    span = out["hi"] - out["lo"]
+    wide = out["seen_lo"] & out["seen_hi"] & (span >= 2**12) & ~fin
+    dens = (out["c_hi"] - out["c_lo"]).astype(jnp.float32) / span.astype(jnp.float32)
+    out["new_density"] = jnp.where(wide, dens, c["new_density"])
+    out["use_warm"] = jnp.zeros_like(c["use_warm"])
+    out["passes"] = c["passes"] + 1
+    return out
+
+  have_warm = warm is not None
+  carry = {
+    "lo": jnp.full((n_groups,), -1, jnp.int32),
+    "hi": jnp.full((n_groups,), KEY_MAX, jnp.int32),
+    "c_lo": jnp.zeros((n_groups,), jnp.int32),
+    "c_hi": sizes,
+    "leaf_hi": leaf_sizes,
+    "streak": jnp.zeros((n_groups,), jnp.int32),
+    "side": jnp.zeros((n_groups,), jnp.int32),
+    "seen_lo": jnp.zeros((n_groups,), bool),
+    "seen_hi": jnp.zeros((n_groups,), bool),
+    "use_warm": jnp.full((n_groups,), have_warm),
+    "warm": (
+      jnp.clip(jnp.asarray(warm, jnp.int32), 0, KEY_MAX - 1)
+      if have_warm
+      else jnp.zeros((n_groups,), jnp.int32)
+    ),
+    "step": (
+      jnp.clip(jnp.asarray(step, jnp.int32), 1, 2**28)
+      if step is not None
+      else jnp.full((n_groups,), DEFAULT_STEP, jnp.int32)
+    ),
+    "density": (
+      jnp.asarray(density, jnp.float32)
+      if density is not None
+      else jnp.zeros((n_groups,), jnp.float32)
+    ),
+    "new_density": (
+      jnp.asarray(density, jnp.float32)
+      if density is not None
+      else jnp.zeros((n_groups,), jnp.float32)
+    ),
+    "newton_done": jnp.zeros((n_groups,), bool),
+    "passes": jnp.zeros([], jnp.int32),
+  }
+  if not have_warm:  # the outward stepping only follows a warm start
+    carry["seen_lo"] = jnp.ones((n_groups,), bool)
+    carry["seen_hi"] = jnp.ones((n_groups,), bool)
+
+  def cond(c):
+    return jnp.any(~done(c)) & (c["passes"] < max_passes)
+
+  carry = lax.while_loop(cond, refine, carry)
+  return carry["hi"], carry["c_hi"], carry["leaf_hi"], carry["new_density"], carry["passes"]
 
 
 def quantile_lower(x: jax.Array, q: jax.Array) -> jax.Array:
-  """``jnp.quantile(x, q, method='lower')`` for non-negative ``x``, by counting."""
-  bits = to_bits(x)
-  kth = jnp.floor(q * (x.size - 1)).astype(jnp.int32)
-  t, _, _ = select_thresholds([[bits]], kth[None], tol=None)
-  return from_bits(t[0])
+  """``jnp.quantile(x, q, method="lower")`` of ``to_domain(x)``, by counting.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from optax_ext import quantile
+    >>> x = jnp.array([3.0, 0.5, 0.0, 7.0, 2.0])
+    >>> float(quantile.quantile_lower(x, 0.5)), float(jnp.quantile(x, 0.5, method="lower"))
+    (2.0, 2.0)
+  """
+  d = to_domain(x)
+  kth = jnp.floor(jnp.asarray(q, jnp.float32) * (d.size - 1)).astype(jnp.int32)
+  keys, _, _, _, _ = select([[d]], kth[None], None)
+  return from_key(keys[0])

@@ -20,12 +20,15 @@ from typing import Any, Callable, NamedTuple, Union
 import jax
 import jax.numpy as jnp
 import optax
+from jax import lax
 
 from optax_ext import _checks, _diagnostics
 from optax_ext import quantile as quantile_lib
 
 DEFAULT_B_MAX = 10.0
-FAST_TOL = 0.004  # the fast quantile's allowed excess pruned fraction (< 0.005)
+FAST_TOL = 0.0045  # the fast quantile's allowed excess pruned fraction (< 0.005)
+COLD_THRESHOLD = 1e-12  # where the first step's threshold search starts
+COLD_STEP = 2**26  # and its first outward step (8 binades)
 
 
 class SpectralDampingState(NamedTuple):
@@ -46,17 +49,21 @@ class SpectralDampingState(NamedTuple):
 
 
 class SaliencyProximalState(NamedTuple):
-  """State for :func:`saliency_proximal`.
+  """State for :func:`saliency_proximal`: per-leaf scalars only.
 
-  ``threshold`` holds, per leaf, the saliency threshold of the last step as an
-  int32 float32 bit pattern (the fast quantile starts its search there);
-  ``pruned`` the fraction of the leaf's entries set to zero at the last step
-  (0 for leaves outside the mask); ``pruned_total`` the fraction of all masked
-  entries; ``passes`` the counting passes the threshold search took.
+  ``threshold``: the saliency threshold of the last step (entries at or below
+  it were pruned; the next step's search starts there); ``step`` and
+  ``density`` (int32 key distance, float32 entries per key): what the search
+  learned about the saliency distribution near the threshold;
+  ``pruned``: the fraction of the leaf's entries set to zero at the last step
+  (0 outside the mask); ``pruned_total``: the fraction of all masked entries;
+  ``passes``: the counting passes the last search took.
   """
 
   count: jax.Array  # shape=(), dtype=jnp.int32
-  threshold: Any  # per leaf, shape=(), int32 bit pattern
+  threshold: Any  # per leaf, shape=(), float32
+  step: Any  # per leaf, shape=(), int32
+  density: Any  # per leaf, shape=(), float32
   pruned: Any  # per leaf, shape=(), float32
   pruned_total: jax.Array  # shape=(), dtype=jnp.float32
   passes: jax.Array  # shape=(), dtype=jnp.int32
@@ -86,12 +93,58 @@ def _damping_init(params):
   )
 
 
-def _sums(s, y):
-  """Scale-free secant sums of one leaf: max|s|, and Σŝ², Σŝy, Σŝ⁴ with ŝ = s/max|s|."""
-  sigma = jnp.max(jnp.abs(s)) if s.size else jnp.zeros([], s.dtype)
-  sh = s / jnp.where(sigma > 0, sigma, 1.0)
-  sh2 = sh * sh
-  return sigma, jnp.sum(sh2), jnp.sum(sh * y), jnp.sum(sh2 * sh2)
+def _raw_sums(s, y):
+  """One pass over a leaf: ``(max|s|, Σs², Σsy, Σs⁴)`` as a single variadic reduction."""
+  z = jnp.zeros([], s.dtype)
+  if not s.size:
+    return z, z, z, z
+  s2 = s * s
+  return lax.reduce(  # over every axis, with no reshape: sharded leaves stay in place
+    (jnp.abs(s), s2, s * y, s2 * s2),
+    (z, z, z, z),
+    lambda u, v: (jnp.maximum(u[0], v[0]), u[1] + v[1], u[2] + v[2], u[3] + v[3]),
+    tuple(range(s.ndim)),
+  )
+
+
+def _scaled_sums(leaves_s, leaves_y, sigma):
+  """``(Σŝ², Σŝy, Σŝ⁴)`` with ``ŝ = s/σ`` over the given leaves: safe at any magnitude."""
+  safe = jnp.where(sigma > 0, sigma, 1.0)
+  a = b = c4 = jnp.zeros([], sigma.dtype)
+  for x, yy in zip(leaves_s, leaves_y):
+    if x.size:
+      sh = x / safe
+      sh2 = sh * sh
+      z = jnp.zeros([], sigma.dtype)
+      da, db, dc = lax.reduce(
+        (sh2, sh * yy, sh2 * sh2),
+        (z, z, z),
+        lambda u, v: (u[0] + v[0], u[1] + v[1], u[2] + v[2]),
+        tuple(range(x.ndim)),
+      )
+      a, b, c4 = a + da, b + db, c4 + dc
+  return a, b, c4
+
+
+def _secant_sums(make_s, make_y):
+  """``(σ, Σŝ², Σŝy, Σŝ⁴)`` with ``σ = max|s|``, ``ŝ = s/σ``, over the given leaves.
+
+  Computed in one pass from the unscaled sums when ``σ`` is in [1e-9, 1e9] and
+  they are finite (the usual case); otherwise a second, scaled pass runs.
+  """
+  # s and y are rebuilt inside each branch from the inputs, so that neither is
+  # written to memory as an operand of the conditional.
+  raw = [_raw_sums(x, yy) for x, yy in zip(make_s(), make_y())]
+  sigma = jnp.max(jnp.stack([r[0] for r in raw]))
+  big_a, big_b, big_c = (sum(r[i] for r in raw) for i in (1, 2, 3))
+  ok = (sigma >= 1e-9) & (sigma <= 1e9) & jnp.isfinite(big_a + big_b + big_c)
+  safe = jnp.where(ok, sigma, 1.0)
+
+  def from_raw():
+    return big_a / safe**2, big_b / safe, (big_c / safe**2) / safe**2
+
+  a, b, c4 = lax.cond(ok, from_raw, lambda: _scaled_sums(make_s(), make_y(), sigma))
+  return sigma, a, b, c4
 
 
 def _damping_step(grads, state, params, scope, b_max, secant):
@@ -99,29 +152,29 @@ def _damping_step(grads, state, params, scope, b_max, secant):
   if params is None:
     raise ValueError("spectral damping needs `params` (the current parameters) in update")
   ct = lambda x: x.astype(jnp.promote_types(x.dtype, jnp.float32))
-  if secant == "delta":
-    s = jax.tree.map(lambda p, q: ct(p) - ct(q), params, state.prev_params)
-    y = jax.tree.map(lambda g, h: ct(g) - ct(h), grads, state.prev_grads)
-  else:  # the published code's effective rule: s = θ, y = g
-    s = jax.tree.map(ct, params)
-    y = jax.tree.map(ct, grads)
-  first = state.count == 0
+  treedef = jax.tree.structure(params)
+  p_l, g_l = treedef.flatten_up_to(params), treedef.flatten_up_to(grads)
+  pp_l, pg_l = treedef.flatten_up_to(state.prev_params), treedef.flatten_up_to(state.prev_grads)
 
-  leaves_s, treedef = jax.tree.flatten(s)
-  leaves_y = treedef.flatten_up_to(y)
+  def make_s():
+    if secant == "delta":
+      return [ct(p) - ct(q) for p, q in zip(p_l, pp_l)]
+    return [ct(p) for p in p_l]  # the published code's effective rule: s = θ, y = g
+
+  def make_y():
+    if secant == "delta":
+      return [ct(g) - ct(h) for g, h in zip(g_l, pg_l)]
+    return [ct(g) for g in g_l]
+
+  first = state.count == 0
+  leaves_s = make_s()
   if scope == "global":
-    sigma = jnp.zeros([], jnp.float32)
-    for x in leaves_s:
-      if x.size:
-        sigma = jnp.maximum(sigma, jnp.max(jnp.abs(x)))
-    safe = jnp.where(sigma > 0, sigma, 1.0)
-    a = b = c4 = jnp.zeros([], jnp.float32)
-    for x, yy in zip(leaves_s, leaves_y):
-      sh = x / safe
-      a, b, c4 = a + jnp.sum(sh * sh), b + jnp.sum(sh * yy), c4 + jnp.sum(sh**4)
-    per_leaf = [(sigma, a, b, c4)] * len(leaves_s)
+    per_leaf = [_secant_sums(make_s, make_y)] * len(leaves_s)
   else:
-    per_leaf = [_sums(x, yy) for x, yy in zip(leaves_s, leaves_y)]
+    per_leaf = [
+      _secant_sums(lambda i=i: [make_s()[i]], lambda i=i: [make_y()[i]])
+      for i in range(len(leaves_s))
+    ]
 
   binvs, diag_flags, mins, maxs = [], [], [], []
   for x, (sigma, a, b, c4) in zip(leaves_s, per_leaf):
@@ -136,12 +189,13 @@ def _damping_step(grads, state, params, scope, b_max, secant):
     binv = jnp.where(diag_case, diag, jnp.where(moved, scalar, 1.0))
     binvs.append(binv)
     diag_flags.append(jnp.where(diag_case, 1, jnp.where(moved, 0, -1)).astype(jnp.int32))
-    if x.size:
-      mins.append(jnp.min(binv).astype(jnp.float32))
-      maxs.append(jnp.max(binv).astype(jnp.float32))
-    else:
-      mins.append(jnp.ones([], jnp.float32))
-      maxs.append(jnp.ones([], jnp.float32))
+    # The range of B⁻¹ without another pass over the leaf: 1 + ω̂ŝ² spans
+    # [1, 1 + ω̂] (max ŝ² = 1), clipped; the scalar case is one value.
+    one = jnp.ones([], jnp.float32)
+    lo_d, hi_d = jnp.clip(one, 1.0 / b_max, b_max), jnp.clip(1.0 + omega_hat, 1.0 / b_max, b_max)
+    sc = scalar.astype(jnp.float32)
+    mins.append(jnp.where(diag_case, lo_d, jnp.where(moved, sc, one)).astype(jnp.float32))
+    maxs.append(jnp.where(diag_case, hi_d, jnp.where(moved, sc, one)).astype(jnp.float32))
   unflat = lambda xs: jax.tree.unflatten(treedef, xs)
   new_state = SpectralDampingState(
     count=optax.safe_increment(state.count),
@@ -230,10 +284,15 @@ def _mask_leaves(mask: MaskOrFn, params) -> list[bool]:
 
 def _proximal_init(params):
   leaves, treedef = jax.tree.flatten(params)
+  per_leaf = lambda value, dtype: jax.tree.unflatten(
+    treedef, [jnp.full([], value, dtype) for _ in leaves]
+  )
   return SaliencyProximalState(
     count=jnp.zeros([], jnp.int32),
-    threshold=jax.tree.unflatten(treedef, [jnp.zeros([], jnp.int32) for _ in leaves]),
-    pruned=jax.tree.unflatten(treedef, [jnp.zeros([], jnp.float32) for _ in leaves]),
+    threshold=per_leaf(COLD_THRESHOLD, jnp.float32),
+    step=per_leaf(COLD_STEP, jnp.int32),
+    density=per_leaf(0.0, jnp.float32),
+    pruned=per_leaf(0.0, jnp.float32),
     pruned_total=jnp.zeros([], jnp.float32),
     passes=jnp.zeros([], jnp.int32),
   )
@@ -246,64 +305,71 @@ def _proximal_step(updates, state, params, binv, sparsity, scope, quantile, mask
   p_leaves = treedef.flatten_up_to(params)
   b_leaves = treedef.flatten_up_to(binv) if binv is not None else [None] * len(u_leaves)
   flags = _mask_leaves(mask, params)
-  prev_thr = treedef.flatten_up_to(state.threshold)
+  old = [
+    treedef.flatten_up_to(x) for x in (state.threshold, state.step, state.density, state.pruned)
+  ]
 
-  sal_bits = []
-  for u, p, bi, on in zip(u_leaves, p_leaves, b_leaves, flags):
-    if not on or u.size == 0:
-      sal_bits.append(None)
-      continue
-    uf = u.astype(jnp.float32)
-    c = p.astype(jnp.float32) + uf
-    sal = (uf * uf * 0.5) * (c * c * 0.5)
-    if bi is not None:
-      sal = sal / bi  # B = 1 / B⁻¹
-    sal_bits.append(quantile_lib.to_bits(sal))
+  # Saliency S = B u²/2 c²/2 in float32, mapped into the counting domain.
+  sal = [None] * len(u_leaves)
+  for i, (u, prm, bi, on) in enumerate(zip(u_leaves, p_leaves, b_leaves, flags)):
+    if on and u.size:
+      uf = u.astype(jnp.float32)
+      c = prm.astype(jnp.float32) + uf
+      s = (uf * uf * 0.5) * (c * c * 0.5)
+      if bi is not None:
+        s = s / jnp.asarray(bi, jnp.float32)  # B = 1 / B⁻¹
+      sal[i] = quantile_lib.to_domain(s)
+  active = [i for i, x in enumerate(sal) if x is not None]
+  groups = [active] if (scope == "global" and active) else [[i] for i in active]
 
-  active = [i for i, b in enumerate(sal_bits) if b is not None]
   p = jnp.asarray(sparsity, jnp.float32)
-  if scope == "global":
-    groups = [[sal_bits[i] for i in active]] if active else []
-  else:
-    groups = [[sal_bits[i]] for i in active]
-  thresholds = [None] * len(u_leaves)
+  new_thr, new_step, new_dens, pruned_frac = (list(x) for x in old)
+  for i in range(len(u_leaves)):
+    pruned_frac[i] = jnp.zeros([], jnp.float32)
   passes = jnp.zeros([], jnp.int32)
-  if groups:
-    sizes = jnp.array([sum(b.size for b in g) for g in groups], jnp.float32)
-    kth = jnp.floor(p * (sizes - 1.0)).astype(jnp.int32)
-    if quantile == "fast":
-      firsts = [active[0]] if scope == "global" else active
-      warm = jnp.stack([prev_thr[i] for i in firsts])
-      warm = jnp.where(state.count > 0, warm, quantile_lib.TOP // 2)
-      thr, _, passes = quantile_lib.select_thresholds(groups, kth, warm_start=warm, tol=FAST_TOL)
-    else:
-      thr, _, passes = quantile_lib.select_thresholds(groups, kth, tol=0.0)
-    for gi, i in enumerate(active):
-      thresholds[i] = thr[0] if scope == "global" else thr[gi]
-
-  new_u, pruned_frac, new_thr = [], [], []
+  keep_u = list(u_leaves)
   n_pruned, n_masked = jnp.zeros([], jnp.float32), 0
-  for i, (u, prm) in enumerate(zip(u_leaves, p_leaves)):
-    if thresholds[i] is None:
-      new_u.append(u)
-      pruned_frac.append(jnp.zeros([], jnp.float32))
-      new_thr.append(prev_thr[i])
-      continue
-    prune = (sal_bits[i] <= thresholds[i]) & (p > 0)
-    new_u.append(jnp.where(prune, -prm.astype(u.dtype), u))
-    count_i = jnp.sum(prune.astype(jnp.float32))
-    n_pruned, n_masked = n_pruned + count_i, n_masked + prune.size
-    pruned_frac.append(count_i / prune.size)
-    new_thr.append(thresholds[i])
+  if groups:
+    sizes = [sum(sal[i].size for i in g) for g in groups]
+    size_f = jnp.asarray(sizes, jnp.float32)
+    kth = jnp.floor(p * (size_f - 1.0)).astype(jnp.int32)
+    if quantile == "fast":
+      allowed = jnp.floor(FAST_TOL * size_f).astype(jnp.int32)
+    else:
+      allowed = jnp.zeros((len(groups),), jnp.int32)
+    firsts = [g[0] for g in groups]
+    warm = quantile_lib.to_key(quantile_lib.to_domain(jnp.stack([old[0][i] for i in firsts])))
+    keys, _, leaf_counts, dens, passes = quantile_lib.select(
+      [[sal[i] for i in g] for g in groups],
+      kth,
+      allowed,
+      warm=warm,
+      step=jnp.stack([old[1][i] for i in firsts]),
+      density=jnp.stack([old[2][i] for i in firsts]),
+    )
+    moved = jnp.abs(keys - warm)
+    step = jnp.clip(moved, quantile_lib.MIN_STEP, quantile_lib.DEFAULT_STEP * 16)
+    thr = quantile_lib.from_key(keys)
+    on = p > 0  # sparsity 0 prunes nothing
+    for gi, g in enumerate(groups):
+      for j, i in enumerate(g):
+        prune = (sal[i] <= thr[gi]) & on
+        keep_u[i] = jnp.where(prune, -p_leaves[i].astype(u_leaves[i].dtype), u_leaves[i])
+        cnt = jnp.where(on, leaf_counts[gi][j], 0).astype(jnp.float32)
+        pruned_frac[i] = cnt / sal[i].size
+        n_pruned, n_masked = n_pruned + cnt, n_masked + sal[i].size
+        new_thr[i], new_step[i], new_dens[i] = thr[gi], step[gi], dens[gi]
   unflat = lambda xs: jax.tree.unflatten(treedef, xs)
   new_state = SaliencyProximalState(
     count=optax.safe_increment(state.count),
     threshold=unflat(new_thr),
+    step=unflat(new_step),
+    density=unflat(new_dens),
     pruned=unflat(pruned_frac),
     pruned_total=n_pruned / max(n_masked, 1),
     passes=passes,
   )
-  return unflat(new_u), new_state
+  return unflat(keep_u), new_state
 
 
 def _check_proximal_args(sparsity, scope, quantile):
@@ -500,7 +566,7 @@ def _proximal_diagnostics(state: SaliencyProximalState) -> dict[str, jax.Array]:
   for (path, frac), t in zip(paths, thr):
     name = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
     out[f"pruned/{name}"] = frac
-    out[f"threshold/{name}"] = quantile_lib.from_bits(t)
+    out[f"threshold/{name}"] = t
   return out
 
 

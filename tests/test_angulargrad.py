@@ -8,7 +8,6 @@ import optax
 import pytest
 
 import optax_ext
-from optax_ext.angulargrad import STATS_SAMPLE
 
 
 def paper_algorithm2(
@@ -131,17 +130,22 @@ def test_product_minus_one_and_zero_gradients():
       chex.assert_tree_all_finite((u, s[0].mu, s[0].nu, s[0].phi_stats))
 
 
-def test_phi_statistics_use_the_first_entries_of_large_leaves():
-  n = STATS_SAMPLE + 500
+def test_phi_statistics_cover_every_entry_of_every_leaf():
   rng = np.random.default_rng(1)
-  g1, g2 = rng.normal(size=n), rng.normal(size=n)
+  shapes = {"a": (3000,), "b": (40, 7), "c": ()}
+  g1 = {k: rng.normal(size=v) for k, v in shapes.items()}
+  g2 = {k: rng.normal(size=v) for k, v in shapes.items()}
   tx = optax_ext.scale_by_angulargrad(method="tan")
-  p = jnp.zeros(n)
-  _, s = tx.update(jnp.asarray(g1, jnp.float32), tx.init(p))
-  _, s = tx.update(jnp.asarray(g2, jnp.float32), s)
-  a1 = np.arctan(np.abs(g1))
-  a2 = np.arctan(np.abs((g2 - g1) / (1 + g2 * g1)))
-  phi = np.tanh(np.tan(np.minimum(a1, a2)))[:STATS_SAMPLE] * 0.5 + 0.5
+  p = {k: jnp.zeros(v) for k, v in shapes.items()}
+  as32 = lambda t: {k: jnp.asarray(v, jnp.float32) for k, v in t.items()}
+  _, s = tx.update(as32(g1), tx.init(p))
+  _, s = tx.update(as32(g2), s)
+  phi = []
+  for k in shapes:
+    a1 = np.arctan(np.abs(g1[k]))
+    a2 = np.arctan(np.abs((g2[k] - g1[k]) / (1 + g2[k] * g1[k])))
+    phi.append(np.ravel(np.tanh(np.tan(np.minimum(a1, a2))) * 0.5 + 0.5))
+  phi = np.concatenate(phi)
   np.testing.assert_allclose(s.phi_stats, [phi.mean(), phi.min(), phi.max(), 0.0], rtol=1e-5)
 
 

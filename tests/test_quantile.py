@@ -1,70 +1,144 @@
-"""The counting quantile against NumPy, and the fast mode's pruned fraction."""
+"""The counting order statistics against NumPy's sorted ones."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from optax_ext import quantile as q_lib
 
-# Non-negative float32 saliencies: ties, zeros, tiny and huge values, 1-400 elements.
-finite = st.floats(0.0, 3e38, allow_nan=False, allow_infinity=False, width=32)
-pools = st.sampled_from([
+
+def np_domain(x):
+  """NumPy transcription of the documented domain map."""
+  x = np.asarray(x, np.float32)
+  out = np.where(x >= q_lib.LOW, np.minimum(x, np.float32(q_lib.HIGH)), 0.0)
+  return np.where(np.isnan(x), np.float32(q_lib.HIGH), out).astype(np.float32)
+
+
+# Saliency-like float32 arrays: ties, zeros, tiny and huge values, NaN, negatives.
+anything = st.one_of(
+  st.floats(-1.0, 2.0**127, width=32), st.sampled_from([float("nan"), float("inf")])
+)
+pools = st.sampled_from(
+  [
     st.sampled_from([0.0, 0.0, 0.0, 1.0, 2.0]),  # many ties and zeros
-    finite,  # anything, heavy tails included
-    st.floats(0.0, 1e-30, width=32),  # denormals and tiny values
+    anything,  # heavy tails, infinities and NaN included
+    st.floats(0.0, 2.0**-93, width=32),  # denormals, values below LOW
     st.sampled_from([0.5, 0.5, 3.0]),
-])
+    st.floats(1.0, 1.0 + 2.0**-10, width=32),  # a narrow band: many keys, few values
+  ]
+)
 
 
 @st.composite
 def saliencies(draw):
   pool = draw(pools)
-  n = draw(st.one_of(st.integers(1, 10), st.integers(11, 400)))
+  n = draw(st.one_of(st.integers(1, 10), st.integers(11, 300)))
   return draw(hnp.arrays(np.float32, n, elements=pool))
 
 
-_fast = jax.jit(lambda bits, k, warm: q_lib.select_thresholds([[bits]], k, warm_start=warm,
-                                                                  tol=0.004))
-_exact = jax.jit(lambda bits, k: q_lib.select_thresholds([[bits]], k, tol=None))
+@jax.jit
+def _exact(x, kth):
+  keys, counts, leaf, _, passes = q_lib.select([[x]], kth, None)
+  return keys, counts, leaf[0], passes
+
+
+@jax.jit
+def _fast(x, kth, allowed, warm, step, density):
+  keys, counts, _, _, passes = q_lib.select(
+    [[x]], kth, allowed, warm=warm, step=step, density=density
+  )
+  return keys, counts, passes
 
 
 @settings(max_examples=60, deadline=None)
-@given(x=saliencies(), p=st.floats(0.0, 0.99), warm=finite)
-def test_fast_mode_prunes_within_half_a_percent_of_exact(x, p, warm):
+@given(
+  x=saliencies(),
+  p=st.floats(0.0, 0.99),
+  warm=st.floats(0.0, 2.0**127, width=32),
+  step=st.integers(1, 2**28),
+  density=st.sampled_from([0.0, 1e-6, 1e-3, 1.0]),
+  tol=st.sampled_from([0.0, 0.004, 0.1]),
+)
+def test_select_matches_the_sorted_quantile(x, p, warm, step, density, tol):
   n = x.size
-  kth = jnp.asarray([int(np.floor(p * (n - 1)))], jnp.int32)
-  bits = q_lib.to_bits(jnp.asarray(x))
-  exact_t, _, _ = _exact(bits, kth)
-  want = np.quantile(x, p, method="lower")
-  assert float(q_lib.from_bits(exact_t[0])) == want  # the exact mode is jnp.quantile 'lower'
-  warm_bits = q_lib.to_bits(jnp.asarray([warm], jnp.float32))
-  fast_t, _, _ = _fast(bits, kth, warm_bits)
-  fast_frac = np.mean(x <= np.float32(q_lib.from_bits(fast_t[0])))
-  exact_frac = np.mean(x <= want)
-  assert abs(fast_frac - exact_frac) <= 0.005, (fast_frac, exact_frac)
+  d = np_domain(x)
+  kth = int(np.floor(p * (n - 1)))
+  want = np.sort(d)[kth]  # np.quantile(d, p, method="lower")
+  keys, counts, leaf, passes = _exact(jnp.asarray(d), jnp.asarray([kth], jnp.int32))
+  assert float(q_lib.from_key(keys[0])) == want
+  assert int(counts[0]) == int(leaf[0]) == np.sum(d <= want)
+  assert int(passes) <= q_lib.MAX_PASSES
+
+  # Fast mode, from any warm start: at least the kth+1 smallest, at most `allowed` more.
+  allowed = int(np.floor(tol * n))
+  warm_key = q_lib.to_key(q_lib.to_domain(jnp.asarray([warm], jnp.float32)))
+  keys, counts, _ = _fast(
+    jnp.asarray(d),
+    jnp.asarray([kth], jnp.int32),
+    jnp.asarray([allowed], jnp.int32),
+    warm_key,
+    jnp.asarray([step], jnp.int32),
+    jnp.asarray([density], jnp.float32),
+  )
+  t = np.float32(q_lib.from_key(keys[0]))
+  below = int(np.sum(d <= t))
+  assert below == int(counts[0])
+  assert kth + 1 <= below <= kth + 1 + allowed or t == want, (below, kth, allowed)
 
 
-def test_several_groups_at_once_match_numpy():
+def test_several_groups_of_several_arrays_match_numpy():
   rng = np.random.default_rng(0)
-  xs = [rng.exponential(size=n).astype(np.float32) for n in (1, 7, 1000, 5000)]
+  xs = [rng.exponential(size=n).astype(np.float32) for n in (1, 7, 1000, 5000, 300)]
   xs[2][::3] = 0.0
-  ps = np.array([0.1, 0.5, 0.3, 0.9])
-  kth = jnp.asarray([int(np.floor(p * (x.size - 1))) for p, x in zip(ps, xs)], jnp.int32)
-  t, counts, passes = q_lib.select_thresholds([[q_lib.to_bits(jnp.asarray(x))] for x in xs], kth,
-                                              tol=None)
-  for i, (x, p) in enumerate(zip(xs, ps)):
-    assert float(q_lib.from_bits(t[i])) == np.quantile(x, p, method="lower")
-    assert int(counts[i]) == np.sum(x <= np.quantile(x, p, method="lower"))
+  groups = [[xs[0]], [xs[1], xs[2]], [xs[3], xs[4]]]
+  ps = [0.0, 0.5, 0.9]
+  kth = [int(np.floor(p * (sum(a.size for a in g) - 1))) for p, g in zip(ps, groups)]
+  keys, counts, leaf_counts, _, passes = q_lib.select(
+    [[jnp.asarray(a) for a in g] for g in groups], jnp.asarray(kth, jnp.int32), None
+  )
+  for i, g in enumerate(groups):
+    joined = np.concatenate(g)
+    want = np.quantile(joined, ps[i], method="lower")
+    assert float(q_lib.from_key(keys[i])) == want
+    assert int(counts[i]) == np.sum(joined <= want)
+    assert [int(c) for c in leaf_counts[i]] == [int(np.sum(a <= want)) for a in g]
   assert 1 <= int(passes) <= q_lib.MAX_PASSES
 
 
-def test_warm_start_near_the_answer_takes_one_or_two_passes():
+def test_a_warm_start_near_the_answer_takes_few_passes():
   x = np.random.default_rng(1).lognormal(size=100_000).astype(np.float32)
-  want = np.quantile(x, 0.1, method="lower")
-  warm = q_lib.to_bits(jnp.asarray([want * 1.05], jnp.float32))
-  _, _, passes = q_lib.select_thresholds([[q_lib.to_bits(jnp.asarray(x))]],
-                                         jnp.asarray([9_999]), warm_start=warm, tol=0.004)
-  assert int(passes) <= 2
+  kth = 9_999
+  want = np.sort(x)[kth]
+  warm = q_lib.to_key(jnp.asarray([want * 1.05], jnp.float32))
+  cold = q_lib.select([[jnp.asarray(x)]], jnp.asarray([kth]), jnp.asarray([400]))
+  hot = q_lib.select([[jnp.asarray(x)]], jnp.asarray([kth]), jnp.asarray([400]), warm=warm)
+  assert int(hot[4]) <= 4 < int(cold[4])
+  for keys, counts, *_ in (cold, hot):
+    assert kth + 1 <= int(counts[0]) <= kth + 401
+    assert int(counts[0]) == np.sum(x <= np.float32(q_lib.from_key(keys[0])))
+
+
+@pytest.mark.parametrize("shape", [(10, 3, 2), (1, 61), (61,)])
+def test_counts_are_exact_when_arrays_are_counted_in_chunks(monkeypatch, shape):
+  monkeypatch.setattr(q_lib, "CHUNK", 8)  # several chunks: by rows, or of a single row
+  x = np.random.default_rng(2).integers(0, 5, size=shape).astype(np.float32)
+  for v in (0.0, 1.0, 2.0, 4.0):
+    key = q_lib.to_key(jnp.float32(v))
+    assert int(q_lib.count_above(jnp.asarray(x), key)) == np.sum(x > v)
+    assert int(q_lib.count_at_most(jnp.asarray(x), key)) == np.sum(x <= v)
+
+
+def test_keys_are_consecutive_and_ordered_like_the_values():
+  v = jnp.asarray(
+    [0.0, q_lib.LOW, np.nextafter(np.float32(q_lib.LOW), np.float32(1)), 1.0, q_lib.HIGH],
+    jnp.float32,
+  )
+  k = np.asarray(q_lib.to_key(v))
+  assert list(k[:3]) == [0, 1, 2] and k[-1] == q_lib.KEY_MAX and np.all(np.diff(k) > 0)
+  np.testing.assert_array_equal(q_lib.from_key(jnp.asarray(k)), v)
+  d = q_lib.to_domain(jnp.asarray([-1.0, 1e-35, np.nan, np.inf, 2.5], jnp.float32))
+  np.testing.assert_array_equal(d, [0.0, 0.0, q_lib.HIGH, q_lib.HIGH, 2.5])

@@ -1,0 +1,252 @@
+"""SP update speed: the fast and exact quantile modes against optax.adam, in one run.
+
+On a parameter tree shaped like ResNet-50 (~25.5M values in 161 leaves) this
+times one jitted ``tx.update`` + ``apply_updates`` of ``optax.adam``,
+``optax.sgd``, ``sp()`` in its default (fast) quantile mode, ``sp()`` with the
+exact quantile, the damping stage alone and ``saliency_proximal`` after adam,
+interleaved, and reports medians as ratios to adam measured in the same run.
+The optimizer state is first advanced through a few steps with noisy
+gradients, so the timed step starts its threshold search from a realistic
+previous threshold; the counting passes each mode took are reported. A sweep
+over ``bench.trees.scaled_tree`` from 1M to 25M parameters draws the scaling
+plot, with the naive SP (``jnp.quantile``, a sort) at the smallest size.
+
+Run: ``python -m bench.sp_speed [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import optax_ext
+from bench import timing, trees
+
+RESULTS = os.path.join(os.path.dirname(__file__), "results")
+
+
+def _naive_sp(lr: float, sparsity: float) -> optax.GradientTransformationExtraArgs:
+  """SP with the saliency threshold from ``jnp.quantile`` (a sort): the slow reference."""
+  damping = optax_ext.scale_by_spectral_damping()
+
+  def update_fn(updates, state, params=None, **extra):
+    del extra
+    d, state = damping.update(updates, state, params)
+    out = {}
+    for k, g in d.items():
+      u = -lr * g
+      if u.ndim < 2:
+        out[k] = u
+        continue
+      binv = jnp.where(updates[k] != 0, g / jnp.where(updates[k] != 0, updates[k], 1.0), 1.0)
+      c = params[k] + u
+      s = (u * u / 2) * (c * c / 2) / binv
+      q = jnp.quantile(s, sparsity, method="lower")
+      out[k] = jnp.where(s <= q, -params[k], u)
+    return out, state
+
+  return optax.GradientTransformationExtraArgs(damping.init, update_fn)
+
+
+def candidates(with_naive: bool = False) -> dict[str, optax.GradientTransformation]:
+  out = {
+    "adam": optax.adam(1e-3),
+    "sgd": optax.sgd(0.1),
+    "sp (fast, default)": optax_ext.sp(0.05),
+    "sp (exact)": optax_ext.sp(0.05, quantile="exact"),
+    "damping only (+sgd)": optax.chain(
+      optax_ext.scale_by_spectral_damping(), optax.scale_by_learning_rate(0.05)
+    ),
+    "adam + saliency_proximal (fast)": optax.chain(
+      optax.adam(1e-3), optax_ext.saliency_proximal(0.1)
+    ),
+    "adam + saliency_proximal (exact)": optax.chain(
+      optax.adam(1e-3), optax_ext.saliency_proximal(0.1, quantile="exact")
+    ),
+  }
+  if with_naive:
+    out["sp, naive jnp.quantile"] = _naive_sp(0.05, 0.1)
+  return out
+
+
+def _passes(state) -> int | None:
+  found = []
+
+  def visit(x):
+    if isinstance(x, optax_ext.SaliencyProximalState):
+      found.append(int(x.passes))
+      return True
+    return False
+
+  jax.tree.map(lambda x: None, state, is_leaf=visit)
+  return found[0] if found else None
+
+
+def time_tree(params, reps: int, names=None, with_naive=False, warm_steps: int = 6) -> dict:
+  """Times each candidate on ``params`` after ``warm_steps`` noisy steps."""
+  base = jax.tree.map(lambda p: p * 0.01 + 0.001, params)
+  key = jax.random.key(1)
+  noisy = []
+  for _ in range(warm_steps + 1):
+    key, sub = jax.random.split(key)
+    ks = jax.random.split(sub, len(jax.tree.leaves(base)))
+    leaves, treedef = jax.tree.flatten(base)
+    noisy.append(
+      jax.tree.unflatten(
+        treedef,
+        [g * (1.0 + 0.3 * jax.random.normal(k, g.shape)) for g, k in zip(leaves, ks)],
+      )
+    )
+  fns, passes = {}, {}
+  for name, tx in candidates(with_naive).items():
+    if names is not None and name not in names:
+      continue
+
+    @jax.jit
+    def step(p, s, g, tx=tx):
+      u, s = tx.update(g, s, p)
+      return optax.apply_updates(p, u), s
+
+    p, s = params, tx.init(params)
+    history = []
+    for g in noisy[:-1]:
+      p, s = step(p, s, g)
+      history.append(_passes(s))
+    _, s_next = step(p, s, noisy[-1])
+    passes[name] = {"timed_step": _passes(s_next), "warm_steps": history}
+    fns[name] = lambda step=step, p=p, s=s, g=noisy[-1]: step(p, s, g)
+  res = timing.time_calls(fns, reps=reps)
+  ratio = timing.ratios(res, "adam")
+  out = {"n_params": trees.count(params), "n_leaves": len(jax.tree.leaves(params)), "methods": {}}
+  for name in fns:
+    out["methods"][name] = {
+      "median_ms": 1e3 * res[name]["median"],
+      "p25_ms": 1e3 * res[name]["p25"],
+      "p75_ms": 1e3 * res[name]["p75"],
+      "ratio_to_adam": ratio[name],
+      "passes": passes[name],
+    }
+  return out
+
+
+def plot_scaling(rows: dict, path: str) -> None:
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  sizes = sorted(rows, key=int)
+  names = [n for n in rows[sizes[-1]]["methods"]]
+  fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+  x = np.array([int(n) for n in sizes]) / 1e6
+  for name in names:
+    ms = [rows[n]["methods"].get(name, {}).get("median_ms", np.nan) for n in sizes]
+    rt = [rows[n]["methods"].get(name, {}).get("ratio_to_adam", np.nan) for n in sizes]
+    axes[0].plot(x, ms, marker="o", label=name)
+    axes[1].plot(x, rt, marker="o", label=name)
+  naive = [rows[n]["methods"].get("sp, naive jnp.quantile") for n in sizes]
+  for xi, m in zip(x, naive):
+    if m:
+      axes[0].plot([xi], [m["median_ms"]], "kx", ms=10, label="sp, naive jnp.quantile")
+      axes[1].plot([xi], [m["ratio_to_adam"]], "kx", ms=10)
+  axes[0].set_xscale("log")
+  axes[0].set_yscale("log")
+  axes[0].set_ylabel("update time, median (ms)")
+  axes[1].set_xscale("log")
+  axes[1].set_yscale("log")
+  axes[1].set_ylabel("time / optax.adam (same run)")
+  for y, style in ((1.0, "-"), (2.0, "--"), (5.0, ":")):
+    axes[1].axhline(y, color="k", lw=0.8, ls=style)
+  for ax in axes:
+    ax.set_xlabel("parameters (millions, 160 leaves)")
+    ax.grid(alpha=0.3, which="both")
+  axes[0].legend(fontsize=7)
+  fig.suptitle("SP update cost vs size (dashed: 2x adam target, dotted: 5x)")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def markdown(result: dict, quick: bool) -> str:
+  cmd = "python -m bench.sp_speed" + (" --quick" if quick else "")
+  lines = [
+    "## Update speed",
+    "",
+    f"Command: `{cmd}`. Machine: {result['machine']} — shared with other jobs while it "
+    "ran, so absolute times are noisy; the ratios come from interleaved calls in one run.",
+    "",
+  ]
+  r = result["resnet50"]
+  lines += [
+    f"**ResNet-50-shaped tree** ({r['n_params']:,} params, {r['n_leaves']} leaves), "
+    f"{result['reps']} interleaved repetitions after {result['warm_steps']} noisy steps:",
+    "",
+    "| update | median ms (p25–p75) | × adam | counting passes (timed step) |",
+    "|---|---|---|---|",
+  ]
+  for name, m in r["methods"].items():
+    ps = m["passes"]["timed_step"]
+    lines.append(
+      f"| {name} | {m['median_ms']:.1f} ({m['p25_ms']:.1f}–{m['p75_ms']:.1f}) | "
+      f"{m['ratio_to_adam']:.2f} | {'-' if ps is None else ps} |"
+    )
+  lines += ["", "Scaling (× adam, same run per size):", ""]
+  sizes = sorted(result["scaling"], key=int)
+  names = list(result["scaling"][sizes[-1]]["methods"])
+  lines.append("| params | " + " | ".join(names) + " |")
+  lines.append("|---" * (len(names) + 1) + "|")
+  for n in sizes:
+    row = result["scaling"][n]["methods"]
+    cells = [f"{row[k]['ratio_to_adam']:.2f}" if k in row else "-" for k in names]
+    lines.append(f"| {int(n) / 1e6:.1f}M | " + " | ".join(cells) + " |")
+  naive = result["scaling"][sizes[0]]["methods"].get("sp, naive jnp.quantile")
+  if naive:
+    lines += [
+      "",
+      f"The naive SP (threshold from `jnp.quantile`, a sort) at {int(sizes[0]) / 1e6:.1f}M: "
+      f"{naive['median_ms']:.0f} ms, {naive['ratio_to_adam']:.1f}× adam.",
+    ]
+  lines += ["", "![scaling](sp_scaling.png)"]
+  return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--quick", action="store_true", help="fewer sizes and repetitions")
+  args = ap.parse_args(argv)
+  os.makedirs(RESULTS, exist_ok=True)
+  reps = 5 if args.quick else 9
+  result = {"machine": timing.machine_description(), "reps": reps, "warm_steps": 6}
+  print("timing on the ResNet-50 tree ...", flush=True)
+  result["resnet50"] = time_tree(trees.named_tree("resnet50"), reps)
+  sizes = [1_000_000, 5_000_000, 25_000_000] if args.quick else [1_000_000, 2_500_000,
+                                                                   5_000_000, 10_000_000,
+                                                                   25_000_000]
+  names = ["adam", "sgd", "sp (fast, default)", "sp (exact)"]
+  result["scaling"] = {}
+  for n in sizes:
+    print(f"scaling: {n:,} params ...", flush=True)
+    naive = n == sizes[0]
+    result["scaling"][str(n)] = time_tree(
+      trees.scaled_tree(n), max(3, reps // 2),
+      names + (["sp, naive jnp.quantile"] if naive else []), with_naive=naive,
+    )
+  plot_scaling(result["scaling"], os.path.join(RESULTS, "sp_scaling.png"))
+  tag = "quick" if args.quick else "full"
+  with open(os.path.join(RESULTS, f"sp_speed_{tag}.json"), "w") as f:
+    json.dump(result, f, indent=1)
+  md = markdown(result, args.quick)
+  with open(os.path.join(RESULTS, f"sp_speed_{tag}.md"), "w") as f:
+    f.write(md + "\n")
+  print(md)
+  return result
+
+
+if __name__ == "__main__":
+  main()
