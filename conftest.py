@@ -7,3 +7,13 @@ flag only affects the CPU platform.
 import jax
 
 jax.config.update("jax_num_cpu_devices", 8)
+
+
+def pytest_terminal_summary(terminalreporter):
+  """Reports how many random cases the bounded fuzz run (tests/test_fuzz.py) tried."""
+  import sys
+
+  fuzz = sys.modules.get("tests.test_fuzz") or sys.modules.get("test_fuzz")
+  if fuzz is not None and fuzz.CASES:
+    cases = ", ".join(f"{k} {v}" for k, v in sorted(fuzz.CASES.items()))
+    terminalreporter.write_line(f"fuzz: {sum(fuzz.CASES.values())} cases passed ({cases})")
