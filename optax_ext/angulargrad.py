@@ -30,7 +30,8 @@ class AngularGradState(NamedTuple):
   ref_angle: optax.Updates  # reference_compat: the stored angle `min`, in degrees
   ref_final: optax.Updates  # reference_compat: the stored cos/tan value `final`
   # shape=(4,), float32: mean, min, max of φ_t and the fraction of entries at the
-  # floor λ2, over every entry of every leaf (NaN before step 1).
+  # floor λ2, over a block of up to STATS_SAMPLE entries of every leaf (a prefix
+  # of each axis, see _sample; NaN before step 1).
   phi_stats: jax.Array
 
 
@@ -58,8 +59,25 @@ def _coefficient(tan_min, method, lambda1, lambda2):
   return jnp.tanh(x) * lambda1 + lambda2
 
 
+STATS_SAMPLE = 1024
+
+
+def _sample(x):
+  """A block of at most ``STATS_SAMPLE`` entries of ``x``: a prefix of every axis.
+
+  The block is cut without reshaping, from the last axis first, so that a
+  leaf sharded over devices is sampled where it lies.
+  """
+  index, budget = [], STATS_SAMPLE
+  for d in reversed(x.shape):
+    take = max(1, min(d, budget))
+    index.append(slice(0, take))
+    budget //= take
+  return x[tuple(reversed(index))]
+
+
 def _leaf_stats(phi, lambda2):
-  """``(Σφ, min φ, max φ, #{φ <= λ2})`` of one leaf in one variadic reduction.
+  """``(Σφ, min φ, max φ, #{φ <= λ2}, n)`` of one (sampled) leaf, in one reduction.
 
   The reduction runs over every axis without reshaping, so that a leaf
   sharded over devices is reduced in place (one all-reduce of four scalars).
@@ -67,18 +85,19 @@ def _leaf_stats(phi, lambda2):
   phi = phi.astype(jnp.float32)
   zero = jnp.zeros([], jnp.float32)
   if not phi.size:
-    return zero, jnp.float32(jnp.inf), jnp.float32(-jnp.inf), zero
-  return jax.lax.reduce(
+    return zero, jnp.float32(jnp.inf), jnp.float32(-jnp.inf), zero, 0
+  out = jax.lax.reduce(
     (phi, phi, phi, (phi <= lambda2).astype(jnp.float32)),
     (zero, jnp.float32(jnp.inf), jnp.float32(-jnp.inf), zero),
     lambda a, b: (a[0] + b[0], jnp.minimum(a[1], b[1]), jnp.maximum(a[2], b[2]), a[3] + b[3]),
     tuple(range(phi.ndim)),
   )
+  return (*out, phi.size)
 
 
-def _stats(per_leaf, sizes) -> jax.Array:
-  """Mean, min, max of φ over all entries and the fraction at the floor λ2."""
-  n = sum(sizes)
+def _stats(per_leaf) -> jax.Array:
+  """Mean, min, max of the sampled φ and the fraction at the floor λ2."""
+  n = sum(s[4] for s in per_leaf)
   if not n:
     return jnp.full((4,), jnp.nan, jnp.float32)
   total = sum(s[0] for s in per_leaf)
@@ -140,8 +159,10 @@ def scale_by_angulargrad(
 
   Returns:
     A :class:`optax.GradientTransformationExtraArgs`. Its state records
-    statistics of φ over every entry (``phi_stats``; read them with
-    :func:`optax_ext.diagnostics`), one reduction per leaf.
+    statistics of φ (``phi_stats``; read them with :func:`optax_ext.diagnostics`)
+    over a block of up to ``STATS_SAMPLE`` entries of every leaf, cut as a
+    prefix of each axis without reshaping: the diagnostics cost almost nothing
+    next to the update, and a leaf sharded over devices is never gathered.
 
   Examples:
     >>> import jax, jax.numpy as jnp, optax
@@ -214,7 +235,7 @@ def scale_by_angulargrad(
       mu=optax.tree.cast(mu, mu_dtype),
       nu=nu,
       prev_grad=optax.tree.cast_like(updates, state.prev_grad),
-      phi_stats=_stats(phi_sample, [x.size for x in jax.tree.leaves(updates)]),
+      phi_stats=_stats(phi_sample),
       **fields,
     )
     return new_updates, new_state
@@ -244,7 +265,7 @@ def scale_by_angulargrad(
     new_updates = jax.tree.map(direction, updates, state.prev_grad, state.tan_angle, mu, nu)
     tan_angle = jax.tree.map(tangent, updates, state.prev_grad, state.tan_angle)
     phi_sample = [
-      _leaf_stats(phi_of(g, gp, tp)[0], lambda2)
+      _leaf_stats(phi_of(_sample(g), _sample(gp), _sample(tp))[0], lambda2)
       for g, gp, tp in zip(
         *(jax.tree.leaves(t) for t in (updates, state.prev_grad, state.tan_angle))
       )
@@ -266,7 +287,7 @@ def scale_by_angulargrad(
       final = jnp.where(replace, current.astype(final.dtype), final)
       phi = jnp.tanh(jnp.abs(final.astype(ct))) * lambda1 + lambda2
       u = step_scale.astype(ct) * (m.astype(ct) * phi) / (jnp.sqrt(v.astype(ct)) + eps)
-      return u.astype(g.dtype), stored, final, _leaf_stats(phi, lambda2)
+      return u.astype(g.dtype), stored, final, _leaf_stats(_sample(phi), lambda2)
 
     treedef = jax.tree.structure(updates)
     args = [
