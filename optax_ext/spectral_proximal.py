@@ -52,7 +52,7 @@ class SaliencyProximalState(NamedTuple):
   """State for :func:`saliency_proximal`: per-leaf scalars only.
 
   ``threshold``: the saliency threshold of the last step (entries at or below
-  it were pruned; the next step's search starts there); ``step`` and
+  it were pruned; the next step's search starts there; 0 outside the mask); ``step`` and
   ``density`` (int32 key distance, float32 entries per key): what the search
   learned about the saliency distribution near the threshold;
   ``pruned``: the fraction of the leaf's entries set to zero at the last step
@@ -326,6 +326,8 @@ def _proximal_step(updates, state, params, binv, sparsity, scope, quantile, mask
   new_thr, new_step, new_dens, pruned_frac = (list(x) for x in old)
   for i in range(len(u_leaves)):
     pruned_frac[i] = jnp.zeros([], jnp.float32)
+    if sal[i] is None:  # outside the mask: nothing pruned, no threshold
+      new_thr[i] = jnp.zeros([], jnp.float32)
   passes = jnp.zeros([], jnp.int32)
   keep_u = list(u_leaves)
   n_pruned, n_masked = jnp.zeros([], jnp.float32), 0
