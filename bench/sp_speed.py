@@ -225,17 +225,21 @@ def main(argv=None) -> dict:
   result = {"machine": timing.machine_description(), "reps": reps, "warm_steps": 6}
   print("timing on the ResNet-50 tree ...", flush=True)
   result["resnet50"] = time_tree(trees.named_tree("resnet50"), reps)
-  sizes = [1_000_000, 5_000_000, 25_000_000] if args.quick else [1_000_000, 2_500_000,
-                                                                   5_000_000, 10_000_000,
-                                                                   25_000_000]
+  sizes = (
+    [1_000_000, 5_000_000, 25_000_000]
+    if args.quick
+    else [1_000_000, 2_500_000, 5_000_000, 10_000_000, 25_000_000]
+  )
   names = ["adam", "sgd", "sp (fast, default)", "sp (exact)"]
   result["scaling"] = {}
   for n in sizes:
     print(f"scaling: {n:,} params ...", flush=True)
     naive = n == sizes[0]
     result["scaling"][str(n)] = time_tree(
-      trees.scaled_tree(n), max(3, reps // 2),
-      names + (["sp, naive jnp.quantile"] if naive else []), with_naive=naive,
+      trees.scaled_tree(n),
+      max(3, reps // 2),
+      names + (["sp, naive jnp.quantile"] if naive else []),
+      with_naive=naive,
     )
   plot_scaling(result["scaling"], os.path.join(RESULTS, "sp_scaling.png"))
   tag = "quick" if args.quick else "full"

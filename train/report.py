@@ -126,6 +126,7 @@ def diagnostic_keys(result: RunResult) -> list[str]:
 
 def plot_diagnostics(result: RunResult, path: str) -> str | None:
   """One PNG of the optimizer's own signals per epoch (epoch means); None if none."""
+
   def informative(key):  # drop leaves a method leaves alone (all 0, or all NaN)
     vals = np.array([h.get(key, np.nan) for h in result.history], dtype=float)
     return not (np.all(np.isnan(vals)) or np.all(vals == 0))
