@@ -30,15 +30,17 @@ RESULTS = os.path.join(os.path.dirname(__file__), "results")
 
 # Parameter-sized arrays each update reads and writes at the least (gradient,
 # state, update out): its memory traffic in units of one array, for the roofline.
+# AngularGrad: read g, m, v, g_prev, tan A; write m, v, g_prev, tan A, u. SP: 13
+# with a single counting pass (derived in bench/sp_speed.py, TRAFFIC_FLOOR).
 TRAFFIC = {
   "sgd": 2,
   "momentum": 4,
   "adam": 6,
-  "angulargrad_cos": 9,
-  "angulargrad_tan": 9,
+  "angulargrad_cos": 10,
+  "angulargrad_tan": 10,
   "insgd": 4,
-  "sp": 10,
-  "sp_exact": 10,
+  "sp": 13,
+  "sp_exact": 13,
 }
 
 
