@@ -406,8 +406,19 @@ def saliency_proximal(
   The quantile is found by counting, never sorting (:mod:`optax_ext.quantile`).
   ``quantile="exact"`` prunes exactly the entries the sorted definition prunes;
   ``quantile="fast"`` (the default) starts from the previous step's threshold
-  and stops once its pruned fraction is within 0.004 of the exact one's,
-  usually after one or two passes over the saliency.
+  and stops once its pruned fraction is within 0.0045 of the exact one's:
+  4-6 counting passes per step when training the MNIST CNN, 9 on a ResNet-50
+  tree with random gradients, against 18 for the exact mode. The state's
+  ``passes`` field holds the number each step took.
+
+  A weight whose step is zero has zero saliency and is pruned whatever its
+  size, and all entries tied at the threshold are pruned, so more than
+  ``sparsity`` of a leaf can end at zero: with plain SGD steps a hidden unit
+  that a whole batch leaves inactive gets zero gradient on every incoming
+  weight and loses them all in one step (measured on the MNIST CNN with
+  ``sp(0.05, sparsity=0.1)``: 40% of kernel weights and 39% of the first dense
+  layer's units at zero; with momentum, 10%). Read the sparsity reached off
+  the parameters, or the state's ``pruned`` field, not this argument.
 
   Args:
     sparsity: p, the fraction of each leaf (or of all masked entries) pruned.
