@@ -2,16 +2,24 @@
 
 Orbax writes each checkpoint into a temporary directory and renames it into
 place when complete, so a process killed mid-write leaves the previous
-checkpoint intact; unfinished temporaries are ignored on restore.
+checkpoint intact; unfinished temporaries are ignored on restore. Old
+checkpoints are removed the same way in reverse: renamed out of the step
+namespace first (``.removing-<step>``, atomic), then deleted, so a process
+killed while deleting never leaves a half-deleted step that looks like a
+checkpoint; leftovers are cleared when the next ``Checkpointer`` opens the
+directory.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from typing import Any, Optional
 
 import jax
 import orbax.checkpoint as ocp
+
+_REMOVING = ".removing-"
 
 
 class Checkpointer:
@@ -24,11 +32,17 @@ class Checkpointer:
   """
 
   def __init__(self, directory: str, every: int = 0, keep: int = 2):
+    if keep < 1:
+      raise ValueError(f"keep must be at least 1, got {keep}")
     self.directory = os.path.abspath(directory)
     self.every = every
-    options = ocp.CheckpointManagerOptions(
-      max_to_keep=keep, create=True, enable_async_checkpointing=False
-    )
+    self.keep = keep
+    os.makedirs(self.directory, exist_ok=True)
+    for name in os.listdir(self.directory):
+      if name.startswith(_REMOVING):
+        shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+    # Retention is ours (see _prune), so orbax keeps every step it writes.
+    options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False)
     self._manager = ocp.CheckpointManager(self.directory, options=options)
 
   def should_save(self, step: int, total: int) -> bool:
@@ -44,6 +58,22 @@ class Checkpointer:
         state=ocp.args.StandardSave(state), history=ocp.args.JsonSave(history)
       ),
     )
+    self._manager.wait_until_finished()
+    self._prune()
+
+  def _prune(self) -> None:
+    """Removes all but the newest ``keep`` steps: rename out of sight, then delete."""
+    old = sorted(self._manager.all_steps())[: -self.keep]
+    for step in old:
+      path = os.path.join(self.directory, str(step))
+      if not os.path.isdir(path):
+        continue
+      hidden = os.path.join(self.directory, f"{_REMOVING}{step}")
+      shutil.rmtree(hidden, ignore_errors=True)
+      os.replace(path, hidden)
+      shutil.rmtree(hidden, ignore_errors=True)
+    if old:
+      self._manager.reload()
 
   def restore_latest(self, like: Any) -> Optional[tuple[Any, list[dict]]]:
     """Restores the newest checkpoint into the structure of ``like``, or None."""
