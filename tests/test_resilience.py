@@ -85,7 +85,11 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, kill_after_checkpoints, 
     stderr=subprocess.DEVNULL,
   )
   deadline = time.time() + 240
-  while len(_steps(ckpt_dir)) < kill_after_checkpoints and proc.poll() is None:
+  # Kill once the checkpoint of step kill_after_checkpoints * every is visible
+  # (only the newest two are kept, so counting directories would not do).
+  while (
+    not _steps(ckpt_dir) or _steps(ckpt_dir)[-1] < kill_after_checkpoints * every
+  ) and proc.poll() is None:
     assert time.time() < deadline, "no checkpoint appeared"
     time.sleep(0.02)
   proc.send_signal(signal.SIGKILL)
