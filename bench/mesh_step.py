@@ -39,10 +39,7 @@ def collectives(hlo: str) -> dict[str, int]:
   """
   names = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
   out = {n: len(re.findall(rf"\b{n}(?:-start)?\(", hlo)) for n in names}
-  sizes = [
-    int(np.prod([int(d) for d in m.group(1).split(",") if d]))
-    for m in re.finditer(r"= \w+\[([\d,]*)\][^\n]*? all-gather(?:-start)?\(", hlo)
-  ]
+  sizes = sharding.all_gather_sizes(hlo)
   out["all-gather large"] = sum(n >= 1024 for n in sizes)
   out["all-gather small"] = sum(n < 1024 for n in sizes)
   return out

@@ -1,8 +1,6 @@
 """Every optimizer gives the same training run sharded as on one device, and no
 update gathers a parameter-sized array (8 simulated CPU devices)."""
 
-import re
-
 import jax
 import numpy as np
 import pytest
@@ -57,15 +55,6 @@ def _check_sharded(digits, name, model):
   assert abs(one.final["train_loss"] - many.final["train_loss"]) < 1e-4
 
 
-def _all_gathers(hlo: str) -> list[int]:
-  """Element counts of the results of every all-gather in an HLO module."""
-  sizes = []
-  for m in re.finditer(r"= \w+\[([\d,]*)\][^\n]*? all-gather(?:-start)?\(", hlo):
-    dims = [int(d) for d in m.group(1).split(",") if d]
-    sizes.append(int(np.prod(dims)) if dims else 1)
-  return sizes
-
-
 @pytest.mark.parametrize("name", list(TRAFFIC))
 def test_no_update_gathers_a_parameter(name):
   mesh = sharding.make_mesh({"data": 1, "fsdp": 8})
@@ -83,5 +72,5 @@ def test_no_update_gathers_a_parameter(name):
   )
   step = jax.jit(lambda g, s, p: tx.update(g, s, p, **extra), out_shardings=(p_sh, s_sh))
   hlo = step.lower(grads, state, params).compile().as_text()
-  big = [n for n in _all_gathers(hlo) if n >= 1024]
+  big = [n for n in sharding.all_gather_sizes(hlo) if n >= 1024]
   assert not big, f"{name} all-gathers arrays of {big} elements"

@@ -19,6 +19,7 @@ the mesh then spans every process's devices.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import jax
@@ -83,6 +84,17 @@ def state_shardings(mesh: Mesh, tree: Any, min_shard_size: int = 2**14) -> Any:
   return jax.tree.map(
     lambda x: NamedSharding(mesh, leaf_spec(tuple(np.shape(x)), fsdp, min_shard_size)), tree
   )
+
+
+def all_gather_sizes(hlo: str) -> list[int]:
+  """Element counts of the results of every all-gather in a compiled HLO module.
+
+  For checking what a sharded step gathers: ``jit(f).lower(...).compile().as_text()``.
+  """
+  sizes = []
+  for m in re.finditer(r"= \w+\[([\d,]*)\][^\n]*? all-gather(?:-start)?\(", hlo):
+    sizes.append(math.prod(int(d) for d in m.group(1).split(",") if d))
+  return sizes
 
 
 def check_batch(batch_size: int, mesh: Mesh) -> None:
