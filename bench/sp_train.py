@@ -53,8 +53,9 @@ def builders(gamma=0.7):
   }
 
 
-def kernel_sparsity(res) -> float:
-  leaves = [x for x in jax.tree.leaves(res.state.params) if x.ndim >= 2]
+def kernel_sparsity(params) -> float:
+  """Fraction of all kernel weights (leaves with ``ndim >= 2``) that are exactly zero."""
+  leaves = [x for x in jax.tree.leaves(params) if x.ndim >= 2]
   return float(sum(jnp.sum(x == 0) for x in leaves) / sum(x.size for x in leaves))
 
 
@@ -83,8 +84,7 @@ def stability(ds, steps, b_maxes):
       _, xb, yb = next(batches)
       state, m = step(state, xb, yb)
       losses.append(float(m["loss"]))
-      ks = [x for x in jax.tree.leaves(state.params) if x.ndim >= 2]
-      zeros.append(float(sum(jnp.sum(x == 0) for x in ks) / sum(x.size for x in ks)))
+      zeros.append(kernel_sparsity(state.params))
       units.append(units_cut_off(state.params))
     out[b_max] = (losses, zeros, units)
   return out
@@ -136,7 +136,7 @@ def main(argv=None) -> None:
     epochs,
     128,
     metric_fns={
-      "kernel_sparsity": kernel_sparsity,
+      "kernel_sparsity": lambda r: kernel_sparsity(r.state.params),
       "units_cut_off": lambda r: units_cut_off(r.state.params),
     },
   )
