@@ -31,7 +31,7 @@ RESULTS = os.path.join(os.path.dirname(__file__), "results")
 # Parameter-sized arrays each update reads and writes at the least (gradient,
 # state, update out): its memory traffic in units of one array, for the roofline.
 # AngularGrad: read g, m, v, g_prev, tan A; write m, v, g_prev, tan A, u. SP: 13
-# with a single counting pass (derived in bench/sp_speed.py, TRAFFIC_FLOOR).
+# with a single counting pass (derived in bench/sp_speed.py, traffic_floor).
 TRAFFIC = {
   "sgd": 2,
   "momentum": 4,
