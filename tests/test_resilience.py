@@ -120,10 +120,11 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, kill_after_checkpoints, 
 def test_old_checkpoints_go_out_of_sight_before_they_are_deleted(tmp_path):
   from train.checkpoint import Checkpointer
 
-  state = {"w": np.arange(4.0, dtype=np.float32)}
+  w = np.arange(4.0, dtype=np.float32)
+  state = {"params": {"w": w}}
   ckpt = Checkpointer(str(tmp_path), every=1, keep=2)
   for step in range(1, 5):
-    ckpt.save(step, {"w": state["w"] + step}, [{"step": step}])
+    ckpt.save(step, {"params": {"w": w + step}}, [{"step": step}])
   assert _steps(tmp_path) == [3, 4]
   assert ckpt.latest_step() == 4
   ckpt.close()
@@ -135,12 +136,8 @@ def test_old_checkpoints_go_out_of_sight_before_they_are_deleted(tmp_path):
   reopened = Checkpointer(str(tmp_path), every=1, keep=2)
   assert not (tmp_path / ".removing-2").exists()
   restored, history = reopened.restore_latest(state)
-  np.testing.assert_array_equal(restored["w"], state["w"] + 4)
+  np.testing.assert_array_equal(restored["params"]["w"], w + 4)
   assert history == [{"step": 4}]
   for step in _steps(tmp_path):
-    np.testing.assert_array_equal(_params_like(tmp_path, step), state["w"] + step)
+    np.testing.assert_array_equal(_params(tmp_path, step)["w"], w + step)
   reopened.close()
-
-
-def _params_like(ckpt_dir, step):
-  return ocp.PyTreeCheckpointer().restore(os.path.join(ckpt_dir, str(step), "state"))["w"]
