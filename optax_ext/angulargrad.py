@@ -31,7 +31,7 @@ class AngularGradState(NamedTuple):
   ref_final: optax.Updates  # reference_compat: the stored cos/tan value `final`
   # shape=(4,), float32: mean, min, max of φ_t and the fraction of entries at the
   # floor λ2, over a block of up to STATS_SAMPLE entries of every leaf (a prefix
-  # of each axis, see _sample; NaN before step 1).
+  # of each axis, see _sample; NaN before step 1 and for a tree with no entries).
   phi_stats: jax.Array
 
 
