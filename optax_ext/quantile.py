@@ -5,11 +5,12 @@ tens of millions of values per step. Sorting them (``jnp.quantile``) costs
 about a hundred optimizer updates on a CPU; this module finds the same
 threshold with a few counting passes instead.
 
-**The domain.** Values are first mapped by :func:`to_domain`: NaN and values
-above ``HIGH = 2**100`` become ``HIGH``, values below ``LOW = 2**-100``
-(negatives included) become 0. Inside it every value has an integer *key*
-(:func:`to_key`): 0 for 0, and ``bits(v) - bits(LOW) + 1`` above, so that
-keys are consecutive integers ordered like the values.
+**The domain.** Values live in ``[LOW, HIGH]`` with ``LOW = 2**-100`` and
+``HIGH = 2**100`` (:func:`to_domain`): NaN and values above ``HIGH`` become
+``HIGH``, values below ``LOW`` (zeros and negatives included) become ``LOW``.
+Inside it every value has an integer *key* (:func:`to_key`),
+``bits(v) - bits(LOW)``: consecutive integers ordered like the values, 0 for
+``LOW``.
 
 **Counting.** For a key ``k`` with value ``a`` and its successor ``b`` (the
 next representable value), ``min(x, b) - min(x, a)`` is exactly ``b - a`` (a
@@ -17,8 +18,12 @@ power of two) where ``x > a`` and exactly 0 elsewhere, so their sum divided
 by ``b - a`` is the exact number of elements above ``a`` (the partial sums are
 multiples of a power of two below ``2**24`` of it, leaves are counted in
 chunks of at most ``2**24``). It uses only ``min``, ``-`` and a sum, which the
-CPU backend fuses into one vectorised reduction: about three times faster
-than summing a comparison.
+CPU backend fuses into one vectorised reduction together with whatever
+computes ``x``: about three times faster than summing a comparison. Since
+``a >= LOW``, the count is the same on the raw values as on their domain
+images (for every key below that of ``HIGH``), so ``x`` need not be mapped
+first; a count that comes out NaN (a NaN in ``x``) is redone on
+``to_domain(x)``.
 
 **Selection.** :func:`select` keeps, per group, a bracket of keys
 ``lo < hi`` with ``count(<= lo) < T <= count(<= hi)`` (``T = kth + 1``) and
@@ -45,7 +50,7 @@ LOW = 2.0**-100
 HIGH = 2.0**100
 _LOW_BITS = int(np.float32(LOW).view(np.int32))
 _HIGH_BITS = int(np.float32(HIGH).view(np.int32))
-KEY_MAX = _HIGH_BITS - _LOW_BITS + 1  # the key of HIGH; 0 is the key of 0.0
+KEY_MAX = _HIGH_BITS - _LOW_BITS  # the key of HIGH; 0 is the key of LOW
 CHUNK = 2**24  # float32 counts are exact up to here
 MAX_PASSES = 64
 DEFAULT_STEP = 2**20  # first outward step from a warm start: 1/8 of a binade (~9%)
@@ -53,48 +58,65 @@ MIN_STEP = 2**12
 
 
 def to_domain(x: jax.Array) -> jax.Array:
-  """Maps ``x`` to float32 values in ``{0} ∪ [LOW, HIGH]``; NaN goes to ``HIGH``."""
+  """Maps ``x`` to float32 values in ``[LOW, HIGH]``; NaN goes to ``HIGH``."""
   x = x.astype(jnp.float32)
-  return jnp.where(x >= LOW, jnp.where(x <= HIGH, x, HIGH), jnp.where(x <= HIGH, 0.0, HIGH))
+  return jnp.where(x >= LOW, jnp.where(x <= HIGH, x, HIGH), jnp.where(x <= HIGH, LOW, HIGH))
 
 
 def to_key(v: jax.Array) -> jax.Array:
-  """The int32 key of a domain value (0 for 0.0, consecutive above)."""
+  """The int32 key of a domain value (0 for ``LOW`` and below, consecutive above)."""
   bits = lax.bitcast_convert_type(v.astype(jnp.float32), jnp.int32)
-  return jnp.where(v < LOW, 0, bits - _LOW_BITS + 1).astype(jnp.int32)
+  return jnp.where(v < LOW, 0, bits - _LOW_BITS).astype(jnp.int32)
 
 
 def from_key(k: jax.Array) -> jax.Array:
-  """The float32 domain value of a key (keys below 1 give 0.0)."""
+  """The float32 domain value of a key (keys below 0 give ``LOW``)."""
   k = jnp.asarray(k, jnp.int32)
-  v = lax.bitcast_convert_type(jnp.maximum(k, 1) - 1 + _LOW_BITS, jnp.float32)
-  return jnp.where(k <= 0, jnp.float32(0.0), v)
+  return lax.bitcast_convert_type(jnp.maximum(k, 0) + _LOW_BITS, jnp.float32)
 
 
-def count_above(x: jax.Array, key: jax.Array) -> jax.Array:
-  """Exact int32 number of elements of domain array ``x`` above ``from_key(key)``."""
+def count_above(x, key: jax.Array) -> jax.Array:
+  """Exact int32 number of elements of ``to_domain(x)`` above ``from_key(key)``.
+
+  ``x`` is an array or a function returning one (called where the count is
+  computed, so that the array need not exist in memory). Exact for keys
+  below :data:`KEY_MAX` (the search never counts there).
+  """
+  make = x if callable(x) else (lambda: x)
   a, b = from_key(key), from_key(key + 1)
   unit = b - a
+
+  def count(cut, domain):
+    part = cut(make()).astype(jnp.float32)
+    if domain:
+      part = to_domain(part)
+    return jnp.sum(jnp.minimum(part, b) - jnp.minimum(part, a))
+
   total = jnp.zeros([], jnp.int32)
-  for part in _chunks(x):
-    s = jnp.sum(jnp.minimum(part, b) - jnp.minimum(part, a))
+  for cut in _chunks(jax.eval_shape(make).shape):
+    s = count(cut, False)
+    # A NaN in the data: count its domain image instead, recomputed within
+    # the branch so that the common case never writes the array to memory.
+    s = lax.cond(jnp.isnan(s), lambda cut=cut: count(cut, True), lambda s=s: s)
     total = total + jnp.round(s / unit).astype(jnp.int32)
   return total
 
 
-def _chunks(x: jax.Array) -> list[jax.Array]:
-  """``x`` in pieces of at most ``CHUNK`` elements, cut along the leading axis.
+def _chunks(shape) -> list:
+  """Functions cutting an array of ``shape`` into pieces of at most ``CHUNK`` elements.
 
-  Arrays are never flattened: a reshape of an array sharded over devices
+  Pieces are cut along the leading axis. Arrays are never flattened unless a
+  single row exceeds ``CHUNK``: a reshape of an array sharded over devices
   would gather it onto every device.
   """
-  if x.size <= CHUNK:
-    return [x]
-  if x.ndim and x.size // x.shape[0] <= CHUNK:
-    rows = CHUNK // (x.size // x.shape[0])
-    return [x[i : i + rows] for i in range(0, x.shape[0], rows)]
-  flat = x.reshape(-1)  # a single row above CHUNK elements
-  return [flat[i : i + CHUNK] for i in range(0, flat.size, CHUNK)]
+  size = int(np.prod(shape))
+  if size <= CHUNK:
+    return [lambda x: x]
+  row = size // shape[0] if len(shape) and shape[0] else size
+  if len(shape) and row <= CHUNK:
+    rows = CHUNK // row
+    return [lambda x, i=i: x[i : i + rows] for i in range(0, shape[0], rows)]
+  return [lambda x, i=i: x.reshape(-1)[i : i + CHUNK] for i in range(0, size, CHUNK)]
 
 
 def _above_unit(x, key):
@@ -104,18 +126,31 @@ def _above_unit(x, key):
 
 
 def next_above(x: jax.Array, key: jax.Array) -> jax.Array:
-  """The smallest element of domain array ``x`` above ``from_key(key)`` (> HIGH if none)."""
+  """The smallest element of ``to_domain(x)`` above ``from_key(key)`` (> HIGH if none)."""
+  x = to_domain(x)
   return jnp.min(x + (1.0 - _above_unit(x, key)) * (4.0 * HIGH))
 
 
 def last_at_most(x: jax.Array, key: jax.Array) -> jax.Array:
-  """The largest element of domain array ``x`` at or below ``from_key(key)`` (< 0 if none)."""
+  """The largest element of ``to_domain(x)`` at or below ``from_key(key)`` (< 0 if none)."""
+  x = to_domain(x)
   return jnp.max(x - _above_unit(x, key) * (4.0 * HIGH))
 
 
-def count_at_most(x: jax.Array, key: jax.Array) -> jax.Array:
-  """Exact int32 number of elements of domain array ``x`` at or below ``from_key(key)``."""
-  return jnp.int32(x.size) - count_above(x, key)
+def count_at_most(x, key: jax.Array) -> jax.Array:
+  """Exact int32 number of elements of ``to_domain(x)`` at or below ``from_key(key)``.
+
+  ``x``: an array or a function returning one, as for :func:`count_above`.
+  """
+  size = int(np.prod(jax.eval_shape(x).shape)) if callable(x) else int(x.size)
+  return jnp.int32(size) - count_above(x, key)
+
+
+def _lazy(x):
+  """``(function returning the array, its size)`` for an array or a function."""
+  if callable(x):
+    return x, int(np.prod(jax.eval_shape(x).shape))
+  return (lambda: x), int(x.size)
 
 
 def select(
@@ -131,8 +166,11 @@ def select(
   """Per group, a key ``t`` with ``count(<= t)`` just at or above ``kth + 1``.
 
   Args:
-    groups: ``G`` groups, each a list of domain arrays (see :func:`to_domain`);
-      a group's elements are those of all its arrays.
+    groups: ``G`` groups, each a list of arrays or of functions returning
+      one; a group's elements are the domain images (:func:`to_domain`) of
+      all its arrays. A function is called inside each counting pass, so
+      that the array is computed within the pass from its own inputs and
+      never written to memory.
     kth: ``(G,)`` int32, the 0-based rank sought in each group.
     allowed: ``(G,)`` int32: a group is done once ``count(<= t) - (kth + 1)``
       is at most this (0: the same elements as the exact ``kth`` smallest).
@@ -151,7 +189,8 @@ def select(
     of counting passes run.
   """
   n_groups = len(groups)
-  sizes_py = [sum(int(x.size) for x in g) for g in groups]
+  groups = [[_lazy(x) for x in g] for g in groups]
+  sizes_py = [sum(size for _, size in g) for g in groups]
   sizes = jnp.asarray(sizes_py, jnp.int32)
   target = kth.astype(jnp.int32) + 1
   if allowed is None:
@@ -160,7 +199,7 @@ def select(
   else:
     allowed = jnp.asarray(allowed, jnp.int32)
     aim_extra = 0.5 * allowed.astype(jnp.float32) + 0.5
-  leaf_sizes = [jnp.asarray([x.size for x in g], jnp.int32) for g in groups]
+  leaf_sizes = [jnp.asarray([size for _, size in g], jnp.int32) for g in groups]
 
   def done(c):
     lo, hi, c_hi = c["lo"], c["hi"], c["c_hi"]
@@ -207,12 +246,12 @@ def select(
     for g, arrays in enumerate(groups):
 
       def count_group(arrays=arrays, g=g):
-        per = jnp.stack([count_at_most(x, cand[g]) for x in arrays])
+        per = jnp.stack([count_at_most(x, cand[g]) for x, _ in arrays])
         return jnp.sum(per, dtype=jnp.int32), per, big, -big
 
       def snap_group(arrays=arrays, g=g):
-        nxt = jnp.min(jnp.stack([next_above(x, c["lo"][g]) for x in arrays]))
-        last = jnp.max(jnp.stack([last_at_most(x, c["hi"][g]) for x in arrays]))
+        nxt = jnp.min(jnp.stack([next_above(x(), c["lo"][g]) for x, _ in arrays]))
+        last = jnp.max(jnp.stack([last_at_most(x(), c["hi"][g]) for x, _ in arrays]))
         return zero_i, jnp.zeros((len(arrays),), jnp.int32), nxt, last
 
       def skip(arrays=arrays):

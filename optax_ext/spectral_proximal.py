@@ -148,7 +148,13 @@ def _secant_sums(make_s, make_y):
 
 
 def _damping_step(grads, state, params, scope, b_max, secant):
-  """Returns ``(B⁻¹ per leaf (array or scalar), new state)``."""
+  """Returns ``(per-leaf functions giving B⁻¹ (array or scalar), new state)``.
+
+  ``B⁻¹`` is not built here: each function rebuilds it from the parameters and
+  the stored previous parameters wherever it is called, so that every
+  consumer computes it inside its own fused loop and no parameter-sized
+  intermediate (``s``, ``B⁻¹``) is written to memory.
+  """
   if params is None:
     raise ValueError("spectral damping needs `params` (the current parameters) in update")
   ct = lambda x: x.astype(jnp.promote_types(x.dtype, jnp.float32))
@@ -156,38 +162,52 @@ def _damping_step(grads, state, params, scope, b_max, secant):
   p_l, g_l = treedef.flatten_up_to(params), treedef.flatten_up_to(grads)
   pp_l, pg_l = treedef.flatten_up_to(state.prev_params), treedef.flatten_up_to(state.prev_grads)
 
+  # The sums are taken over -s and -y (the same sums, exactly): written as
+  # θ_prev - θ, the difference is not merged with the θ - θ_prev of B⁻¹, which
+  # XLA would then write to memory once for both loops instead of fusing it.
   def make_s():
     if secant == "delta":
-      return [ct(p) - ct(q) for p, q in zip(p_l, pp_l)]
+      return [ct(q) - ct(p) for p, q in zip(p_l, pp_l)]
     return [ct(p) for p in p_l]  # the published code's effective rule: s = θ, y = g
 
   def make_y():
     if secant == "delta":
-      return [ct(g) - ct(h) for g, h in zip(g_l, pg_l)]
+      return [ct(h) - ct(g) for g, h in zip(g_l, pg_l)]
     return [ct(g) for g in g_l]
 
+  def leaf_s(i):
+    return ct(p_l[i]) - ct(pp_l[i]) if secant == "delta" else ct(p_l[i])
+
   first = state.count == 0
-  leaves_s = make_s()
+  n = len(p_l)
   if scope == "global":
-    per_leaf = [_secant_sums(make_s, make_y)] * len(leaves_s)
+    per_leaf = [_secant_sums(make_s, make_y)] * n
   else:
     per_leaf = [
-      _secant_sums(lambda i=i: [make_s()[i]], lambda i=i: [make_y()[i]])
-      for i in range(len(leaves_s))
+      _secant_sums(lambda i=i: [make_s()[i]], lambda i=i: [make_y()[i]]) for i in range(n)
     ]
 
-  binvs, diag_flags, mins, maxs = [], [], [], []
-  for x, (sigma, a, b, c4) in zip(leaves_s, per_leaf):
+  binv_fns, diag_flags, mins, maxs = [], [], [], []
+  for i, (sigma, a, b, c4) in enumerate(per_leaf):
     safe = jnp.where(sigma > 0, sigma, 1.0)
     moved = (sigma > 0) & ~first
     diag_case = moved & (sigma * a > b)  # sᵀs > sᵀy
     # ω s_i² = ω̂ ŝ_i² with ω̂ = ω σ² = (Σŝ² − Σŝy/σ) / Σŝ⁴, bounded to stay finite.
     omega_hat = jnp.clip((a - b / safe) / jnp.where(c4 > 0, c4, 1.0), 0.0, 1e30)
     scalar = jnp.clip(safe * a / jnp.where(b > 0, b, 1.0), 1.0 / b_max, b_max)
-    sh2 = jnp.square(x / safe)
-    diag = jnp.clip(1.0 + omega_hat * sh2, 1.0 / b_max, b_max)
-    binv = jnp.where(diag_case, diag, jnp.where(moved, scalar, 1.0))
-    binvs.append(binv)
+    # B⁻¹ = base + w (1 + ω̂ŝ²) with scalars w in {0, 1} and base: the case
+    # chosen per leaf without a select per entry (1 + ω̂ŝ² >= 1 >= 1/b_max, so
+    # only the upper bound applies): loops with no select, clamp or division
+    # fuse into one vectorised reduction on the CPU backend.
+    inv_sigma = 1.0 / safe
+    w = diag_case.astype(safe.dtype)
+    base = jnp.where(diag_case, 0.0, jnp.where(moved, scalar, 1.0)).astype(safe.dtype)
+
+    def binv_fn(i=i, w=w, base=base, omega_hat=omega_hat, inv_sigma=inv_sigma):
+      sh = leaf_s(i) * inv_sigma
+      return base + w * jnp.minimum(1.0 + omega_hat * (sh * sh), b_max)
+
+    binv_fns.append(binv_fn)
     diag_flags.append(jnp.where(diag_case, 1, jnp.where(moved, 0, -1)).astype(jnp.int32))
     # The range of B⁻¹ without another pass over the leaf: 1 + ω̂ŝ² spans
     # [1, 1 + ω̂] (max ŝ² = 1), clipped; the scalar case is one value.
@@ -205,7 +225,7 @@ def _damping_step(grads, state, params, scope, b_max, secant):
     binv_min=unflat(mins),
     binv_max=unflat(maxs),
   )
-  return unflat(binvs), new_state
+  return binv_fns, new_state
 
 
 def _check_damping_args(scope, b_max, secant):
@@ -261,9 +281,10 @@ def scale_by_spectral_damping(
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
-    binv, new_state = _damping_step(updates, state, params, scope, b_max, secant)
-    out = jax.tree.map(lambda g, bi: (bi * g).astype(g.dtype), updates, binv)
-    return out, new_state
+    binv_fns, new_state = _damping_step(updates, state, params, scope, b_max, secant)
+    leaves, treedef = jax.tree.flatten(updates)
+    out = [(f() * g).astype(g.dtype) for f, g in zip(binv_fns, leaves)]
+    return jax.tree.unflatten(treedef, out), new_state
 
   return optax.GradientTransformationExtraArgs(_damping_init, update_fn)
 
@@ -298,41 +319,45 @@ def _proximal_init(params):
   )
 
 
-def _proximal_step(updates, state, params, binv, sparsity, scope, quantile, mask):
+def _proximal_step(u_fns, weight_fns, treedef, state, params, sparsity, scope, quantile, mask):
+  """The pruned step, from per-leaf functions giving the step ``u`` and ``B ⊙ u²/2``.
+
+  The functions are called wherever a value is needed (in each counting
+  pass and in the final select), so that the saliency is recomputed inside
+  each fused loop from the step's inputs rather than stored.
+  """
   if params is None:
     raise ValueError("saliency_proximal needs `params` (the current parameters) in update")
-  u_leaves, treedef = jax.tree.flatten(updates)
   p_leaves = treedef.flatten_up_to(params)
-  b_leaves = treedef.flatten_up_to(binv) if binv is not None else [None] * len(u_leaves)
+  u_shapes = [jax.eval_shape(f) for f in u_fns]
   flags = _mask_leaves(mask, params)
   old = [
     treedef.flatten_up_to(x) for x in (state.threshold, state.step, state.density, state.pruned)
   ]
 
   # Saliency S = B u²/2 c²/2 in float32, mapped into the counting domain.
-  sal = [None] * len(u_leaves)
-  for i, (u, prm, bi, on) in enumerate(zip(u_leaves, p_leaves, b_leaves, flags)):
-    if on and u.size:
-      uf = u.astype(jnp.float32)
-      c = prm.astype(jnp.float32) + uf
-      s = (uf * uf * 0.5) * (c * c * 0.5)
-      if bi is not None:
-        s = s / jnp.asarray(bi, jnp.float32)  # B = 1 / B⁻¹
-      sal[i] = quantile_lib.to_domain(s)
+  def saliency(i):  # S = B u²/2 c²/2, before the domain map (the count applies it)
+    c = p_leaves[i].astype(jnp.float32) + u_fns[i]().astype(jnp.float32)
+    return weight_fns[i]() * (c * c * 0.5)
+
+  sal = [None] * len(u_fns)
+  for i, (shape, on) in enumerate(zip(u_shapes, flags)):
+    if on and shape.size:
+      sal[i] = lambda i=i: saliency(i)
   active = [i for i, x in enumerate(sal) if x is not None]
   groups = [active] if (scope == "global" and active) else [[i] for i in active]
 
   p = jnp.asarray(sparsity, jnp.float32)
   new_thr, new_step, new_dens, pruned_frac = (list(x) for x in old)
-  for i in range(len(u_leaves)):
+  for i in range(len(u_fns)):
     pruned_frac[i] = jnp.zeros([], jnp.float32)
     if sal[i] is None:  # outside the mask: nothing pruned, no threshold
       new_thr[i] = jnp.zeros([], jnp.float32)
   passes = jnp.zeros([], jnp.int32)
-  keep_u = list(u_leaves)
+  keep_u = [None] * len(u_fns)
   n_pruned, n_masked = jnp.zeros([], jnp.float32), 0
   if groups:
-    sizes = [sum(sal[i].size for i in g) for g in groups]
+    sizes = [sum(u_shapes[i].size for i in g) for g in groups]
     size_f = jnp.asarray(sizes, jnp.float32)
     kth = jnp.floor(p * (size_f - 1.0)).astype(jnp.int32)
     if quantile == "fast":
@@ -355,12 +380,14 @@ def _proximal_step(updates, state, params, binv, sparsity, scope, quantile, mask
     on = p > 0  # sparsity 0 prunes nothing
     for gi, g in enumerate(groups):
       for j, i in enumerate(g):
-        prune = (sal[i] <= thr[gi]) & on
-        keep_u[i] = jnp.where(prune, -p_leaves[i].astype(u_leaves[i].dtype), u_leaves[i])
+        u = u_fns[i]()
+        prune = (quantile_lib.to_domain(sal[i]()) <= thr[gi]) & on
+        keep_u[i] = jnp.where(prune, -p_leaves[i].astype(u.dtype), u)
         cnt = jnp.where(on, leaf_counts[gi][j], 0).astype(jnp.float32)
-        pruned_frac[i] = cnt / sal[i].size
-        n_pruned, n_masked = n_pruned + cnt, n_masked + sal[i].size
+        pruned_frac[i] = cnt / u_shapes[i].size
+        n_pruned, n_masked = n_pruned + cnt, n_masked + u_shapes[i].size
         new_thr[i], new_step[i], new_dens[i] = thr[gi], step[gi], dens[gi]
+  keep_u = [f() if k is None else k for f, k in zip(u_fns, keep_u)]
   unflat = lambda xs: jax.tree.unflatten(treedef, xs)
   new_state = SaliencyProximalState(
     count=optax.safe_increment(state.count),
@@ -455,7 +482,12 @@ def saliency_proximal(
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
-    return _proximal_step(updates, state, params, None, sparsity, scope, quantile, mask)
+    leaves, treedef = jax.tree.flatten(updates)
+    u_fns = [lambda u=u: u for u in leaves]
+    weight_fns = [lambda u=u: jnp.square(u.astype(jnp.float32)) * 0.5 for u in leaves]
+    return _proximal_step(
+      u_fns, weight_fns, treedef, state, params, sparsity, scope, quantile, mask
+    )
 
   return optax.GradientTransformationExtraArgs(_proximal_init, update_fn)
 
@@ -470,14 +502,20 @@ def _scale_by_sp(learning_rate, sparsity, scope, b_max, secant, quantile, mask):
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
-    binv, dstate = _damping_step(updates, state.damping, params, scope, b_max, secant)
+    binv_fns, dstate = _damping_step(updates, state.damping, params, scope, b_max, secant)
     if callable(learning_rate):
       lr = learning_rate(state.damping.count)
     else:
       lr = learning_rate
-    step = jax.tree.map(lambda g, bi: (-lr * bi * g).astype(g.dtype), updates, binv)
+    leaves, treedef = jax.tree.flatten(updates)
+    u_fns = [lambda g=g, f=f: (-lr * f() * g).astype(g.dtype) for g, f in zip(leaves, binv_fns)]
+    # B u²/2 = B⁻¹ (λg)²/2: the same value without a division per entry.
+    weight_fns = [
+      lambda g=g, f=f: jnp.square(lr * g.astype(jnp.float32)) * 0.5 * f()
+      for g, f in zip(leaves, binv_fns)
+    ]
     new_u, pstate = _proximal_step(
-      step, state.proximal, params, binv, sparsity, scope, quantile, mask
+      u_fns, weight_fns, treedef, state.proximal, params, sparsity, scope, quantile, mask
     )
     return new_u, SPState(dstate, pstate)
 
@@ -547,8 +585,10 @@ def sp(
   _checks.check_range("momentum", momentum, 0.0, 1.0, high_open=True)
   _check_damping_args(scope, b_max, secant)
   _check_proximal_args(sparsity, scope, quantile)
+  # Without momentum the trace is the gradient itself: no state, no pass.
+  no_momentum = isinstance(momentum, (int, float)) and momentum == 0
   return optax.chain(
-    optax.trace(decay=momentum, nesterov=nesterov),
+    optax.identity() if no_momentum else optax.trace(decay=momentum, nesterov=nesterov),
     _scale_by_sp(learning_rate, sparsity, scope, b_max, secant, quantile, mask),
   )
 

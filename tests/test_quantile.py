@@ -14,7 +14,7 @@ from optax_ext import quantile as q_lib
 def np_domain(x):
   """NumPy transcription of the documented domain map."""
   x = np.asarray(x, np.float32)
-  out = np.where(x >= q_lib.LOW, np.minimum(x, np.float32(q_lib.HIGH)), 0.0)
+  out = np.where(x >= q_lib.LOW, np.minimum(x, np.float32(q_lib.HIGH)), np.float32(q_lib.LOW))
   return np.where(np.isnan(x), np.float32(q_lib.HIGH), out).astype(np.float32)
 
 
@@ -133,12 +133,23 @@ def test_counts_are_exact_when_arrays_are_counted_in_chunks(monkeypatch, shape):
 
 
 def test_keys_are_consecutive_and_ordered_like_the_values():
-  v = jnp.asarray(
-    [0.0, q_lib.LOW, np.nextafter(np.float32(q_lib.LOW), np.float32(1)), 1.0, q_lib.HIGH],
-    jnp.float32,
-  )
+  low_next = np.nextafter(np.float32(q_lib.LOW), np.float32(1))
+  v = jnp.asarray([q_lib.LOW, low_next, np.nextafter(low_next, np.float32(1)), 1.0, q_lib.HIGH])
   k = np.asarray(q_lib.to_key(v))
   assert list(k[:3]) == [0, 1, 2] and k[-1] == q_lib.KEY_MAX and np.all(np.diff(k) > 0)
   np.testing.assert_array_equal(q_lib.from_key(jnp.asarray(k)), v)
-  d = q_lib.to_domain(jnp.asarray([-1.0, 1e-35, np.nan, np.inf, 2.5], jnp.float32))
-  np.testing.assert_array_equal(d, [0.0, 0.0, q_lib.HIGH, q_lib.HIGH, 2.5])
+  d = q_lib.to_domain(jnp.asarray([-1.0, 0.0, 1e-35, np.nan, np.inf, 2.5], jnp.float32))
+  np.testing.assert_array_equal(d, [q_lib.LOW] * 3 + [q_lib.HIGH, q_lib.HIGH, 2.5])
+
+
+@settings(max_examples=30, deadline=None)
+@given(x=saliencies(), key_frac=st.floats(0.0, 1.0))
+def test_counts_of_raw_values_and_of_functions_equal_those_of_the_domain_image(x, key_frac):
+  # The count reads raw values (NaN falls back to the domain image) and may
+  # take a function instead of an array: the same number either way.
+  key = jnp.int32(int(key_frac * (q_lib.KEY_MAX - 1)))
+  want = np.sum(np_domain(x) > np.float32(q_lib.from_key(key)))
+  raw = jnp.asarray(x)
+  assert int(jax.jit(q_lib.count_above)(raw, key)) == want
+  assert int(jax.jit(lambda k: q_lib.count_above(lambda: raw * 1.0, k))(key)) == want
+  assert int(q_lib.count_at_most(lambda: raw, key)) == x.size - want
