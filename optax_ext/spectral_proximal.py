@@ -126,25 +126,37 @@ def _scaled_sums(leaves_s, leaves_y, sigma):
   return a, b, c4
 
 
-def _secant_sums(make_s, make_y):
-  """``(σ, Σŝ², Σŝy, Σŝ⁴)`` with ``σ = max|s|``, ``ŝ = s/σ``, over the given leaves.
+def _secant_sums(make_s, make_y, groups):
+  """Per group of leaves, ``(σ, Σŝ², Σŝy, Σŝ⁴)`` with ``σ = max|s|``, ``ŝ = s/σ``.
 
-  Computed in one pass from the unscaled sums when ``σ`` is in [1e-9, 1e9] and
-  they are finite (the usual case); otherwise a second, scaled pass runs.
+  Computed in one pass from the unscaled sums wherever ``σ`` is in [1e-9, 1e9]
+  and they are finite (the usual case). Only if some group is outside that
+  range does a second, scaled pass run, under a single conditional for the
+  whole tree (one per leaf measured ~0.6x an Adam update on a ResNet-50 tree).
   """
-  # s and y are rebuilt inside each branch from the inputs, so that neither is
+  # s and y are rebuilt inside the branch from the inputs, so that neither is
   # written to memory as an operand of the conditional.
   raw = [_raw_sums(x, yy) for x, yy in zip(make_s(), make_y())]
-  sigma = jnp.max(jnp.stack([r[0] for r in raw]))
-  big_a, big_b, big_c = (sum(r[i] for r in raw) for i in (1, 2, 3))
-  ok = (sigma >= 1e-9) & (sigma <= 1e9) & jnp.isfinite(big_a + big_b + big_c)
-  safe = jnp.where(ok, sigma, 1.0)
+  out, oks = [], []
+  for g in groups:
+    sigma = jnp.max(jnp.stack([raw[i][0] for i in g]))
+    big_a, big_b, big_c = (sum(raw[i][k] for i in g) for k in (1, 2, 3))
+    ok = (sigma >= 1e-9) & (sigma <= 1e9) & jnp.isfinite(big_a + big_b + big_c)
+    safe = jnp.where(ok, sigma, 1.0)
+    out.append((sigma, big_a / safe**2, big_b / safe, (big_c / safe**2) / safe**2))
+    oks.append(ok)
+  oks = jnp.stack(oks)
 
-  def from_raw():
-    return big_a / safe**2, big_b / safe, (big_c / safe**2) / safe**2
+  def scaled():
+    leaves_s, leaves_y = make_s(), make_y()
+    res = []
+    for g, (sigma, a, b, c4), ok in zip(groups, out, oks):
+      sa, sb, sc = _scaled_sums([leaves_s[i] for i in g], [leaves_y[i] for i in g], sigma)
+      res.append((jnp.where(ok, a, sa), jnp.where(ok, b, sb), jnp.where(ok, c4, sc)))
+    return res
 
-  a, b, c4 = lax.cond(ok, from_raw, lambda: _scaled_sums(make_s(), make_y(), sigma))
-  return sigma, a, b, c4
+  fixed = lax.cond(jnp.all(oks), lambda: [o[1:] for o in out], scaled)
+  return [(o[0], *f) for o, f in zip(out, fixed)]
 
 
 def _damping_step(grads, state, params, scope, b_max, secant):
@@ -181,11 +193,9 @@ def _damping_step(grads, state, params, scope, b_max, secant):
   first = state.count == 0
   n = len(p_l)
   if scope == "global":
-    per_leaf = [_secant_sums(make_s, make_y)] * n
+    per_leaf = _secant_sums(make_s, make_y, [list(range(n))]) * n
   else:
-    per_leaf = [
-      _secant_sums(lambda i=i: [make_s()[i]], lambda i=i: [make_y()[i]]) for i in range(n)
-    ]
+    per_leaf = _secant_sums(make_s, make_y, [[i] for i in range(n)])
 
   binv_fns, diag_flags, mins, maxs = [], [], [], []
   for i, (sigma, a, b, c4) in enumerate(per_leaf):
