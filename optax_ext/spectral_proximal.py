@@ -329,7 +329,9 @@ def _proximal_init(params):
   )
 
 
-def _proximal_step(u_fns, weight_fns, treedef, state, params, sparsity, scope, quantile, mask):
+def _proximal_step(
+  u_fns, weight_fns, treedef, state, params, sparsity, scope, quantile, mask, recompute=False
+):
   """The pruned step, from per-leaf functions giving the step ``u`` and ``B ⊙ u²/2``.
 
   The functions are called wherever a value is needed (in each counting
@@ -350,10 +352,20 @@ def _proximal_step(u_fns, weight_fns, treedef, state, params, sparsity, scope, q
     c = p_leaves[i].astype(jnp.float32) + u_fns[i]().astype(jnp.float32)
     return weight_fns[i]() * (c * c * 0.5)
 
+  # Recomputing the saliency in every counting pass reads the step's inputs
+  # again each time; writing it once costs those reads plus a write, and
+  # one read per pass. The fast mode inside sp() (three inputs, usually one
+  # pass) recomputes; the exact mode (a dozen passes or more) and the stage
+  # after another optimizer (two inputs) write it once.
+  recompute = quantile == "fast" and recompute
   sal = [None] * len(u_fns)
   for i, (shape, on) in enumerate(zip(u_shapes, flags)):
     if on and shape.size:
-      sal[i] = lambda i=i: saliency(i)
+      if recompute:
+        sal[i] = lambda i=i: saliency(i)
+      else:
+        sal_i = saliency(i)
+        sal[i] = lambda sal_i=sal_i: sal_i
   active = [i for i, x in enumerate(sal) if x is not None]
   groups = [active] if (scope == "global" and active) else [[i] for i in active]
 
@@ -525,7 +537,16 @@ def _scale_by_sp(learning_rate, sparsity, scope, b_max, secant, quantile, mask):
       for g, f in zip(leaves, binv_fns)
     ]
     new_u, pstate = _proximal_step(
-      u_fns, weight_fns, treedef, state.proximal, params, sparsity, scope, quantile, mask
+      u_fns,
+      weight_fns,
+      treedef,
+      state.proximal,
+      params,
+      sparsity,
+      scope,
+      quantile,
+      mask,
+      recompute=True,
     )
     return new_u, SPState(dstate, pstate)
 
