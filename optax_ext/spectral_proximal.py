@@ -136,6 +136,8 @@ def _secant_sums(make_s, make_y, groups):
   """
   # s and y are rebuilt inside the branch from the inputs, so that neither is
   # written to memory as an operand of the conditional.
+  if not groups:
+    return []
   raw = [_raw_sums(x, yy) for x, yy in zip(make_s(), make_y())]
   out, oks = [], []
   for g in groups:
@@ -193,7 +195,7 @@ def _damping_step(grads, state, params, scope, b_max, secant):
   first = state.count == 0
   n = len(p_l)
   if scope == "global":
-    per_leaf = _secant_sums(make_s, make_y, [list(range(n))]) * n
+    per_leaf = _secant_sums(make_s, make_y, [list(range(n))] if n else []) * n
   else:
     per_leaf = _secant_sums(make_s, make_y, [[i] for i in range(n)])
 
