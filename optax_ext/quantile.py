@@ -142,15 +142,17 @@ def count_at_most(x, key: jax.Array) -> jax.Array:
 
   ``x``: an array or a function returning one, as for :func:`count_above`.
   """
-  size = int(np.prod(jax.eval_shape(x).shape)) if callable(x) else int(x.size)
-  return jnp.int32(size) - count_above(x, key)
+  return jnp.int32(_size(x)) - count_above(x, key)
+
+
+def _size(x) -> int:
+  """The number of elements of an array, or of the array a function returns."""
+  return int(np.prod(jax.eval_shape(x).shape)) if callable(x) else int(x.size)
 
 
 def _lazy(x):
   """``(function returning the array, its size)`` for an array or a function."""
-  if callable(x):
-    return x, int(np.prod(jax.eval_shape(x).shape))
-  return (lambda: x), int(x.size)
+  return (x if callable(x) else (lambda: x)), _size(x)
 
 
 def select(
