@@ -6,9 +6,10 @@ from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from optax_ext import _checks, _diagnostics
+from optax_ext import _checks, _diagnostics, _fusion
 
 
 class AngularGradState(NamedTuple):
@@ -200,12 +201,55 @@ def scale_by_angulargrad(
     weight decay to the gradient (L2); :func:`angulargrad`'s ``weight_decay``
     stays decoupled in this mode too.
   """
+  _check_args(method, b1, b2, eps, lambda1, lambda2)
+  return _transform(method, b1, b2, eps, lambda1, lambda2, mu_dtype, reference_compat)
+
+
+def _check_args(method, b1, b2, eps, lambda1, lambda2):
   _checks.check_choice("method", method, ("cos", "tan"))
   _checks.check_range("b1", b1, 0.0, 1.0, high_open=True)
   _checks.check_range("b2", b2, 0.0, 1.0, high_open=True)
   _checks.check_positive("eps", eps)
   _checks.check_nonnegative("lambda1", lambda1)
   _checks.check_nonnegative("lambda2", lambda2)
+
+
+def _leaf_flags(mask, params, treedef):
+  """Per leaf of ``params``: whether weight decay applies (``optax.masked`` rules)."""
+  if mask is None:
+    return [True] * treedef.num_leaves
+  tree = mask(params) if callable(mask) else mask
+  # A mask may be a prefix of the parameter tree: each of its leaves covers a subtree.
+  full = jax.tree.map(lambda m, sub: jax.tree.map(lambda _: m, sub), tree, params)
+  flags = treedef.flatten_up_to(full)
+  for f in flags:
+    if not isinstance(f, (bool, np.bool_)):
+      raise TypeError(f"mask leaves must be Python booleans, got {type(f).__name__}.")
+  return [bool(f) for f in flags]
+
+
+def _transform(
+  method,
+  b1,
+  b2,
+  eps,
+  lambda1,
+  lambda2,
+  mu_dtype,
+  reference_compat,
+  learning_rate=None,
+  weight_decay=0.0,
+  mask=None,
+) -> optax.GradientTransformationExtraArgs:
+  """The AngularGrad direction, and with ``learning_rate`` the whole step.
+
+  With ``learning_rate`` (a number or a schedule of the step count) the update
+  is ``-lr_t · (direction + wd_t · params)`` on the leaves ``mask`` selects
+  (``direction`` elsewhere), the same numbers as ``optax.chain`` of this
+  direction, ``optax.add_decayed_weights`` and ``optax.scale_by_learning_rate``
+  but formed in the pass that writes the state, so that the step costs no
+  extra pass over memory.
+  """
   mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
 
   def init_fn(params):
@@ -221,26 +265,46 @@ def scale_by_angulargrad(
       phi_stats=jnp.full((4,), jnp.nan, jnp.float32),
     )
 
+  decays = not (isinstance(weight_decay, (int, float)) and weight_decay == 0.0)
+
+  def step_fns(updates, state, params):
+    """Per leaf, ``f(direction, param)`` giving the update this transform returns,
+    and the parameter leaves it reads (``None`` where it reads none)."""
+    n = jax.tree.structure(updates).num_leaves
+    if learning_rate is None:
+      return [lambda d, p: d] * n, [None] * n
+    lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
+
+    def plain(d, p):
+      return jnp.asarray(-lr, d.dtype) * d
+
+    if not decays:
+      return [plain] * n, [None] * n
+    if params is None:
+      raise ValueError("angulargrad with weight_decay needs `params` in update().")
+    wd = weight_decay(state.count) if callable(weight_decay) else weight_decay
+
+    def decayed(d, p):
+      return jnp.asarray(-lr, d.dtype) * (d + wd * p).astype(d.dtype)
+
+    treedef = jax.tree.structure(updates)
+    flags = _leaf_flags(mask, params, treedef)
+    return [decayed if f else plain for f in flags], treedef.flatten_up_to(params)
+
   def update_fn(updates, state, params=None, **extra_args):
-    del params, extra_args
+    del extra_args
+    steps = step_fns(updates, state, params)
     mu = optax.tree.update_moment(updates, state.mu, b1, 1)
     nu = optax.tree.update_moment_per_elem_norm(updates, state.nu, b2, 2)
     count = optax.safe_increment(state.count)
     if reference_compat:
-      new_updates, fields, phi_sample = _reference_step(updates, state, mu, nu, count)
+      new_updates, fields, phi_sample = _reference_step(updates, state, mu, nu, count, steps)
     else:
-      new_updates, fields, phi_sample = _paper_step(updates, state, mu, nu, count)
-    new_state = AngularGradState(
-      count=count,
-      mu=optax.tree.cast(mu, mu_dtype),
-      nu=nu,
-      prev_grad=optax.tree.cast_like(updates, state.prev_grad),
-      phi_stats=_stats(phi_sample),
-      **fields,
-    )
+      new_updates, fields, phi_sample = _paper_step(updates, state, mu, nu, count, steps)
+    new_state = AngularGradState(count=count, phi_stats=_stats(phi_sample), **fields)
     return new_updates, new_state
 
-  def _paper_step(updates, state, mu, nu, count):
+  def _paper_step(updates, state, mu, nu, count, steps):
     first = count == 1  # A_min = A_1: there is no A_0
     inv_bc1 = 1.0 / (1.0 - jnp.asarray(b1) ** count)
     inv_sqrt_bc2 = jax.lax.rsqrt(1.0 - jnp.asarray(b2) ** count)
@@ -262,20 +326,36 @@ def scale_by_angulargrad(
       ct = _compute_dtype(g)
       return _tan_of_angle(g.astype(ct), g_prev.astype(ct)).astype(tan_prev.dtype)
 
-    new_updates = jax.tree.map(direction, updates, state.prev_grad, state.tan_angle, mu, nu)
-    tan_angle = jax.tree.map(tangent, updates, state.prev_grad, state.tan_angle)
+    def outputs(g, g_prev, tan_prev, m, v, step, p):
+      # Every array this leaf writes, in one pass over memory where the
+      # compiler would otherwise give each its own loop (see _fusion).
+      return _fusion.one_pass(
+        step(direction(g, g_prev, tan_prev, m, v), p),
+        tangent(g, g_prev, tan_prev),
+        m if mu_dtype is None else m.astype(mu_dtype),
+        v,
+        g.astype(g_prev.dtype),
+      )
+
+    treedef = jax.tree.structure(updates)
+    leaves = [treedef.flatten_up_to(t) for t in (updates, state.prev_grad, state.tan_angle, mu, nu)]
+    out = [outputs(*xs) for xs in zip(*leaves, *steps)]
+    new_updates, tan_angle, mu, nu, prev_grad = (
+      treedef.unflatten([o[i] for o in out]) for i in range(5)
+    )
     phi_sample = [
       _leaf_stats(phi_of(_sample(g), _sample(gp), _sample(tp))[0], lambda2)
       for g, gp, tp in zip(
         *(jax.tree.leaves(t) for t in (updates, state.prev_grad, state.tan_angle))
       )
     ]
-    return new_updates, {"tan_angle": tan_angle, "ref_angle": (), "ref_final": ()}, phi_sample
+    fields = {"mu": mu, "nu": nu, "prev_grad": prev_grad, "tan_angle": tan_angle}
+    return new_updates, {**fields, "ref_angle": (), "ref_final": ()}, phi_sample
 
-  def _reference_step(updates, state, mu, nu, count):
+  def _reference_step(updates, state, mu, nu, count, steps):
     step_scale = jnp.sqrt(1.0 - jnp.asarray(b2) ** count) / (1.0 - jnp.asarray(b1) ** count)
 
-    def leaf(g, g_prev, stored, final, m, v):
+    def leaf(g, g_prev, stored, final, m, v, step, p):
       ct = _compute_dtype(g)
       gf, gp = g.astype(ct), g_prev.astype(ct)
       tan = jnp.abs((gp - gf) / (1.0 + gp * gf))  # literal, as published
@@ -287,16 +367,22 @@ def scale_by_angulargrad(
       final = jnp.where(replace, current.astype(final.dtype), final)
       phi = jnp.tanh(jnp.abs(final.astype(ct))) * lambda1 + lambda2
       u = step_scale.astype(ct) * (m.astype(ct) * phi) / (jnp.sqrt(v.astype(ct)) + eps)
-      return u.astype(g.dtype), stored, final, _leaf_stats(_sample(phi), lambda2)
+      return step(u.astype(g.dtype), p), stored, final, _leaf_stats(_sample(phi), lambda2)
 
     treedef = jax.tree.structure(updates)
     args = [
       treedef.flatten_up_to(t)
       for t in (updates, state.prev_grad, state.ref_angle, state.ref_final, mu, nu)
     ]
-    out = [leaf(*xs) for xs in zip(*args)]
+    out = [leaf(*xs) for xs in zip(*args, *steps)]
     u, stored, final = (jax.tree.unflatten(treedef, [o[i] for o in out]) for i in range(3))
-    return u, {"tan_angle": (), "ref_angle": stored, "ref_final": final}, [o[3] for o in out]
+    fields = {
+      "mu": optax.tree.cast(mu, mu_dtype),
+      "nu": nu,
+      "prev_grad": optax.tree.cast_like(updates, state.prev_grad),
+      "tan_angle": (),
+    }
+    return u, {**fields, "ref_angle": stored, "ref_final": final}, [o[3] for o in out]
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -338,7 +424,14 @@ def angulargrad(
       :func:`scale_by_angulargrad`).
 
   Returns:
-    A :class:`optax.GradientTransformationExtraArgs`.
+    A :class:`optax.GradientTransformationExtraArgs` with the state and the
+    updates of ``optax.chain(scale_by_angulargrad(...),
+    optax.add_decayed_weights(weight_decay, mask),
+    optax.scale_by_learning_rate(learning_rate))`` (so ``state[0]`` is the
+    :class:`AngularGradState`), but the update is formed in the same pass over
+    memory as the state, where a chain spends one more pass on the learning
+    rate on CPU. Schedules are evaluated at the number of steps taken before
+    this one, as optax's are.
 
   Examples:
     >>> import jax, jax.numpy as jnp, optax
@@ -360,13 +453,36 @@ def angulargrad(
   """
   _checks.check_learning_rate(learning_rate)
   _checks.check_nonnegative("weight_decay", weight_decay)
-  return optax.chain(
-    scale_by_angulargrad(
-      method, b1, b2, eps, lambda1, lambda2, mu_dtype, reference_compat=reference_compat
-    ),
-    optax.add_decayed_weights(weight_decay, mask),
-    optax.scale_by_learning_rate(learning_rate),
+  _check_args(method, b1, b2, eps, lambda1, lambda2)
+  direction = _transform(method, b1, b2, eps, lambda1, lambda2, mu_dtype, reference_compat)
+  decay = optax.add_decayed_weights(weight_decay, mask)
+  scale = optax.scale_by_learning_rate(learning_rate)
+  as_chain = optax.chain(direction, decay, scale)
+  # The same numbers and the same state as `as_chain`, but the update is formed
+  # in the pass that writes AngularGrad's state (see _transform).
+  whole_step = _transform(
+    method,
+    b1,
+    b2,
+    eps,
+    lambda1,
+    lambda2,
+    mu_dtype,
+    reference_compat,
+    learning_rate=learning_rate,
+    weight_decay=weight_decay,
+    mask=mask,
   )
+
+  def update_fn(updates, state, params=None, **extra_args):
+    new_updates, ag_state = whole_step.update(updates, state[0], params, **extra_args)
+    # The other stages only count steps here; the arrays they would compute are
+    # unused, and the compiler drops them.
+    _, decay_state = decay.update(updates, state[1], params)
+    _, scale_state = scale.update(updates, state[2], params)
+    return new_updates, (ag_state, decay_state, scale_state)
+
+  return optax.GradientTransformationExtraArgs(as_chain.init, update_fn)
 
 
 def _read_diagnostics(state: AngularGradState) -> dict[str, jax.Array]:

@@ -354,3 +354,48 @@ def test_mu_dtype():
   p = jnp.ones(3)
   u, state = tx.update(jnp.ones(3), tx.init(p), p)
   assert state.mu.dtype == jnp.bfloat16 and u.dtype == jnp.float32
+
+
+@pytest.mark.parametrize("reference_compat", [False, True])
+def test_alias_equals_optax_chain_of_its_stages(reference_compat):
+  # angulargrad() forms -lr·(direction + wd·params) in the pass that writes its
+  # state; optax's own stages, chained, must give the same numbers and state.
+  lr = optax.linear_schedule(0.1, 0.01, 5)
+  wd = optax.linear_schedule(0.0, 0.2, 5)
+  mask = {"w": True, "b": {"x": False, "y": True}}
+  params = {
+    "w": jnp.linspace(-1.0, 1.0, 12).reshape(3, 4),
+    "b": {"x": jnp.arange(3.0), "y": jnp.array(0.5)},
+  }
+  kw = dict(method="tan", b1=0.8, b2=0.95, reference_compat=reference_compat)
+  fused = optax_ext.angulargrad(lr, weight_decay=wd, mask=mask, **kw)
+  chained = optax.chain(
+    optax_ext.scale_by_angulargrad(**kw),
+    optax.add_decayed_weights(wd, mask),
+    optax.scale_by_learning_rate(lr),
+  )
+  s_fused, s_chain = fused.init(params), chained.init(params)
+  chex.assert_trees_all_equal_structs(s_fused, s_chain)
+  step_f, step_c = jax.jit(fused.update), jax.jit(chained.update)
+  for t in range(6):
+    grads = jax.tree.map(lambda p: jnp.sin(p * (t + 1)) + 0.1 * t, params)
+    u_f, s_fused = step_f(grads, s_fused, params)
+    u_c, s_chain = step_c(grads, s_chain, params)
+    chex.assert_trees_all_close(u_f, u_c, rtol=1e-6, atol=1e-9)
+    chex.assert_trees_all_close(s_fused, s_chain, rtol=1e-6, atol=1e-9)
+    params = optax.apply_updates(params, u_f)
+  assert int(s_fused[0].count) == 6 and int(s_fused[2].count) == 6
+
+
+def test_alias_mask_as_function_and_as_prefix():
+  params = {"w": jnp.ones((2, 3)), "b": {"x": jnp.ones(3), "y": jnp.ones(())}}
+  grads = jax.tree.map(jnp.zeros_like, params)  # the direction is 0: only decay moves
+  as_fn = optax_ext.angulargrad(0.1, weight_decay=0.5, mask=lambda p: {"w": True, "b": False})
+  u, _ = as_fn.update(grads, as_fn.init(params), params)
+  np.testing.assert_allclose(u["w"], -0.05 * np.ones((2, 3)))
+  np.testing.assert_array_equal(u["b"]["x"], np.zeros(3))
+  bad = optax_ext.angulargrad(0.1, weight_decay=0.5, mask={"w": jnp.array(True), "b": False})
+  with pytest.raises(TypeError, match="Python booleans"):
+    bad.update(grads, bad.init(params), params)
+  with pytest.raises(ValueError, match="params"):
+    as_fn.update(grads, as_fn.init(params))

@@ -1,0 +1,63 @@
+"""optax_ext._fusion.one_pass: the identity, written in one loop on CPU."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from optax_ext import _fusion
+
+SPECIAL = np.array([np.nan, -np.inf, np.inf, -0.0, 0.0, 1e-45, -3.0, 7.5e37], np.float32)
+
+
+def test_values_come_back_bit_for_bit():
+  x = jnp.asarray(SPECIAL)
+  out = jax.jit(lambda x: _fusion.one_pass(x * 1.0, -x, x * 0.5))(x)
+  for got, want in zip(out, (SPECIAL, -SPECIAL, SPECIAL * np.float32(0.5))):
+    np.testing.assert_array_equal(np.asarray(got).view(np.uint32), want.view(np.uint32))
+
+
+def test_mixed_dtypes_shapes_and_empty_arrays_pass_through():
+  a = jnp.arange(6.0).reshape(2, 3)
+  b = a.astype(jnp.bfloat16)
+  ints = jnp.arange(6).reshape(2, 3)
+  other_shape = jnp.ones(4)
+  empty = jnp.zeros((0, 3))
+  out = jax.jit(lambda *xs: _fusion.one_pass(*xs))(a, b * 2, a * 3, ints, other_shape, empty, b)
+  want = (a, b * 2, a * 3, ints, other_shape, empty, b)
+  assert [o.dtype for o in out] == [w.dtype for w in want]
+  for o, w in zip(out, want):
+    np.testing.assert_array_equal(np.asarray(o, np.float64), np.asarray(w, np.float64))
+  assert _fusion.one_pass() == ()
+
+
+def test_derivatives_and_vmap_are_those_of_the_identity():
+  def f(x):
+    a, b = _fusion.one_pass(jnp.sin(x), x * x)
+    return jnp.sum(a * b)
+
+  x = jnp.linspace(-1.0, 1.0, 7)
+  np.testing.assert_allclose(
+    jax.grad(f)(x), np.cos(x) * x**2 + np.sin(x) * 2 * x, rtol=1e-6, atol=1e-7
+  )
+  batched = jax.vmap(lambda x: _fusion.one_pass(x + 1.0, x * 2.0))(jnp.ones((3, 4)))
+  np.testing.assert_array_equal(batched[0], 2 * np.ones((3, 4)))
+  np.testing.assert_array_equal(batched[1], 2 * np.ones((3, 4)))
+
+
+def test_cpu_program_writes_the_arrays_in_one_loop():
+  # The point of one_pass: on CPU its arrays come out of a single fusion with
+  # several outputs, rather than one loop each. (Without it: three fusions.)
+  if jax.default_backend() != "cpu":
+    return
+  x = jnp.ones(1024)
+
+  def count_big_outputs(fn):
+    hlo = jax.jit(fn).lower(x, x).compile().as_text()
+    entry = hlo[hlo.index("ENTRY") :]
+    return len(re.findall(r"= \(?f32\[1024\][^=]*fusion\(", entry))
+
+  plain = lambda g, m: (m * 0.9 + g, g * g + 1.0, jnp.sqrt(m * 0.9 + g))  # noqa: E731
+  assert count_big_outputs(plain) == 3
+  assert count_big_outputs(lambda g, m: _fusion.one_pass(*plain(g, m))) == 1
