@@ -23,11 +23,17 @@ lint: $(VENV)/.installed
 	$(PY) -m ruff check optax_ext flax_models train tests bench
 	$(PY) -m ruff format --check optax_ext flax_models train tests bench
 
+# glibc's malloc hands freed memory back to the kernel and takes it again as
+# fresh pages; which buffers pay those page faults depends on what else ran in
+# the process (bench/RESULTS.md). Keeping freed memory gives every method the
+# steady state a long training run settles into.
+BENCH_ENV := MALLOC_TRIM_THRESHOLD_=4294967296 MALLOC_MMAP_THRESHOLD_=2147483647 MALLOC_TOP_PAD_=1073741824
+
 bench-quick: $(VENV)/.installed
-	$(PY) -m bench --quick
+	$(BENCH_ENV) $(PY) -m bench --quick
 
 bench: $(VENV)/.installed
-	$(PY) -m bench
+	$(BENCH_ENV) $(PY) -m bench
 
 clean:
 	rm -rf $(VENV) runs

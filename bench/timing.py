@@ -61,7 +61,9 @@ def machine_description() -> str:
   import platform
 
   dev = jax.devices()[0]
+  kept = "MALLOC_TRIM_THRESHOLD_" in os.environ
   return (
     f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-    f"jax {jax.__version__} on {dev.platform} ({dev.device_kind})"
+    f"jax {jax.__version__} on {dev.platform} ({dev.device_kind}); malloc "
+    + ("keeps freed memory (make bench's settings)" if kept else "default settings")
   )

@@ -454,25 +454,14 @@ def angulargrad(
   _checks.check_learning_rate(learning_rate)
   _checks.check_nonnegative("weight_decay", weight_decay)
   _check_args(method, b1, b2, eps, lambda1, lambda2)
-  direction = _transform(method, b1, b2, eps, lambda1, lambda2, mu_dtype, reference_compat)
+  hyper = (method, b1, b2, eps, lambda1, lambda2, mu_dtype, reference_compat)
+  direction = _transform(*hyper)
   decay = optax.add_decayed_weights(weight_decay, mask)
   scale = optax.scale_by_learning_rate(learning_rate)
   as_chain = optax.chain(direction, decay, scale)
   # The same numbers and the same state as `as_chain`, but the update is formed
   # in the pass that writes AngularGrad's state (see _transform).
-  whole_step = _transform(
-    method,
-    b1,
-    b2,
-    eps,
-    lambda1,
-    lambda2,
-    mu_dtype,
-    reference_compat,
-    learning_rate=learning_rate,
-    weight_decay=weight_decay,
-    mask=mask,
-  )
+  whole_step = _transform(*hyper, learning_rate=learning_rate, weight_decay=weight_decay, mask=mask)
 
   def update_fn(updates, state, params=None, **extra_args):
     new_updates, ag_state = whole_step.update(updates, state[0], params, **extra_args)
