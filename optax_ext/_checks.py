@@ -61,3 +61,14 @@ def check_choice(name: str, value: Any, choices: Iterable[Any]) -> None:
 def check_learning_rate(value: Any) -> None:
   """A learning rate is a non-negative number or a schedule."""
   check_nonnegative("learning_rate", value)
+
+
+def mask_leaves(mask: Any, params: Any) -> list:
+  """Per leaf of ``params``, the leaf of ``mask`` that covers it (``optax.masked`` rules).
+
+  ``mask`` is a tree of flags or a function of ``params`` returning one; it may
+  be a prefix of the parameter tree, each of its leaves covering a subtree.
+  """
+  tree = mask(params) if callable(mask) else mask
+  full = jax.tree.map(lambda m, sub: jax.tree.map(lambda _: m, sub), tree, params)
+  return jax.tree.structure(params).flatten_up_to(full)

@@ -214,14 +214,11 @@ def _check_args(method, b1, b2, eps, lambda1, lambda2):
   _checks.check_nonnegative("lambda2", lambda2)
 
 
-def _leaf_flags(mask, params, treedef):
+def _leaf_flags(mask, params):
   """Per leaf of ``params``: whether weight decay applies (``optax.masked`` rules)."""
   if mask is None:
-    return [True] * treedef.num_leaves
-  tree = mask(params) if callable(mask) else mask
-  # A mask may be a prefix of the parameter tree: each of its leaves covers a subtree.
-  full = jax.tree.map(lambda m, sub: jax.tree.map(lambda _: m, sub), tree, params)
-  flags = treedef.flatten_up_to(full)
+    return [True] * len(jax.tree.leaves(params))
+  flags = _checks.mask_leaves(mask, params)
   for f in flags:
     if not isinstance(f, (bool, np.bool_)):
       raise TypeError(f"mask leaves must be Python booleans, got {type(f).__name__}.")
@@ -287,9 +284,8 @@ def _transform(
     def decayed(d, p):
       return jnp.asarray(-lr, d.dtype) * (d + wd * p).astype(d.dtype)
 
-    treedef = jax.tree.structure(updates)
-    flags = _leaf_flags(mask, params, treedef)
-    return [decayed if f else plain for f in flags], treedef.flatten_up_to(params)
+    fns = [decayed if f else plain for f in _leaf_flags(mask, params)]
+    return fns, jax.tree.structure(updates).flatten_up_to(params)
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
@@ -454,14 +450,18 @@ def angulargrad(
   _checks.check_learning_rate(learning_rate)
   _checks.check_nonnegative("weight_decay", weight_decay)
   _check_args(method, b1, b2, eps, lambda1, lambda2)
-  hyper = (method, b1, b2, eps, lambda1, lambda2, mu_dtype, reference_compat)
-  direction = _transform(*hyper)
+  whole_step = _transform(
+    method, b1, b2, eps, lambda1, lambda2, mu_dtype, reference_compat,
+    learning_rate=learning_rate, weight_decay=weight_decay, mask=mask,
+  )  # fmt: skip
   decay = optax.add_decayed_weights(weight_decay, mask)
   scale = optax.scale_by_learning_rate(learning_rate)
-  as_chain = optax.chain(direction, decay, scale)
-  # The same numbers and the same state as `as_chain`, but the update is formed
-  # in the pass that writes AngularGrad's state (see _transform).
-  whole_step = _transform(*hyper, learning_rate=learning_rate, weight_decay=weight_decay, mask=mask)
+  # The numbers and the state of optax.chain(scale_by_angulargrad(...), decay,
+  # scale), but the update is formed in the pass that writes AngularGrad's
+  # state (see _transform); its init does not depend on the learning rate.
+
+  def init_fn(params):
+    return (whole_step.init(params), decay.init(params), scale.init(params))
 
   def update_fn(updates, state, params=None, **extra_args):
     new_updates, ag_state = whole_step.update(updates, state[0], params, **extra_args)
@@ -471,7 +471,7 @@ def angulargrad(
     _, scale_state = scale.update(updates, state[2], params)
     return new_updates, (ag_state, decay_state, scale_state)
 
-  return optax.GradientTransformationExtraArgs(as_chain.init, update_fn)
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def _read_diagnostics(state: AngularGradState) -> dict[str, jax.Array]:

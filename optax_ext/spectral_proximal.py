@@ -310,9 +310,7 @@ MaskOrFn = Union[Any, Callable[[optax.Params], Any], None]
 def _mask_leaves(mask: MaskOrFn, params) -> list[bool]:
   if mask is None:
     return [jnp.ndim(p) >= 2 for p in jax.tree.leaves(params)]
-  tree = mask(params) if callable(mask) else mask
-  flags = jax.tree.structure(params).flatten_up_to(tree)
-  return [bool(f) for f in flags]
+  return [bool(f) for f in _checks.mask_leaves(mask, params)]
 
 
 def _proximal_init(params):
