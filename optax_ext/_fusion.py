@@ -24,6 +24,8 @@ get in the way.
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import jax
 import jax.numpy as jnp
 
@@ -83,3 +85,17 @@ def one_pass(*arrays: jax.Array) -> tuple[jax.Array, ...]:
     for i, y in zip(idx, _together(*(arrays[i] for i in idx))):
       out[i] = y
   return tuple(out)
+
+
+def detached(fn: Callable[[], Any]) -> Callable[[], Any]:
+  """``fn`` reading what it captures through an optimization barrier.
+
+  It computes the same values, but XLA can no longer merge the computation
+  with the same expression elsewhere in the program. Merged, the shared
+  value has two consumers in two loops and is written to memory for both;
+  detached, each loop computes it from the inputs on its own.
+  """
+  converted, consts = jax.closure_convert(fn)
+  if not consts:
+    return fn
+  return lambda: converted(*jax.lax.optimization_barrier(tuple(consts)))

@@ -46,6 +46,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from optax_ext import _fusion
+
 LOW = 2.0**-100
 HIGH = 2.0**100
 _LOW_BITS = int(np.float32(LOW).view(np.int32))
@@ -91,19 +93,6 @@ def count_above(x, key: jax.Array) -> jax.Array:
     above = jnp.logical_not(cut(make()).astype(jnp.float32) <= a).astype(jnp.int32)
     total = total + _int_sum(above)
   return total
-
-
-def _detached(fn):
-  """``fn`` reading what it captures through an optimization barrier.
-
-  The same values, but XLA can no longer merge the computation with the same
-  expression elsewhere in the program (which would make it write the shared
-  array to memory for both uses).
-  """
-  converted, consts = jax.closure_convert(fn)
-  if not consts:
-    return fn
-  return lambda: converted(*lax.optimization_barrier(tuple(consts)))
 
 
 def _int_sum(v: jax.Array) -> jax.Array:
@@ -283,7 +272,7 @@ def select(
       if first:
         # Unconditionally, at the top level of the program: the groups'
         # counts run side by side (a group already done is counted, unused).
-        tot, per, nxt, last = count_group([(_detached(x), n) for x, n in arrays])
+        tot, per, nxt, last = count_group([(_fusion.detached(x), n) for x, n in arrays])
       else:
         branch = jnp.where(fin[g], 0, jnp.where(snap[g], 2, 1))
         tot, per, nxt, last = lax.switch(branch, [skip, count_group, snap_group])

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from optax_ext import _checks, _diagnostics
+from optax_ext import _checks, _diagnostics, _fusion
 from optax_ext import quantile as quantile_lib
 
 DEFAULT_B_MAX = 10.0
@@ -364,7 +364,9 @@ def _proximal_step(
       if recompute:
         sal[i] = lambda i=i: saliency(i)
       else:
-        sal_i = saliency(i)
+        # Detached: the step u inside it is not shared with the final
+        # select's, which would write u to memory besides the saliency.
+        sal_i = _fusion.detached(lambda i=i: saliency(i))()
         sal[i] = lambda sal_i=sal_i: sal_i
   active = [i for i, x in enumerate(sal) if x is not None]
   groups = [active] if (scope == "global" and active) else [[i] for i in active]

@@ -1,4 +1,4 @@
-"""optax_ext._fusion.one_pass: the identity, written in one loop on CPU."""
+"""optax_ext._fusion: one_pass (the identity, written in one loop on CPU) and detached."""
 
 import re
 
@@ -62,3 +62,47 @@ def test_cpu_program_writes_the_arrays_in_one_loop():
   plain = lambda g, m: (m * 0.9 + g, g * g + 1.0, jnp.sqrt(m * 0.9 + g))  # noqa: E731
   assert count_big_outputs(plain) == 3
   assert count_big_outputs(lambda g, m: _fusion.one_pass(*plain(g, m))) == 1
+
+
+def test_detached_computes_the_same_values():
+  x = jnp.asarray(SPECIAL)
+  scale = jnp.float32(0.5)
+
+  def program(x, scale):
+    fn = lambda: jnp.sort(x * scale - 1.0)  # noqa: E731
+    return fn(), _fusion.detached(fn)()
+
+  for run in (program, jax.jit(program)):
+    plain, detached = run(x, scale)
+    np.testing.assert_array_equal(
+      np.asarray(detached).view(np.uint32), np.asarray(plain).view(np.uint32)
+    )
+  constant = lambda: jnp.arange(3.0)  # noqa: E731  (captures no traced array)
+  assert _fusion.detached(constant) is constant
+
+
+def test_detached_keeps_a_shared_expression_out_of_memory():
+  # u feeds a reduction and the output. Merged, XLA writes u to memory for
+  # both loops (two array outputs); detached, each loop computes its own u.
+  if jax.default_backend() != "cpu":
+    pytest.skip("fusion decisions checked on the CPU backend")
+  x = jnp.ones(1024)
+
+  def count_big_outputs(fn):
+    hlo = jax.jit(fn).lower(x, x).compile().as_text()
+    entry = hlo[hlo.index("ENTRY") :]
+    return len(re.findall(r"= \(?f32\[1024\][^=]*fusion\(", entry))
+
+  def program(detach):
+    def fn(g, p):
+      u = lambda: g * 0.1 * (1.0 + g * g)  # noqa: E731
+      v = (_fusion.detached(u) if detach else u)()
+      sum_sq, largest = jax.lax.reduce(
+        (v * v, v), (0.0, 0.0), lambda a, b: (a[0] + b[0], jnp.maximum(a[1], b[1])), (0,)
+      )
+      return p + u() * (sum_sq + largest)
+
+    return fn
+
+  assert count_big_outputs(program(False)) == 2
+  assert count_big_outputs(program(True)) == 1
