@@ -12,6 +12,14 @@ from optax_ext import _fusion
 SPECIAL = np.array([np.nan, -np.inf, np.inf, -0.0, 0.0, 1e-45, -3.0, 7.5e37], np.float32)
 
 
+def _count_big_outputs(fn):
+  """How many f32[1024] arrays the compiled entry computation writes from fusions."""
+  x = jnp.ones(1024)
+  hlo = jax.jit(fn).lower(x, x).compile().as_text()
+  entry = hlo[hlo.index("ENTRY") :]
+  return len(re.findall(r"= \(?f32\[1024\][^=]*fusion\(", entry))
+
+
 def test_values_come_back_bit_for_bit():
   x = jnp.asarray(SPECIAL)
   out = jax.jit(lambda x: _fusion.one_pass(x * 1.0, -x, x * 0.5))(x)
@@ -52,16 +60,9 @@ def test_cpu_program_writes_the_arrays_in_one_loop():
   # several outputs, rather than one loop each. (Without it: three fusions.)
   if jax.default_backend() != "cpu":
     pytest.skip("one_pass is the plain identity off CPU")
-  x = jnp.ones(1024)
-
-  def count_big_outputs(fn):
-    hlo = jax.jit(fn).lower(x, x).compile().as_text()
-    entry = hlo[hlo.index("ENTRY") :]
-    return len(re.findall(r"= \(?f32\[1024\][^=]*fusion\(", entry))
-
   plain = lambda g, m: (m * 0.9 + g, g * g + 1.0, jnp.sqrt(m * 0.9 + g))  # noqa: E731
-  assert count_big_outputs(plain) == 3
-  assert count_big_outputs(lambda g, m: _fusion.one_pass(*plain(g, m))) == 1
+  assert _count_big_outputs(plain) == 3
+  assert _count_big_outputs(lambda g, m: _fusion.one_pass(*plain(g, m))) == 1
 
 
 def test_detached_computes_the_same_values():
@@ -86,12 +87,6 @@ def test_detached_keeps_a_shared_expression_out_of_memory():
   # both loops (two array outputs); detached, each loop computes its own u.
   if jax.default_backend() != "cpu":
     pytest.skip("fusion decisions checked on the CPU backend")
-  x = jnp.ones(1024)
-
-  def count_big_outputs(fn):
-    hlo = jax.jit(fn).lower(x, x).compile().as_text()
-    entry = hlo[hlo.index("ENTRY") :]
-    return len(re.findall(r"= \(?f32\[1024\][^=]*fusion\(", entry))
 
   def program(detach):
     def fn(g, p):
@@ -104,5 +99,5 @@ def test_detached_keeps_a_shared_expression_out_of_memory():
 
     return fn
 
-  assert count_big_outputs(program(False)) == 2
-  assert count_big_outputs(program(True)) == 1
+  assert _count_big_outputs(program(False)) == 2
+  assert _count_big_outputs(program(True)) == 1
