@@ -15,8 +15,9 @@ Inside it every value has an integer *key* (:func:`to_key`),
 **Counting.** The number of elements above the value ``a`` of a key is the
 sum of ``not (x <= a)`` as int32, taken by a two-output reduction (the sum
 and the max of the same indicator): the CPU backend compiles that into one
-vectorised loop fused with whatever computes ``x``, where a float sum, or a
-one-output integer sum, measured two to three times slower. Since
+vectorised loop fused with whatever computes ``x`` (counting a saliency over
+a ResNet-50-sized tree, a float sum measured six times slower and a
+one-output integer sum 2.7 times). Since
 ``a >= LOW``, the count is the same on the raw values as on their domain
 images (for every key below that of ``HIGH``; NaN is counted above, as its
 image ``HIGH`` is), so ``x`` need not be mapped first.
@@ -99,15 +100,16 @@ def _int_sum(v: jax.Array) -> jax.Array:
   """The sum of an int32 array, as a two-output reduction (sum and max).
 
   The CPU backend compiles a two-output reduction into one vectorised loop
-  fused with whatever computes ``v``, on all cores; a plain ``jnp.sum`` of
-  the same comparison was written to memory first and summed in a second
-  loop (2.5x slower measured). The max is never used.
+  fused with whatever computes ``v``; a plain ``jnp.sum`` of the same
+  comparison was written to memory first and summed in a second loop (2.7x
+  slower measured). The max only guards the result, which it cannot change:
+  with the max unused, XLA drops it and falls back to the one-output form.
   """
   z = jnp.zeros([], jnp.int32)
   total, largest = lax.reduce(
     (v, v), (z, z), lambda p, q: (p[0] + q[0], jnp.maximum(p[1], q[1])), tuple(range(v.ndim))
   )
-  return jnp.where(largest > 0, total, 0)  # the same value, but the max stays used
+  return jnp.where(largest > 0, total, 0)  # the same value (no element above: both 0)
 
 
 def _chunks(shape) -> list:
