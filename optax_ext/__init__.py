@@ -3,7 +3,7 @@
 Every public name is re-exported here; the maths lives in one module per method.
 """
 
-from optax_ext import quantile
+from optax_ext import config, quantile
 from optax_ext._diagnostics import diagnostics
 from optax_ext.angulargrad import AngularGradState, angulargrad, scale_by_angulargrad
 from optax_ext.gal import GALState, Regressor, gal, gal_extra_args
