@@ -9,13 +9,8 @@ from optax_ext.angulargrad import AngularGradState, angulargrad, scale_by_angula
 from optax_ext.gal import GALState, Regressor, gal, gal_extra_args
 from optax_ext.input_power import capture_input_power
 from optax_ext.insgd import InputNormState, insgd, scale_by_input_norm
-from optax_ext.spectral_proximal import (
-  SaliencyProximalState,
-  SpectralDampingState,
-  SPState,
-  saliency_proximal,
-  scale_by_spectral_damping,
-  sp,
-)
+from optax_ext.saliency import SaliencyProximalState, saliency_proximal
+from optax_ext.spectral_damping import SpectralDampingState, scale_by_spectral_damping
+from optax_ext.spectral_proximal import SPState, sp
 
 __version__ = "0.1.0"

@@ -233,3 +233,39 @@ def before_loop(first_pass: Callable[[Any], Any], carry: Any) -> Any:
   programs compute the same values.
   """
   return on_cpu(first_pass, lambda c: c, carry)
+
+
+# ----------------------------------------------------------------------------
+# Expressions written so that the CPU backend fuses them.
+
+
+def negated_difference(a: jax.Array, b: jax.Array) -> jax.Array:
+  """``a − b``, computed as ``b − a`` on CPU, for consumers that ignore its sign.
+
+  Squares, absolute values and products of two such differences are the same
+  for either sign (IEEE subtraction is exactly antisymmetric). Written the
+  other way round, the difference is not merged with an ``a − b`` computed
+  for another loop, which XLA would then write to memory once for both
+  instead of fusing it into each.
+  """
+  return on_cpu(lambda a, b: b - a, lambda a, b: a - b, a, b)
+
+
+def select_by_scalar(pred: jax.Array, on_true: jax.Array, on_false: jax.Array) -> jax.Array:
+  """``jnp.where(pred, on_true, on_false)`` for a scalar ``pred`` and finite ``on_true``.
+
+  On CPU it is formed as ``base + w * on_true`` with scalars ``w`` (1 or 0)
+  and ``base`` (0 or ``on_false``): a loop with no select per element fuses
+  into the vectorised reductions that consume it. The values are the same for
+  every finite ``on_true`` (``0 · x`` is ``0`` and ``0 + x`` is ``x``).
+  """
+
+  def blended(pred, on_true, on_false):
+    w = pred.astype(on_true.dtype)
+    base = jnp.where(pred, jnp.zeros_like(on_false), on_false).astype(on_true.dtype)
+    return base + w * on_true
+
+  def plain(pred, on_true, on_false):
+    return jnp.where(pred, on_true, on_false.astype(on_true.dtype))
+
+  return on_cpu(blended, plain, pred, on_true, on_false)

@@ -1,46 +1,41 @@
-"""Order statistics of non-negative float32 arrays by counting, without sorting.
+"""Order statistics of float32 arrays by counting, without sorting.
 
 The saliency threshold of :func:`optax_ext.saliency_proximal` is a quantile of
-tens of millions of values per step. Sorting them (``jnp.quantile``) costs
-about a hundred optimizer updates on a CPU; this module finds the same
-threshold with a few counting passes instead.
+tens of millions of values per step. Sorting them costs far more than the
+optimizer update around it; this module finds the same elements with a few
+counting passes instead (docs/design.md, SP — the counting search).
 
 **The domain.** Values live in ``[LOW, HIGH]`` with ``LOW = 2**-100`` and
 ``HIGH = 2**100`` (:func:`to_domain`): NaN and values above ``HIGH`` become
 ``HIGH``, values below ``LOW`` (zeros and negatives included) become ``LOW``.
 Inside it every value has an integer *key* (:func:`to_key`),
 ``bits(v) - bits(LOW)``: consecutive integers ordered like the values, 0 for
-``LOW``.
+``LOW``, :data:`KEY_MAX` for ``HIGH``.
 
-**Counting.** The number of elements above the value ``a`` of a key is the
-sum of ``not (x <= a)`` as int32, taken by a two-output reduction (the sum
-and the max of the same indicator): the CPU backend compiles that into one
-vectorised loop fused with whatever computes ``x`` (counting a saliency over
-a ResNet-50-sized tree, a float sum measured six times slower and a
-one-output integer sum 2.7 times). Since
-``a >= LOW``, the count is the same on the raw values as on their domain
-images (for every key below that of ``HIGH``; NaN is counted above, as its
-image ``HIGH`` is), so ``x`` need not be mapped first.
+**The order.** Within a group of arrays, elements are ordered by their value,
+then (when tie values are given) by their tie value, then by their position
+(the flat index within the group, arrays taken in order). :func:`select`
+finds, per group, the first ``kth + 1`` elements of that order, or with a
+tolerance ``allowed`` between ``kth + 1`` and ``kth + 1 + allowed`` of them,
+always a prefix of the order. Without tie values, all elements tied at the
+last value selected are selected (``jnp.quantile(..., method="lower")``
+semantics).
 
-**Selection.** :func:`select` keeps, per group, a bracket of keys
-``lo < hi`` with ``count(<= lo) < T <= count(<= hi)`` (``T = kth + 1``) and
-shrinks it one counting pass at a time: from a warm start (the previous step's
-threshold) it steps outward geometrically until the target is bracketed, then
-interpolates the count linearly in key space (keys are a piecewise-linear
-``log2`` of the value, where saliency distributions are smooth), falling back
-to bisection whenever two passes in a row move the same end. A group stops
-when ``count(<= hi) - T <= allowed``: ``allowed = 0`` prunes exactly the
-elements at or below the ``kth`` smallest (``jnp.quantile(..., method="lower")``
-semantics), ``allowed = floor(tol * n)`` is the *fast* mode.
-
-The first pass (from a warm start, often the only one) runs outside the
-loop: there the CPU backend counts independent groups side by side on all
-cores, while the conditionals inside a loop body run one after another.
+**The search.** Per group it keeps a bracket of keys ``lo < hi`` with
+``count(<= lo) < need <= count(<= hi)`` and shrinks it one counting pass at a
+time: from a warm start (the previous step's threshold) it steps outward
+geometrically until the target is bracketed, then interpolates the count
+linearly in key space (keys are a piecewise-linear ``log2`` of the value),
+bisecting when the bracket spans many binades or after two passes that moved
+the same end. A bracket stuck on one end snaps both ends to the nearest
+elements inside it. When the bracket closes on a single value holding more
+elements than allowed, the search continues among those tied elements on
+their tie values (stage 1), then on their positions (stage 2).
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, NamedTuple, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -49,15 +44,32 @@ from jax import lax
 
 from optax_ext import _fusion
 
+__all__ = [
+  "HIGH",
+  "KEY_MAX",
+  "LOW",
+  "Entries",
+  "Selection",
+  "count_at_most",
+  "from_key",
+  "positions",
+  "quantile_lower",
+  "select",
+  "selected",
+  "to_domain",
+  "to_key",
+]
+
 LOW = 2.0**-100
 HIGH = 2.0**100
 _LOW_BITS = int(np.float32(LOW).view(np.int32))
 _HIGH_BITS = int(np.float32(HIGH).view(np.int32))
 KEY_MAX = _HIGH_BITS - _LOW_BITS  # the key of HIGH; 0 is the key of LOW
-CHUNK = 2**30  # int32 counts are exact up to here (larger arrays are counted in pieces)
-MAX_PASSES = 64
-DEFAULT_STEP = 2**20  # first outward step from a warm start: 1/8 of a binade (~9%)
-MIN_STEP = 2**12
+_MAX_PASSES = 96  # enough for three stages of bisection over 31-bit keys
+_DEFAULT_STEP = 2**20  # first outward step from a warm start: 1/8 of a binade
+_MIN_STEP = 2**12
+_INTERPOLATE_SPAN = 2**25  # brackets wider than this (a few binades) are bisected
+_LARGEST_GROUP = 2**31 - 1  # counts are int32
 
 
 def to_domain(x: jax.Array) -> jax.Array:
@@ -78,293 +90,473 @@ def from_key(k: jax.Array) -> jax.Array:
   return lax.bitcast_convert_type(jnp.maximum(k, 0) + _LOW_BITS, jnp.float32)
 
 
-def count_above(x, key: jax.Array) -> jax.Array:
-  """Exact int32 number of elements of ``to_domain(x)`` above ``from_key(key)``.
-
-  ``x`` is an array or a function returning one (called where the count is
-  computed, so that the array need not exist in memory). Exact for keys
-  below :data:`KEY_MAX` (the search never counts there).
-  """
-  make = x if callable(x) else (lambda: x)
-  a = from_key(key)
-  total = jnp.zeros([], jnp.int32)
-  for cut in _chunks(jax.eval_shape(make).shape):
-    # "not at or below a" counts NaN as above (its domain image is HIGH),
-    # and whatever lies below LOW as not (a >= LOW): no mapping needed.
-    above = jnp.logical_not(cut(make()).astype(jnp.float32) <= a).astype(jnp.int32)
-    total = total + _int_sum(above)
-  return total
+def _key_of(x: jax.Array) -> jax.Array:
+  return to_key(to_domain(x))
 
 
-def _int_sum(v: jax.Array) -> jax.Array:
-  """The sum of an int32 array, as a two-output reduction (sum and max).
-
-  The CPU backend compiles a two-output reduction into one vectorised loop
-  fused with whatever computes ``v``; a plain ``jnp.sum`` of the same
-  comparison was written to memory first and summed in a second loop (2.7x
-  slower measured). The max only guards the result, which it cannot change:
-  with the max unused, XLA drops it and falls back to the one-output form.
-  """
-  z = jnp.zeros([], jnp.int32)
-  total, largest = lax.reduce(
-    (v, v), (z, z), lambda p, q: (p[0] + q[0], jnp.maximum(p[1], q[1])), tuple(range(v.ndim))
-  )
-  return jnp.where(largest > 0, total, 0)  # the same value (no element above: both 0)
-
-
-def _chunks(shape) -> list:
-  """Functions cutting an array of ``shape`` into pieces of at most ``CHUNK`` elements.
-
-  Pieces are cut along the leading axis. Arrays are never flattened unless a
-  single row exceeds ``CHUNK``: a reshape of an array sharded over devices
-  would gather it onto every device.
-  """
-  size = int(np.prod(shape))
-  if size <= CHUNK:
-    return [lambda x: x]
-  row = size // shape[0] if len(shape) and shape[0] else size
-  if len(shape) and row <= CHUNK:
-    rows = CHUNK // row
-    return [lambda x, i=i: x[i : i + rows] for i in range(0, shape[0], rows)]
-  return [lambda x, i=i: x.reshape(-1)[i : i + CHUNK] for i in range(0, size, CHUNK)]
-
-
-def _above_unit(x, key):
-  """``(x > from_key(key))`` as exact 0.0/1.0, with min and subtraction only."""
-  a, b = from_key(key), from_key(key + 1)
-  return (jnp.minimum(x, b) - jnp.minimum(x, a)) / (b - a)
-
-
-def next_above(x: jax.Array, key: jax.Array) -> jax.Array:
-  """The smallest element of ``to_domain(x)`` above ``from_key(key)`` (> HIGH if none)."""
-  x = to_domain(x)
-  return jnp.min(x + (1.0 - _above_unit(x, key)) * (4.0 * HIGH))
-
-
-def last_at_most(x: jax.Array, key: jax.Array) -> jax.Array:
-  """The largest element of ``to_domain(x)`` at or below ``from_key(key)`` (< 0 if none)."""
-  x = to_domain(x)
-  return jnp.max(x - _above_unit(x, key) * (4.0 * HIGH))
-
-
-def count_at_most(x, key: jax.Array) -> jax.Array:
+def count_at_most(x: Union[jax.Array, Callable[[], jax.Array]], key: jax.Array) -> jax.Array:
   """Exact int32 number of elements of ``to_domain(x)`` at or below ``from_key(key)``.
 
-  ``x``: an array or a function returning one, as for :func:`count_above`.
+  ``x`` is an array or a function returning one (called where the count is
+  computed, so that the array need not exist in memory). Exact for keys in
+  ``[0, KEY_MAX)``: the comparison reads raw values, which order like their
+  domain images below ``HIGH`` (NaN is counted above, as its image ``HIGH``).
   """
-  return jnp.int32(_size(x)) - count_above(x, key)
+  make = x if callable(x) else (lambda: x)
+  values = make()
+  above = jnp.logical_not(values.astype(jnp.float32) <= from_key(key))
+  return jnp.int32(values.size) - _fusion.count_true(above)
 
 
-def _size(x) -> int:
-  """The number of elements of an array, or of the array a function returns."""
-  return int(np.prod(jax.eval_shape(x).shape)) if callable(x) else int(x.size)
+# ----------------------------------------------------------------------------
+# What is searched.
 
 
-def _lazy(x):
-  """``(function returning the array, its size)`` for an array or a function."""
-  return (x if callable(x) else (lambda: x)), _size(x)
+class Entries(NamedTuple):
+  """One array of a group: its values and, optionally, its tie values.
+
+  Both are functions returning arrays of ``shape``, so that they can be
+  computed inside each counting pass from their own inputs.
+  """
+
+  values: Callable[[], jax.Array]
+  tie_values: Optional[Callable[[], jax.Array]]
+  shape: tuple[int, ...]
+
+
+def _entries(x) -> Entries:
+  if isinstance(x, Entries):
+    return x
+  make = x if callable(x) else (lambda: x)
+  return Entries(make, None, tuple(jax.eval_shape(make).shape))
+
+
+def _size(shape) -> int:
+  return int(np.prod(shape, dtype=np.int64))
+
+
+def positions(shape: tuple[int, ...], offset: int) -> jax.Array:
+  """Flat row-major index of every element, plus ``offset``, built without a reshape."""
+  pos = jnp.full(shape, offset, jnp.int32)
+  stride = 1
+  for axis in reversed(range(len(shape))):
+    pos = pos + lax.broadcasted_iota(jnp.int32, shape, axis) * stride
+    stride *= shape[axis]
+  return pos
+
+
+class Selection(NamedTuple):
+  """Per group, which elements :func:`select` selected, and where to start the next search.
+
+  An element is selected when its value key is at or below ``below``, or its
+  value key equals ``tied`` and its tie key is at or below ``tie_below``, or
+  both keys equal ``tied`` and ``tie_tied`` and its position is at or below
+  ``position`` (keys of -1 select nothing); :func:`selected` evaluates it.
+  """
+
+  below: jax.Array  # (G,) int32 value key
+  tied: jax.Array  # (G,) int32 value key of the tie class, or -1
+  tie_below: jax.Array  # (G,) int32 tie key, or -1
+  tie_tied: jax.Array  # (G,) int32 tie key of the second tie class, or -1
+  position: jax.Array  # (G,) int32 position, or -1
+  key: jax.Array  # (G,) int32: the largest value key selected (a warm start for the next call)
+  step: jax.Array  # (G,) int32: how far the search moved from its warm start (the next step)
+  count: jax.Array  # (G,) int32: the number selected
+  leaf_counts: list  # per group, (arrays,) int32: the number selected in each array
+  density: jax.Array  # (G,) float32: elements per key near the answer (for a warm start)
+  passes: jax.Array  # () int32: counting passes run
+
+
+def selected(
+  sel: Selection,
+  group: int,
+  values: jax.Array,
+  tie_values: Optional[jax.Array] = None,
+  positions: Optional[jax.Array] = None,
+) -> jax.Array:
+  """Boolean mask of the elements of one array of group ``group`` that ``sel`` selects."""
+  mask = (to_domain(values) <= from_key(sel.below[group])) & (sel.below[group] >= 0)
+  if tie_values is None:
+    return mask
+  key, tie_key = _key_of(values), _key_of(tie_values)
+  in_class = key == sel.tied[group]
+  mask |= in_class & (tie_key <= sel.tie_below[group])
+  if positions is not None:
+    mask |= in_class & (tie_key == sel.tie_tied[group]) & (positions <= sel.position[group])
+  return mask
+
+
+# ----------------------------------------------------------------------------
+# The search state.
+
+
+class _Bracket(NamedTuple):
+  lo: jax.Array  # (G,) int32: fewer than `need` elements at or below it
+  hi: jax.Array  # (G,) int32: at least `need` elements at or below it
+  c_lo: jax.Array  # (G,) int32 counts at lo and hi
+  c_hi: jax.Array
+  leaf_lo: tuple  # per group, (arrays,) int32 counts at lo and hi
+  leaf_hi: tuple
+
+
+class _Steering(NamedTuple):
+  """How the next candidate key is chosen."""
+
+  streak: jax.Array  # (G,) int32: passes in a row that moved the same end
+  side: jax.Array  # (G,) int32: the end the last pass moved (1 lo, 2 hi, 0 none)
+  seen_lo: jax.Array  # (G,) bool: whether each end has been counted
+  seen_hi: jax.Array
+  use_warm: jax.Array  # (G,) bool: the next candidate is the warm key
+  warm: jax.Array  # (G,) int32
+  step: jax.Array  # (G,) int32: the outward step while one end is unknown
+  density: jax.Array  # (G,) float32: the previous call's elements per key
+  newton_done: jax.Array  # (G,) bool
+  new_density: jax.Array  # (G,) float32: this call's elements per key
+
+
+class _Ties(NamedTuple):
+  """Where the search is in the order (value, tie value, position)."""
+
+  stage: jax.Array  # (G,) int32: 0 values, 1 tie values, 2 positions
+  need: jax.Array  # (G,) int32: elements still to select within the current stage
+  leaf_base: tuple  # per group, (arrays,) int32 selected by the stages before
+  below: jax.Array  # (G,) int32: value key below the tie class (stages 1, 2)
+  tied: jax.Array  # (G,) int32: value key of the tie class
+  tie_below: jax.Array  # (G,) int32: tie key below the second tie class (stage 2)
+  tie_tied: jax.Array  # (G,) int32: tie key of the second tie class
+  snap: jax.Array  # (G,) bool: the next pass snaps the bracket (a stage starts)
+
+
+class _Search(NamedTuple):
+  bracket: _Bracket
+  steering: _Steering
+  ties: _Ties
+  passes: jax.Array  # () int32
+
+
+class _Problem(NamedTuple):
+  """What stays fixed during a search."""
+
+  groups: list  # per group, a list of Entries
+  offsets: list  # per group, each array's first position
+  sizes: list  # per group, the number of elements
+  allowed: jax.Array  # (G,) int32 extra elements allowed (-1: the exact class)
+  aim_extra: jax.Array  # (G,) float32: aim this far past `need`
+  last_stage: int  # 0 without tie values, 2 with
+
+
+def _initial(problem: _Problem, target, warm, step, density) -> _Search:
+  n = len(problem.groups)
+  ints = lambda v: jnp.full((n,), v, jnp.int32)  # noqa: E731
+  bools = lambda v: jnp.full((n,), v, bool)  # noqa: E731
+  leaf_sizes = tuple(jnp.asarray([_size(e.shape) for e in g], jnp.int32) for g in problem.groups)
+  zeros = tuple(jnp.zeros_like(s) for s in leaf_sizes)
+  have_warm = warm is not None
+  density = jnp.zeros((n,), jnp.float32) if density is None else jnp.asarray(density, jnp.float32)
+  bracket = _Bracket(
+    ints(-1), ints(KEY_MAX), ints(0), jnp.asarray(problem.sizes, jnp.int32), zeros, leaf_sizes
+  )
+  steering = _Steering(
+    streak=ints(0),
+    side=ints(0),
+    seen_lo=bools(not have_warm),  # outward stepping only follows a warm start
+    seen_hi=bools(not have_warm),
+    use_warm=bools(have_warm),
+    warm=jnp.clip(jnp.asarray(warm, jnp.int32), 0, KEY_MAX - 1) if have_warm else ints(0),
+    step=ints(_DEFAULT_STEP) if step is None else jnp.clip(jnp.asarray(step, jnp.int32), 1, 2**28),
+    density=density,
+    newton_done=bools(False),
+    new_density=density,
+  )
+  ties = _Ties(ints(0), target, zeros, ints(-1), ints(-1), ints(-1), ints(-1), bools(False))
+  return _Search(bracket, steering, ties, jnp.zeros([], jnp.int32))
+
+
+def _within(s: _Search, problem: _Problem) -> jax.Array:
+  return s.bracket.c_hi - s.ties.need <= problem.allowed
+
+
+def _done(s: _Search, problem: _Problem) -> jax.Array:
+  closed = s.bracket.hi - s.bracket.lo <= 1
+  return _within(s, problem) | (closed & (s.ties.stage >= problem.last_stage))
+
+
+# ----------------------------------------------------------------------------
+# One counting pass.
+
+
+def _propose(s: _Search, problem: _Problem) -> jax.Array:
+  """The key to count next, per group."""
+  b, st = s.bracket, s.steering
+  span = (b.hi - b.lo).astype(jnp.float32)
+  aim = s.ties.need.astype(jnp.float32) + problem.aim_extra
+  frac = (aim - b.c_lo.astype(jnp.float32)) / jnp.maximum(b.c_hi - b.c_lo, 1).astype(jnp.float32)
+  interp = b.lo + jnp.floor(span * jnp.clip(frac, 0.0, 1.0)).astype(jnp.int32)
+  bisect = b.lo + (b.hi - b.lo) // 2
+  use_interp = (span <= _INTERPOLATE_SPAN) & (st.streak < 2)
+  cand = jnp.where(use_interp, interp, bisect)
+  # One end unknown (after a warm start): step outward, or one Newton step on
+  # the count with the density the previous call saw.
+  gap = jnp.maximum(b.hi - b.lo - 1, 0)
+  outward = jnp.where(
+    st.seen_lo, b.lo + jnp.minimum(st.step, gap), b.hi - jnp.minimum(st.step, gap)
+  )
+  anchor, c_anchor = jnp.where(st.seen_lo, b.lo, b.hi), jnp.where(st.seen_lo, b.c_lo, b.c_hi)
+  move = (aim - c_anchor.astype(jnp.float32)) / jnp.maximum(st.density, 1e-30)
+  newton = anchor.astype(jnp.float32) + jnp.clip(move, -(2.0**31), 2.0**31)
+  newton = jnp.clip(newton, -1.0, float(KEY_MAX)).astype(jnp.int32)
+  use_newton = (st.density > 0) & ~st.newton_done
+  cand = jnp.where(st.seen_lo ^ st.seen_hi, jnp.where(use_newton, newton, outward), cand)
+  cand = jnp.where(st.use_warm, st.warm, cand)
+  return jnp.clip(cand, b.lo + 1, b.hi - 1)
+
+
+def _stage_keys(entries: Entries, offset: int, ties: _Ties, g: int):
+  """``(eligible, key)`` of one array's elements in the group's current stage.
+
+  Stage 0: every element, by value key; stage 1: the elements of the value
+  tie class, by tie key; stage 2: those also in the tie-key class, by position.
+  """
+  stage = ties.stage[g]
+  value_key = _key_of(entries.values())
+  if entries.tie_values is None:
+    return jnp.ones(entries.shape, bool), value_key
+  tie_key = _key_of(entries.tie_values())
+  in_class = value_key == ties.tied[g]
+  eligible = (stage == 0) | (in_class & ((stage == 1) | (tie_key == ties.tie_tied[g])))
+  key = jnp.where(
+    stage == 0, value_key, jnp.where(stage == 1, tie_key, positions(entries.shape, offset))
+  )
+  return eligible, key
+
+
+def _count_values(entries_list, cand):
+  """Per array, the elements whose value is at or below ``from_key(cand)`` (stage 0)."""
+  return jnp.stack([count_at_most(e.values, cand) for e in entries_list])
+
+
+def _count_in_stage(problem: _Problem, ties: _Ties, g: int, cand):
+  """Per array of group ``g``, the eligible elements with key at or below ``cand`` (stages 1, 2)."""
+  per = []
+  for e, off in zip(problem.groups[g], problem.offsets[g]):
+    eligible, key = _stage_keys(e, off, ties, g)
+    per.append(_fusion.count_true(eligible & (key <= cand)))
+  return jnp.stack(per)
+
+
+def _snap(problem: _Problem, s: _Search, g: int):
+  """The smallest eligible key above ``lo`` and the largest at or below ``hi``, in any stage."""
+  big = jnp.int32(np.iinfo(np.int32).max)
+  lows, highs = [], []
+  for e, off in zip(problem.groups[g], problem.offsets[g]):
+    eligible, key = _stage_keys(e, off, s.ties, g)
+    lows.append(jnp.min(jnp.where(eligible & (key > s.bracket.lo[g]), key, big)))
+    highs.append(jnp.max(jnp.where(eligible & (key <= s.bracket.hi[g]), key, -1)))
+  return jnp.min(jnp.stack(lows)), jnp.max(jnp.stack(highs))
+
+
+def _count_pass(s: _Search, problem: _Problem, cand, snap, first: bool):
+  """Counts every unfinished group at its candidate (or snaps it); one pass over the data."""
+  fin = _done(s, problem)
+  counts, leaf_counts, lows, highs = [], [], [], []
+  for g, group in enumerate(problem.groups):
+    zeros = jnp.zeros((len(group),), jnp.int32)
+    keep = (s.bracket.lo[g], s.bracket.hi[g])
+    if first:
+      # Every group counted at the top level of the program (a group already
+      # done is counted and ignored); see _fusion.before_loop.
+      per = _count_values([e._replace(values=_fusion.detached(e.values)) for e in group], cand[g])
+      lo_snap, hi_snap = keep
+    else:
+      branches = [
+        lambda: (zeros, *keep),
+        lambda g=g, group=group: (_count_values(group, cand[g]), *keep),
+        lambda g=g: (zeros, *_snap(problem, s, g)),
+      ]
+      if problem.last_stage:
+        branches.append(lambda g=g: (_count_in_stage(problem, s.ties, g, cand[g]), *keep))
+      counting = jnp.where(s.ties.stage[g] == 0, 1, 3)
+      index = jnp.where(fin[g], 0, jnp.where(snap[g], 2, counting))
+      per, lo_snap, hi_snap = lax.switch(index, branches)
+    counts.append(jnp.sum(per, dtype=jnp.int32))
+    leaf_counts.append(per)
+    lows.append(lo_snap)
+    highs.append(hi_snap)
+  return jnp.stack(counts), tuple(leaf_counts), jnp.stack(lows), jnp.stack(highs), fin
+
+
+def _wants_snap(s: _Search, fin) -> jax.Array:
+  """Snap when a stage starts, or when a bracket is stuck on one end (ties, gaps)."""
+  st = s.steering
+  stuck = (st.streak >= 2) & (s.passes % 2 == 0) & st.seen_lo & st.seen_hi
+  return ~fin & (s.ties.snap | stuck)
+
+
+def _move(s: _Search, cand, counts, leaf_counts, lows, highs, fin, snap) -> _Search:
+  """The bracket and steering after a pass."""
+  b, st = s.bracket, s.steering
+  below = counts < s.ties.need
+  move_lo, move_hi = ~fin & ~snap & below, ~fin & ~snap & ~below
+  pick = lambda m, new, old: jnp.where(m, new, old)  # noqa: E731
+  bracket = _Bracket(
+    lo=jnp.where(snap, jnp.maximum(b.lo, lows - 1), pick(move_lo, cand, b.lo)),
+    hi=jnp.where(snap, jnp.minimum(b.hi, highs), pick(move_hi, cand, b.hi)),
+    c_lo=pick(move_lo, counts, b.c_lo),
+    c_hi=pick(move_hi, counts, b.c_hi),
+    leaf_lo=tuple(pick(move_lo[g], p, o) for g, (p, o) in enumerate(zip(leaf_counts, b.leaf_lo))),
+    leaf_hi=tuple(pick(move_hi[g], p, o) for g, (p, o) in enumerate(zip(leaf_counts, b.leaf_hi))),
+  )
+  side = jnp.where(move_lo, 1, jnp.where(move_hi, 2, 0)).astype(jnp.int32)
+  one_sided = ~st.use_warm & (st.seen_lo ^ st.seen_hi)
+  stepping = one_sided & ((st.density <= 0) | st.newton_done)
+  span = bracket.hi - bracket.lo
+  seen_lo, seen_hi = st.seen_lo | move_lo, st.seen_hi | move_hi
+  wide = seen_lo & seen_hi & (span >= _MIN_STEP) & ~fin & (s.ties.stage == 0)
+  density = (bracket.c_hi - bracket.c_lo).astype(jnp.float32) / span.astype(jnp.float32)
+  steering = st._replace(
+    streak=jnp.where(snap, 0, jnp.where(side == st.side, st.streak + 1, 1)).astype(jnp.int32),
+    side=side,
+    seen_lo=seen_lo,
+    seen_hi=seen_hi,
+    use_warm=jnp.zeros_like(st.use_warm),
+    step=jnp.where(stepping, jnp.minimum(st.step, 2**28) * 4, st.step).astype(jnp.int32),
+    newton_done=st.newton_done | one_sided,
+    new_density=jnp.where(wide, density, st.new_density),
+  )
+  ties = s.ties._replace(snap=s.ties.snap & ~snap)
+  passes = s.passes + jnp.any(~fin).astype(jnp.int32)
+  return _Search(bracket, steering, ties, passes)
+
+
+def _next_stage(s: _Search, problem: _Problem) -> _Search:
+  """Groups whose bracket closed on a tie class holding too many elements search inside it."""
+  b, t = s.bracket, s.ties
+  closed = (b.hi - b.lo <= 1) & ~_within(s, problem)
+  go = closed & (t.stage < problem.last_stage)
+  if problem.last_stage == 0:
+    return s
+  top = jnp.asarray([KEY_MAX] * len(problem.groups), jnp.int32)
+  positions_top = jnp.asarray(problem.sizes, jnp.int32) - 1
+  pick = lambda new, old: jnp.where(go, new, old)  # noqa: E731
+  from_values = go & (t.stage == 0)
+  from_ties = go & (t.stage == 1)
+  ties = _Ties(
+    stage=t.stage + go.astype(jnp.int32),
+    need=pick(t.need - b.c_lo, t.need),
+    leaf_base=tuple(
+      jnp.where(go[g], base + lo, base) for g, (base, lo) in enumerate(zip(t.leaf_base, b.leaf_lo))
+    ),
+    below=jnp.where(from_values, b.lo, t.below),
+    tied=jnp.where(from_values, b.hi, t.tied),
+    tie_below=jnp.where(from_ties, b.lo, t.tie_below),
+    tie_tied=jnp.where(from_ties, b.hi, t.tie_tied),
+    snap=t.snap | go,
+  )
+  zeros = tuple(jnp.zeros_like(x) for x in b.leaf_lo)
+  bracket = _Bracket(
+    lo=pick(-1, b.lo),
+    hi=pick(jnp.where(t.stage == 0, top, positions_top), b.hi),
+    c_lo=pick(0, b.c_lo),
+    c_hi=pick(b.c_hi - b.c_lo, b.c_hi),
+    leaf_lo=tuple(jnp.where(go[g], z, lo) for g, (z, lo) in enumerate(zip(zeros, b.leaf_lo))),
+    leaf_hi=tuple(
+      jnp.where(go[g], hi - lo, hi) for g, (hi, lo) in enumerate(zip(b.leaf_hi, b.leaf_lo))
+    ),
+  )
+  steering = s.steering._replace(
+    streak=pick(0, s.steering.streak),
+    side=pick(0, s.steering.side),
+    seen_lo=s.steering.seen_lo | go,
+    seen_hi=s.steering.seen_hi | go,
+    newton_done=s.steering.newton_done | go,
+  )
+  return _Search(bracket, steering, ties, s.passes)
+
+
+def _refine(s: _Search, problem: _Problem, first: bool = False) -> _Search:
+  """One counting pass: propose a key per group, count, move the bracket."""
+  cand = _propose(s, problem)
+  fin = _done(s, problem)
+  snap = jnp.zeros_like(fin) if first else _wants_snap(s, fin)
+  counts, leaf_counts, lows, highs, fin = _count_pass(s, problem, cand, snap, first)
+  return _next_stage(_move(s, cand, counts, leaf_counts, lows, highs, fin, snap), problem)
+
+
+def _result(s: _Search) -> Selection:
+  b, t = s.bracket, s.ties
+  stage = t.stage
+  none = jnp.full_like(b.hi, -1)
+  leaf = [base + hi for base, hi in zip(t.leaf_base, b.leaf_hi)]
+  key = jnp.where(stage == 0, b.hi, t.tied)
+  return Selection(
+    below=jnp.where(stage == 0, b.hi, t.below),
+    tied=jnp.where(stage == 0, none, t.tied),
+    tie_below=jnp.where(stage == 1, b.hi, jnp.where(stage == 2, t.tie_below, none)),
+    tie_tied=jnp.where(stage == 2, t.tie_tied, none),
+    position=jnp.where(stage == 2, b.hi, none),
+    key=key,
+    step=jnp.clip(jnp.abs(key - s.steering.warm), _MIN_STEP, _DEFAULT_STEP * 16),
+    count=jnp.stack([jnp.sum(x, dtype=jnp.int32) for x in leaf]) if leaf else b.c_hi,
+    leaf_counts=leaf,
+    density=s.steering.new_density,
+    passes=s.passes,
+  )
 
 
 def select(
-  groups: Sequence[Sequence[jax.Array]],
+  groups: Sequence[Sequence[Union[jax.Array, Callable[[], jax.Array], Entries]]],
   kth: jax.Array,
-  allowed: jax.Array | None,
+  allowed: Optional[jax.Array] = None,
   *,
-  warm: jax.Array | None = None,
-  step: jax.Array | None = None,
-  density: jax.Array | None = None,
-  max_passes: int = MAX_PASSES,
-):
-  """Per group, a key ``t`` with ``count(<= t)`` just at or above ``kth + 1``.
+  warm: Optional[jax.Array] = None,
+  step: Optional[jax.Array] = None,
+  density: Optional[jax.Array] = None,
+  max_passes: int = _MAX_PASSES,
+) -> Selection:
+  """Per group, the first ``kth + 1`` elements in the order (value, tie value, position).
 
   Args:
-    groups: ``G`` groups, each a list of arrays or of functions returning
-      one; a group's elements are the domain images (:func:`to_domain`) of
-      all its arrays. A function is called inside each counting pass, so
-      that the array is computed within the pass from its own inputs and
-      never written to memory.
-    kth: ``(G,)`` int32, the 0-based rank sought in each group.
-    allowed: ``(G,)`` int32: a group is done once ``count(<= t) - (kth + 1)``
-      is at most this (0: the same elements as the exact ``kth`` smallest).
-      None: the ``kth`` smallest key itself.
+    groups: ``G`` groups, each a list of arrays, of functions returning one,
+      or of :class:`Entries` (values and tie values). A group's elements are
+      the domain images (:func:`to_domain`) of all its arrays. A function is
+      called inside each counting pass, so the array it computes need not be
+      written to memory.
+    kth: ``(G,)`` int32, the 0-based rank of the last element sought.
+    allowed: ``(G,)`` int32: a group is done once between ``kth + 1`` and
+      ``kth + 1 + allowed`` elements are selected, a prefix of the order.
+      ``None``: all elements tied at the ``kth`` smallest value (the lower
+      quantile); tie values are then ignored.
     warm: ``(G,)`` int32 keys to start from (the previous thresholds), or None.
-    step: ``(G,)`` int32 first outward steps from ``warm`` (default 2**20).
+    step: ``(G,)`` int32 first outward steps from ``warm``.
     density: ``(G,)`` float32 elements per key near the answer (a previous
       call's), for one Newton step after the warm pass; 0 or None: unknown.
     max_passes: Upper bound on counting passes.
 
   Returns:
-    ``(keys, counts, leaf_counts, density, passes)``: ``(G,)`` int32 keys and
-    the counts of elements at or below them, a list with each array's own
-    count (in the order of ``groups``), the elements per key of the last
-    bracket at least ``2**12`` keys wide (for the next call), and the number
-    of counting passes run.
+    A :class:`Selection`.
   """
-  n_groups = len(groups)
-  groups = [[_lazy(x) for x in g] for g in groups]
-  sizes_py = [sum(size for _, size in g) for g in groups]
-  sizes = jnp.asarray(sizes_py, jnp.int32)
-  target = kth.astype(jnp.int32) + 1
+  groups = [[_entries(x) for x in g] for g in groups]
+  sizes = [sum(_size(e.shape) for e in g) for g in groups]
+  if any(n > _LARGEST_GROUP for n in sizes):
+    raise ValueError(f"a group of more than {_LARGEST_GROUP} elements cannot be counted in int32")
+  offsets = [list(np.cumsum([0] + [_size(e.shape) for e in g])[:-1]) for g in groups]
+  n = len(groups)
+  with_ties = allowed is not None and all(e.tie_values is not None for g in groups for e in g)
   if allowed is None:
-    allowed = jnp.full((n_groups,), -1, jnp.int32)
-    aim_extra = jnp.zeros((n_groups,), jnp.float32)
+    allowed, aim_extra = jnp.full((n,), -1, jnp.int32), jnp.zeros((n,), jnp.float32)
   else:
     allowed = jnp.asarray(allowed, jnp.int32)
     aim_extra = 0.5 * allowed.astype(jnp.float32) + 0.5
-  leaf_sizes = [jnp.asarray([size for _, size in g], jnp.int32) for g in groups]
-
-  def done(c):
-    lo, hi, c_hi = c["lo"], c["hi"], c["c_hi"]
-    return (hi - lo <= 1) | (c_hi - target <= allowed)
-
-  def propose(c):
-    lo, hi, c_lo, c_hi = c["lo"], c["hi"], c["c_lo"], c["c_hi"]
-    span = (hi - lo).astype(jnp.float32)
-    bisect = lo + (hi - lo) // 2
-    aim = target.astype(jnp.float32) + aim_extra
-    frac = (aim - c_lo.astype(jnp.float32)) / jnp.maximum(c_hi - c_lo, 1).astype(jnp.float32)
-    interp = lo + jnp.floor(span * jnp.clip(frac, 0.0, 1.0)).astype(jnp.int32)
-    # Interpolate within a bracket of a few binades; bisect wider ones, and
-    # after two passes that moved the same end.
-    use_interp = (span <= 2.0**25) & (c["streak"] < 2)
-    cand = jnp.where(use_interp, interp, bisect)
-    # From a warm start: the warm key, then outward steps that grow 4x.
-    has_lo, has_hi = c["seen_lo"], c["seen_hi"]
-    gap = jnp.maximum(hi - lo - 1, 0)
-    up = lo + jnp.minimum(c["step"], gap)
-    down = hi - jnp.minimum(c["step"], gap)
-    one_sided = jnp.where(has_lo, up, down)
-    # One Newton step on the count, with the density the previous call saw.
-    anchor, c_anchor = jnp.where(has_lo, lo, hi), jnp.where(has_lo, c_lo, c_hi)
-    move = (aim - c_anchor.astype(jnp.float32)) / jnp.maximum(c["density"], 1e-30)
-    newton_f = anchor.astype(jnp.float32) + jnp.clip(move, -(2.0**31), 2.0**31)
-    newton = jnp.clip(newton_f, -1.0, float(KEY_MAX)).astype(jnp.int32)
-    use_newton = (c["density"] > 0) & ~c["newton_done"]
-    one_sided = jnp.where(use_newton, newton, one_sided)
-    cand = jnp.where(has_lo ^ has_hi, one_sided, cand)
-    cand = jnp.where(c["use_warm"], c["warm"], cand)
-    return jnp.clip(cand, lo + 1, hi - 1)
-
-  def refine(c, first=False):
-    cand = propose(c)
-    fin = done(c)
-    # A pass stuck on one end (ties, or a gap in the data) snaps both ends to
-    # the nearest elements instead: lo just below the smallest element above
-    # it, hi onto the largest element at or below it. Counts do not change,
-    # and a bracket holding one distinct value closes at once.
-    snap = ~fin & (c["streak"] >= 2) & (c["passes"] % 2 == 0) & c["seen_lo"] & c["seen_hi"]
-    if first:
-      snap = jnp.zeros_like(snap)  # no streak yet
-    counts, leaf_counts, succ, pred = [], [], [], []
-    zero_i, big = jnp.zeros([], jnp.int32), jnp.float32(4.0 * HIGH)
-    for g, arrays in enumerate(groups):
-
-      def count_group(arrays=arrays, g=g):
-        per = jnp.stack([count_at_most(x, cand[g]) for x, _ in arrays])
-        return jnp.sum(per, dtype=jnp.int32), per, big, -big
-
-      def snap_group(arrays=arrays, g=g):
-        nxt = jnp.min(jnp.stack([next_above(x(), c["lo"][g]) for x, _ in arrays]))
-        last = jnp.max(jnp.stack([last_at_most(x(), c["hi"][g]) for x, _ in arrays]))
-        return zero_i, jnp.zeros((len(arrays),), jnp.int32), nxt, last
-
-      def skip(arrays=arrays):
-        return zero_i, jnp.zeros((len(arrays),), jnp.int32), big, -big
-
-      if first:
-        # Unconditionally, at the top level of the program: the groups'
-        # counts run side by side (a group already done is counted, unused).
-        tot, per, nxt, last = count_group([(_fusion.detached(x), n) for x, n in arrays])
-      else:
-        branch = jnp.where(fin[g], 0, jnp.where(snap[g], 2, 1))
-        tot, per, nxt, last = lax.switch(branch, [skip, count_group, snap_group])
-      counts.append(tot)
-      leaf_counts.append(per)
-      succ.append(nxt)
-      pred.append(last)
-    counts = jnp.stack(counts)
-    succ, pred = jnp.stack(succ), jnp.stack(pred)
-    below = counts < target
-    move_lo = ~fin & ~snap & below
-    move_hi = ~fin & ~snap & ~below
-    side = jnp.where(move_lo, 1, jnp.where(move_hi, 2, 0)).astype(jnp.int32)
-    out = dict(c)
-    out["lo"] = jnp.where(move_lo, cand, c["lo"])
-    out["c_lo"] = jnp.where(move_lo, counts, c["c_lo"])
-    out["hi"] = jnp.where(move_hi, cand, c["hi"])
-    out["c_hi"] = jnp.where(move_hi, counts, c["c_hi"])
-    out["leaf_hi"] = [
-      jnp.where(move_hi[g], per, old) for g, (per, old) in enumerate(zip(leaf_counts, c["leaf_hi"]))
-    ]
-    snap_lo = snap & (c["lo"] >= 0)
-    out["lo"] = jnp.where(snap_lo, to_key(jnp.minimum(succ, HIGH)) - 1, out["lo"]).astype(jnp.int32)
-    out["hi"] = jnp.where(snap, to_key(jnp.maximum(pred, 0.0)), out["hi"])
-    out["streak"] = jnp.where(snap, 0, jnp.where(side == c["side"], c["streak"] + 1, 1)).astype(
-      jnp.int32
-    )
-    out["side"] = side
-    out["seen_lo"] = c["seen_lo"] | move_lo
-    out["seen_hi"] = c["seen_hi"] | move_hi
-    one_sided = ~c["use_warm"] & (c["seen_lo"] ^ c["seen_hi"])
-    stepping = one_sided & ((c["density"] <= 0) | c["newton_done"])
-    out["step"] = jnp.where(stepping, jnp.minimum(c["step"], 2**28) * 4, c["step"]).astype(
-      jnp.int32
-    )
-    out["newton_done"] = c["newton_done"] | one_sided
-    span = out["hi"] - out["lo"]
-    wide = out["seen_lo"] & out["seen_hi"] & (span >= 2**12) & ~fin
-    dens = (out["c_hi"] - out["c_lo"]).astype(jnp.float32) / span.astype(jnp.float32)
-    out["new_density"] = jnp.where(wide, dens, c["new_density"])
-    out["use_warm"] = jnp.zeros_like(c["use_warm"])
-    out["passes"] = c["passes"] + jnp.any(~fin).astype(jnp.int32)
-    return out
-
-  have_warm = warm is not None
-  carry = {
-    "lo": jnp.full((n_groups,), -1, jnp.int32),
-    "hi": jnp.full((n_groups,), KEY_MAX, jnp.int32),
-    "c_lo": jnp.zeros((n_groups,), jnp.int32),
-    "c_hi": sizes,
-    "leaf_hi": leaf_sizes,
-    "streak": jnp.zeros((n_groups,), jnp.int32),
-    "side": jnp.zeros((n_groups,), jnp.int32),
-    "seen_lo": jnp.zeros((n_groups,), bool),
-    "seen_hi": jnp.zeros((n_groups,), bool),
-    "use_warm": jnp.full((n_groups,), have_warm),
-    "warm": (
-      jnp.clip(jnp.asarray(warm, jnp.int32), 0, KEY_MAX - 1)
-      if have_warm
-      else jnp.zeros((n_groups,), jnp.int32)
-    ),
-    "step": (
-      jnp.clip(jnp.asarray(step, jnp.int32), 1, 2**28)
-      if step is not None
-      else jnp.full((n_groups,), DEFAULT_STEP, jnp.int32)
-    ),
-    "density": (
-      jnp.asarray(density, jnp.float32)
-      if density is not None
-      else jnp.zeros((n_groups,), jnp.float32)
-    ),
-    "new_density": (
-      jnp.asarray(density, jnp.float32)
-      if density is not None
-      else jnp.zeros((n_groups,), jnp.float32)
-    ),
-    "newton_done": jnp.zeros((n_groups,), bool),
-    "passes": jnp.zeros([], jnp.int32),
-  }
-  if not have_warm:  # the outward stepping only follows a warm start
-    carry["seen_lo"] = jnp.ones((n_groups,), bool)
-    carry["seen_hi"] = jnp.ones((n_groups,), bool)
-
-  def cond(c):
-    return jnp.any(~done(c)) & (c["passes"] < max_passes)
-
-  if max_passes > 0:  # the first pass outside the loop, where XLA runs groups concurrently
-    carry = refine(carry, first=True)
-  carry = lax.while_loop(cond, refine, carry)
-  return carry["hi"], carry["c_hi"], carry["leaf_hi"], carry["new_density"], carry["passes"]
+  problem = _Problem(groups, offsets, sizes, allowed, aim_extra, 2 if with_ties else 0)
+  s = _initial(problem, jnp.asarray(kth, jnp.int32) + 1, warm, step, density)
+  if max_passes > 0:
+    s = _fusion.before_loop(lambda c: _refine(c, problem, first=True), s)
+  s = lax.while_loop(
+    lambda c: jnp.any(~_done(c, problem)) & (c.passes < max_passes),
+    lambda c: _refine(c, problem),
+    s,
+  )
+  return _result(s)
 
 
 def quantile_lower(x: jax.Array, q: jax.Array) -> jax.Array:
@@ -379,5 +571,4 @@ def quantile_lower(x: jax.Array, q: jax.Array) -> jax.Array:
   """
   d = to_domain(x)
   kth = jnp.floor(jnp.asarray(q, jnp.float32) * (d.size - 1)).astype(jnp.int32)
-  keys, _, _, _, _ = select([[d]], kth[None], None)
-  return from_key(keys[0])
+  return from_key(select([[d]], kth[None]).below[0])

@@ -3,7 +3,6 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -16,6 +15,12 @@ def np_domain(x):
   x = np.asarray(x, np.float32)
   out = np.where(x >= q_lib.LOW, np.minimum(x, np.float32(q_lib.HIGH)), np.float32(q_lib.LOW))
   return np.where(np.isnan(x), np.float32(q_lib.HIGH), out).astype(np.float32)
+
+
+def np_order(values, tie_values):
+  """Flat indices in the documented order: value, then tie value, then position."""
+  v, t = np_domain(values).ravel(), np_domain(tie_values).ravel()
+  return np.lexsort((np.arange(v.size), t, v))
 
 
 # Saliency-like float32 arrays: ties, zeros, tiny and huge values, NaN, negatives.
@@ -34,27 +39,43 @@ pools = st.sampled_from(
 
 
 @st.composite
-def saliencies(draw):
+def saliencies(draw, n=None):
   pool = draw(pools)
-  n = draw(st.one_of(st.integers(1, 10), st.integers(11, 300)))
+  n = n or draw(st.sampled_from([1, 2, 3, 7, 10, 64, 300]))  # few sizes: few compilations
   return draw(hnp.arrays(np.float32, n, elements=pool))
 
 
+@st.composite
+def with_ties(draw):
+  """(values, tie values) of one shape: both with many exact ties."""
+  shape = draw(st.sampled_from([(7,), (3, 5), (12, 20), (2, 3, 4)]))
+  n = int(np.prod(shape))
+  values = draw(saliencies(n)).reshape(shape)
+  tie_values = draw(hnp.arrays(np.float32, n, elements=st.sampled_from([0.0, 0.5, 0.5, 2.0])))
+  return values, tie_values.reshape(shape)
+
+
+def _entries(values, tie_values):
+  v, t = jnp.asarray(values), jnp.asarray(tie_values)
+  return q_lib.Entries(lambda: v, lambda: t, values.shape)
+
+
+def _mask(sel, values, tie_values):
+  pos = q_lib.positions(values.shape, 0)
+  return np.asarray(q_lib.selected(sel, 0, jnp.asarray(values), jnp.asarray(tie_values), pos))
+
+
 @jax.jit
-def _exact(x, kth):
-  keys, counts, leaf, _, passes = q_lib.select([[x]], kth, None)
-  return keys, counts, leaf[0], passes
+def _lower(x, kth):
+  return q_lib.select([[x]], kth)
 
 
 @jax.jit
 def _fast(x, kth, allowed, warm, step, density):
-  keys, counts, _, _, passes = q_lib.select(
-    [[x]], kth, allowed, warm=warm, step=step, density=density
-  )
-  return keys, counts, passes
+  return q_lib.select([[x]], kth, allowed, warm=warm, step=step, density=density)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(
   x=saliencies(),
   p=st.floats(0.0, 0.99),
@@ -63,20 +84,23 @@ def _fast(x, kth, allowed, warm, step, density):
   density=st.sampled_from([0.0, 1e-6, 1e-3, 1.0]),
   tol=st.sampled_from([0.0, 0.004, 0.1]),
 )
-def test_select_matches_the_sorted_quantile(x, p, warm, step, density, tol):
+def test_values_only_selects_the_lower_quantile_class(x, p, warm, step, density, tol):
   n = x.size
   d = np_domain(x)
   kth = int(np.floor(p * (n - 1)))
   want = np.sort(d)[kth]  # np.quantile(d, p, method="lower")
-  keys, counts, leaf, passes = _exact(jnp.asarray(d), jnp.asarray([kth], jnp.int32))
-  assert float(q_lib.from_key(keys[0])) == want
-  assert int(counts[0]) == int(leaf[0]) == np.sum(d <= want)
-  assert int(passes) <= q_lib.MAX_PASSES
+  in_class = int(np.sum(d <= want))
+  sel = _lower(jnp.asarray(d), jnp.asarray([kth], jnp.int32))
+  assert float(q_lib.from_key(sel.below[0])) == want
+  assert int(sel.count[0]) == int(sel.leaf_counts[0][0]) == in_class
+  assert int(sel.passes) <= q_lib._MAX_PASSES
 
-  # Fast mode, from any warm start: at least the kth+1 smallest, at most `allowed` more.
+  # Fast mode from any warm start, values only: a prefix of the sorted values
+  # with between kth+1 and kth+1+allowed elements when the tie class at the
+  # kth value allows it, and otherwise exactly that whole class.
   allowed = int(np.floor(tol * n))
   warm_key = q_lib.to_key(q_lib.to_domain(jnp.asarray([warm], jnp.float32)))
-  keys, counts, _ = _fast(
+  sel = _fast(
     jnp.asarray(d),
     jnp.asarray([kth], jnp.int32),
     jnp.asarray([allowed], jnp.int32),
@@ -84,10 +108,64 @@ def test_select_matches_the_sorted_quantile(x, p, warm, step, density, tol):
     jnp.asarray([step], jnp.int32),
     jnp.asarray([density], jnp.float32),
   )
-  t = np.float32(q_lib.from_key(keys[0]))
-  below = int(np.sum(d <= t))
-  assert below == int(counts[0])
-  assert kth + 1 <= below <= kth + 1 + allowed or t == want, (below, kth, allowed)
+  t = np.float32(q_lib.from_key(sel.below[0]))
+  count = int(sel.count[0])
+  assert count == int(np.sum(d <= t))
+  if in_class - (kth + 1) <= allowed:
+    assert kth + 1 <= count <= kth + 1 + allowed, (count, kth, allowed)
+  else:
+    assert count == in_class
+
+
+@jax.jit
+def _tied(values, tie_values, kth, allowed):
+  entries = q_lib.Entries(lambda: values, lambda: tie_values, values.shape)
+  return q_lib.select([[entries]], kth, allowed)
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=with_ties(), p=st.floats(0.0, 0.99), tol=st.sampled_from([0.0, 0.004, 0.1]))
+def test_with_tie_values_selects_a_prefix_of_the_lexsort_order(data, p, tol):
+  values, tie_values = data
+  n = values.size
+  kth = int(np.floor(p * (n - 1)))
+  allowed = int(np.floor(tol * n))
+  order = np_order(values, tie_values)
+  sel = _tied(
+    jnp.asarray(values), jnp.asarray(tie_values), jnp.asarray([kth]), jnp.asarray([allowed])
+  )
+  count = int(sel.count[0])
+  assert kth + 1 <= count <= kth + 1 + allowed, (count, kth, allowed)
+  want = np.zeros(n, bool)
+  want[order[:count]] = True
+  np.testing.assert_array_equal(_mask(sel, values, tie_values).ravel(), want)
+  assert int(sel.leaf_counts[0][0]) == count
+
+
+def test_exact_selection_with_ties_across_several_arrays_of_a_group():
+  rng = np.random.default_rng(3)
+  arrays = [rng.choice([0.0, 1.0, 1.0, 2.0], size=s).astype(np.float32) for s in [(4, 5), (9,)]]
+  ties = [rng.choice([0.0, 0.0, 3.0], size=a.shape).astype(np.float32) for a in arrays]
+  n = sum(a.size for a in arrays)
+  kth = 12
+  group = [_entries(a, t) for a, t in zip(arrays, ties)]
+  sel = q_lib.select([group], jnp.asarray([kth]), jnp.asarray([0]))
+  order = np.lexsort(
+    (
+      np.arange(n),
+      np.concatenate([t.ravel() for t in ties]),
+      np.concatenate([a.ravel() for a in arrays]),
+    )
+  )
+  want = np.zeros(n, bool)
+  want[order[: kth + 1]] = True
+  got, offset = [], 0
+  for a, t in zip(arrays, ties):
+    pos = q_lib.positions(a.shape, offset)
+    got.append(np.asarray(q_lib.selected(sel, 0, jnp.asarray(a), jnp.asarray(t), pos)).ravel())
+    offset += a.size
+  np.testing.assert_array_equal(np.concatenate(got), want)
+  assert [int(c) for c in sel.leaf_counts[0]] == [int(g.sum()) for g in got]
 
 
 def test_several_groups_of_several_arrays_match_numpy():
@@ -97,16 +175,16 @@ def test_several_groups_of_several_arrays_match_numpy():
   groups = [[xs[0]], [xs[1], xs[2]], [xs[3], xs[4]]]
   ps = [0.0, 0.5, 0.9]
   kth = [int(np.floor(p * (sum(a.size for a in g) - 1))) for p, g in zip(ps, groups)]
-  keys, counts, leaf_counts, _, passes = q_lib.select(
+  sel = q_lib.select(
     [[jnp.asarray(a) for a in g] for g in groups], jnp.asarray(kth, jnp.int32), None
   )
   for i, g in enumerate(groups):
     joined = np.concatenate(g)
     want = np.quantile(joined, ps[i], method="lower")
-    assert float(q_lib.from_key(keys[i])) == want
-    assert int(counts[i]) == np.sum(joined <= want)
-    assert [int(c) for c in leaf_counts[i]] == [int(np.sum(a <= want)) for a in g]
-  assert 1 <= int(passes) <= q_lib.MAX_PASSES
+    assert float(q_lib.from_key(sel.below[i])) == want
+    assert int(sel.count[i]) == np.sum(joined <= want)
+    assert [int(c) for c in sel.leaf_counts[i]] == [int(np.sum(a <= want)) for a in g]
+  assert 1 <= int(sel.passes) <= q_lib._MAX_PASSES
 
 
 def test_a_warm_start_near_the_answer_takes_few_passes():
@@ -116,20 +194,10 @@ def test_a_warm_start_near_the_answer_takes_few_passes():
   warm = q_lib.to_key(jnp.asarray([want * 1.05], jnp.float32))
   cold = q_lib.select([[jnp.asarray(x)]], jnp.asarray([kth]), jnp.asarray([400]))
   hot = q_lib.select([[jnp.asarray(x)]], jnp.asarray([kth]), jnp.asarray([400]), warm=warm)
-  assert int(hot[4]) <= 4 < int(cold[4])
-  for keys, counts, *_ in (cold, hot):
-    assert kth + 1 <= int(counts[0]) <= kth + 401
-    assert int(counts[0]) == np.sum(x <= np.float32(q_lib.from_key(keys[0])))
-
-
-@pytest.mark.parametrize("shape", [(10, 3, 2), (1, 61), (61,)])
-def test_counts_are_exact_when_arrays_are_counted_in_chunks(monkeypatch, shape):
-  monkeypatch.setattr(q_lib, "CHUNK", 8)  # several chunks: by rows, or of a single row
-  x = np.random.default_rng(2).integers(0, 5, size=shape).astype(np.float32)
-  for v in (0.0, 1.0, 2.0, 4.0):
-    key = q_lib.to_key(jnp.float32(v))
-    assert int(q_lib.count_above(jnp.asarray(x), key)) == np.sum(x > v)
-    assert int(q_lib.count_at_most(jnp.asarray(x), key)) == np.sum(x <= v)
+  assert int(hot.passes) <= 4 < int(cold.passes)
+  for sel in (cold, hot):
+    assert kth + 1 <= int(sel.count[0]) <= kth + 401
+    assert int(sel.count[0]) == np.sum(x <= np.float32(q_lib.from_key(sel.below[0])))
 
 
 def test_keys_are_consecutive_and_ordered_like_the_values():
@@ -142,14 +210,18 @@ def test_keys_are_consecutive_and_ordered_like_the_values():
   np.testing.assert_array_equal(d, [q_lib.LOW] * 3 + [q_lib.HIGH, q_lib.HIGH, 2.5])
 
 
+def test_positions_are_row_major_flat_indices():
+  np.testing.assert_array_equal(q_lib.positions((2, 3, 4), 5), np.arange(24).reshape(2, 3, 4) + 5)
+  np.testing.assert_array_equal(q_lib.positions((), 7), 7)
+
+
 @settings(max_examples=30, deadline=None)
 @given(x=saliencies(), key_frac=st.floats(0.0, 1.0))
 def test_counts_of_raw_values_and_of_functions_equal_those_of_the_domain_image(x, key_frac):
-  # The count reads raw values (NaN falls back to the domain image) and may
-  # take a function instead of an array: the same number either way.
+  # The count reads raw values and may take a function instead of an array:
+  # the same number either way, NaN counted above as its image HIGH is.
   key = jnp.int32(int(key_frac * (q_lib.KEY_MAX - 1)))
-  want = np.sum(np_domain(x) > np.float32(q_lib.from_key(key)))
+  want = np.sum(np_domain(x) <= np.float32(q_lib.from_key(key)))
   raw = jnp.asarray(x)
-  assert int(jax.jit(q_lib.count_above)(raw, key)) == want
-  assert int(jax.jit(lambda k: q_lib.count_above(lambda: raw * 1.0, k))(key)) == want
-  assert int(q_lib.count_at_most(lambda: raw, key)) == x.size - want
+  assert int(jax.jit(q_lib.count_at_most)(raw, key)) == want
+  assert int(jax.jit(lambda k: q_lib.count_at_most(lambda: raw * 1.0, k))(key)) == want

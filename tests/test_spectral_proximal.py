@@ -10,8 +10,8 @@ import pytest
 import optax_ext
 
 
-def damping_inverse(s, y, b_max):
-  """Eq. 17-21 for one leaf: B⁻¹ (array) and the case taken."""
+def damping_inverse(s, y, b_max, upper=None):
+  """Eq. 17-21 for one leaf: B⁻¹ (array, clipped to [1/b_max, upper]) and the case taken."""
   sts, sty = float(np.sum(s * s)), float(np.sum(s * y))
   if sts == 0:
     return np.ones_like(s), "identity"
@@ -22,19 +22,23 @@ def damping_inverse(s, y, b_max):
   else:
     b = np.full_like(s, sty / sts)  # Oren-Luenberger scaling
     case = "scalar"
-  return np.clip(1.0 / b, 1.0 / b_max, b_max), case
+  return np.clip(1.0 / b, 1.0 / b_max, b_max if upper is None else upper), case
 
 
 def prox(theta, u, binv, p):
-  """Eq. 27-28 on one leaf: prune c = θ + u where S ≤ Q_p(S)."""
+  """Eq. 27-28 on one leaf with the tie rule: prune the k = floor(p (n-1)) + 1 entries
+  of c = θ + u first in the order (S, |c|, flat index)."""
   c = theta + u
   sal = (1.0 / binv) * (u**2 / 2) * (c**2 / 2)
-  q = np.quantile(sal, p, method="lower")
-  keep = sal > q
+  k = int(np.floor(p * (c.size - 1))) + 1 if p > 0 else 0
+  order = np.lexsort((np.arange(c.size), np.abs(c).ravel(), sal.ravel()))
+  keep = np.ones(c.size, bool)
+  keep[order[:k]] = False
+  keep = keep.reshape(c.shape)
   return np.where(keep, c, 0.0), 1.0 - keep.mean()
 
 
-def sp_transcription(grad_fn, theta0, lr, p, steps, b_max, mask, momentum=0.0, nesterov=False):
+def sp_transcription(grad_fn, theta0, lr, p, steps, b_max, mask, momentum=None, nesterov=False):
   theta = {k: v.astype(np.float64) for k, v in theta0.items()}
   prev_t = prev_g = None
   trace = {k: np.zeros_like(v) for k, v in theta.items()}
@@ -43,14 +47,15 @@ def sp_transcription(grad_fn, theta0, lr, p, steps, b_max, mask, momentum=0.0, n
     raw = grad_fn(theta)
     g = {}
     for k in theta:
-      trace[k] = momentum * trace[k] + raw[k]
+      trace[k] = (momentum or 0.0) * trace[k] + raw[k]
       g[k] = raw[k] + momentum * trace[k] if nesterov else trace[k]
     new = {}
     for k in theta:
       if t == 0:
         binv, case = np.ones_like(theta[k]), "identity"
       else:
-        binv, case = damping_inverse(theta[k] - prev_t[k], g[k] - prev_g[k], b_max)
+        upper = 1.0 if momentum else None  # with momentum the damping only shrinks steps
+        binv, case = damping_inverse(theta[k] - prev_t[k], g[k] - prev_g[k], b_max, upper)
       cases.append(case)
       u = -lr * binv * g[k]
       new[k] = prox(theta[k], u, binv, p)[0] if mask[k] else theta[k] + u
@@ -75,7 +80,7 @@ def _run(tx, grad_fn, theta0, steps):
   return out, state
 
 
-@pytest.mark.parametrize("momentum,nesterov", [(0.0, False), (0.9, True)])
+@pytest.mark.parametrize("momentum,nesterov", [(None, False), (0.9, True)])
 def test_matches_transcription_on_a_multi_leaf_quadratic(momentum, nesterov):
   rng = np.random.default_rng(0)
   # Leaf "soft" has curvatures below 1 (sᵀy < sᵀs: the diagonal case), "stiff" above
@@ -101,7 +106,7 @@ def test_matches_transcription_on_a_multi_leaf_quadratic(momentum, nesterov):
   for t in range(steps):
     for k in theta0:
       np.testing.assert_allclose(
-        got[t][k], want[t][k], rtol=1e-7, atol=1e-10, err_msg=f"{k} step {t + 1}"
+        got[t][k], want[t][k], rtol=1e-12, atol=1e-14, err_msg=f"{k} step {t + 1}"
       )
   assert "diagonal" in cases and "scalar" in cases
 
@@ -134,12 +139,12 @@ def test_matches_transcription_on_a_tiny_mlp():
   for t in range(steps):
     for k in theta0:
       np.testing.assert_allclose(
-        got[t][k], want[t][k], rtol=1e-6, atol=1e-9, err_msg=f"{k} step {t + 1}"
+        got[t][k], want[t][k], rtol=1e-12, atol=1e-14, err_msg=f"{k} step {t + 1}"
       )
   assert "diagonal" in cases and "scalar" in cases
-  # The state's record of the last step agrees with the transcription's pruning.
+  # The state's record of the last step is the transcription's pruning: k = 3 of 24.
   pruned = state[1].proximal.pruned
-  assert np.isclose(float(pruned["w1"]), np.mean(want[-1]["w1"] == 0), atol=1 / 24)
+  assert float(pruned["w1"]) == np.mean(want[-1]["w1"] == 0) == 3 / 24
   assert float(pruned["b1"]) == 0.0
 
 
@@ -168,13 +173,120 @@ def test_damping_bounds_and_degenerate_leaves():
   np.testing.assert_allclose(u["frozen"], grads["frozen"] / -2.5)
 
 
-def test_zero_gradients_and_first_step():
-  params = {"w": jnp.ones((3, 3))}
+def test_zero_gradients_prune_the_smallest_parameters_first():
+  # A hand-worked step: zero gradients make every step u and every saliency 0,
+  # so the tie rule prunes the k = floor(0.1 * 8) + 1 = 1 entry with the
+  # smallest |c| = |θ|, the first by position among equals.
+  params = {"w": jnp.asarray([[1.0, -0.5, 2.0], [0.5, 3.0, -1.0], [0.25, 1.5, -0.25]])}
   tx = optax_ext.sp(0.1)
   state = tx.init(params)
-  for _ in range(3):
-    u, state = tx.update({"w": jnp.zeros((3, 3))}, state, params)
-    chex.assert_tree_all_finite(u)
+  zeros = {"w": jnp.zeros((3, 3))}
+  step = jax.jit(tx.update)
+  u, state = step(zeros, state, params)
+  params = optax.apply_updates(params, u)
+  want = np.array([[1.0, -0.5, 2.0], [0.5, 3.0, -1.0], [0.0, 1.5, -0.25]])
+  np.testing.assert_array_equal(params["w"], want)
+  # Next step: the zero just made is the smallest |c|: it is pruned again, nothing else.
+  u, state = step(zeros, state, params)
+  np.testing.assert_array_equal(optax.apply_updates(params, u)["w"], want)
+  assert float(state[1].proximal.pruned["w"]) == np.float32(1 / 9)
+
+
+def _tied_problem(seed):
+  """Float32 parameters with exact zeros and gradients with zero columns: ties in S and |c|."""
+  rng = np.random.default_rng(seed)
+  theta = rng.choice([0.0, 0.5, -0.5, 1.0, 2.0], size=(8, 10)).astype(np.float32)
+  grads = rng.normal(size=(8, 10)).astype(np.float32)
+  grads[:, rng.choice(10, 4, replace=False)] = 0.0  # units a batch left inactive
+  return theta, grads
+
+
+def _np_pruned(theta, u, p):
+  """The entries the tie rule prunes, from an independent float32 transcription."""
+  c = theta + u
+  sal = (u * u * np.float32(0.5)) * (c * c * np.float32(0.5))
+  k = int(np.floor(np.float32(p) * np.float32(c.size - 1))) + 1
+  order = np.lexsort((np.arange(c.size), np.abs(c).ravel(), sal.ravel()))
+  pruned = np.zeros(c.size, bool)
+  pruned[order[:k]] = True
+  return pruned.reshape(c.shape)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_exact_mode_prunes_exactly_what_a_lexsort_picks(seed):
+  theta, grads = _tied_problem(seed)
+  lr, p = np.float32(0.1), 0.1
+  u = grads * -lr  # what optax.sgd hands to the proximal step
+  want = _np_pruned(theta, u, p)
+  tx = optax.chain(optax.sgd(0.1), optax_ext.saliency_proximal(p, quantile="exact"))
+  params = {"w": jnp.asarray(theta)}
+  upd, state = jax.jit(tx.update)({"w": jnp.asarray(grads)}, tx.init(params), params)
+  new = np.asarray(optax.apply_updates(params, upd)["w"])
+  np.testing.assert_array_equal(new[want], 0.0)
+  np.testing.assert_array_equal(new[~want], (theta + u)[~want])
+  assert float(state[1].pruned["w"]) == np.float32(want.mean())
+  # SP's first step (B = I) prunes the same entries.
+  tx = optax_ext.sp(0.1, sparsity=p, quantile="exact")
+  upd, _ = jax.jit(tx.update)({"w": jnp.asarray(grads)}, tx.init(params), params)
+  np.testing.assert_array_equal(
+    np.asarray(optax.apply_updates(params, upd)["w"]) == 0, want | (theta + u == 0)
+  )
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_fast_mode_prunes_a_prefix_of_the_same_order_within_its_tolerance(seed):
+  rng = np.random.default_rng(seed)
+  theta = rng.choice([0.0, 0.5, 1.0, 2.0], size=(40, 60)).astype(np.float32)
+  grads = rng.normal(size=(40, 60)).astype(np.float32)
+  grads[:, :20] = 0.0
+  u = grads * np.float32(-0.1)
+  c = theta + u
+  sal = (u * u * np.float32(0.5)) * (c * c * np.float32(0.5))
+  order = np.lexsort((np.arange(c.size), np.abs(c).ravel(), sal.ravel()))
+  k = int(np.floor(np.float32(0.1) * np.float32(c.size - 1))) + 1
+  tx = optax.chain(optax.sgd(0.1), optax_ext.saliency_proximal(0.1))
+  params = {"w": jnp.asarray(theta)}
+  upd, state = jax.jit(tx.update)({"w": jnp.asarray(grads)}, tx.init(params), params)
+  pruned = (np.asarray(optax.apply_updates(params, upd)["w"]) == 0) & (c != 0)
+  count = int(round(float(state[1].pruned["w"]) * c.size))
+  assert k <= count <= k + int(np.floor(0.0045 * c.size))
+  want = np.zeros(c.size, bool)
+  want[order[:count]] = True
+  np.testing.assert_array_equal(pruned, want.reshape(c.shape) & (c != 0))
+
+
+def test_ties_all_is_the_literal_rule():
+  theta, grads = _tied_problem(0)
+  u = grads * np.float32(-0.1)
+  c = theta + u
+  sal = (u * u * np.float32(0.5)) * (c * c * np.float32(0.5))
+  q = np.quantile(sal, 0.1, method="lower")
+  tx = optax.chain(optax.sgd(0.1), optax_ext.saliency_proximal(0.1, quantile="exact", ties="all"))
+  params = {"w": jnp.asarray(theta)}
+  upd, _ = jax.jit(tx.update)({"w": jnp.asarray(grads)}, tx.init(params), params)
+  new = np.asarray(optax.apply_updates(params, upd)["w"])
+  np.testing.assert_array_equal(new == 0, (sal <= q) | (c == 0))
+  assert np.mean(sal <= q) > 0.3  # the zero-gradient columns are all pruned
+
+
+def test_no_momentum_is_structural_and_momentum_caps_the_damping():
+  params = {"w": jnp.ones((3, 4))}
+  assert isinstance(optax_ext.sp(0.1).init(params)[0], optax.EmptyState)
+  assert isinstance(optax_ext.sp(0.1, momentum=0.9).init(params)[0], optax.TraceState)
+  # With momentum B⁻¹ never exceeds 1 by default (the damping only shrinks steps);
+  # without, the diagonal case enlarges them.
+  rng = np.random.default_rng(0)
+  for momentum, top in ((None, 10.0), (0.9, 1.0)):
+    tx = optax_ext.sp(0.1, sparsity=0.0, momentum=momentum)
+    state, p, step = tx.init(params), params, jax.jit(tx.update)
+    highest = 0.0
+    for _ in range(6):
+      g = {"w": jnp.asarray(0.1 * p["w"] + rng.normal(size=(3, 4)) * 1e-3, jnp.float32)}
+      u, state = step(g, state, p)
+      p = optax.apply_updates(p, u)
+      highest = max(highest, float(state[1].damping.binv_max["w"]))
+    assert highest <= top
+    assert (highest > 1.0) == (momentum is None)
 
 
 def test_saliency_after_adam_prunes_the_requested_fraction():
@@ -183,7 +295,7 @@ def test_saliency_after_adam_prunes_the_requested_fraction():
   grads = {"w": jnp.asarray(rng.normal(size=(40, 50)), jnp.float32), "b": jnp.ones(50)}
   for quantile in ("fast", "exact"):
     tx = optax.chain(optax.adam(1e-2), optax_ext.saliency_proximal(0.05, quantile=quantile))
-    u, state = tx.update(grads, tx.init(params), params)
+    u, state = jax.jit(tx.update)(grads, tx.init(params), params)
     new = optax.apply_updates(params, u)
     frac = float(jnp.mean(new["w"] == 0))
     assert abs(frac - 0.05) <= 0.005, (quantile, frac)
@@ -201,7 +313,7 @@ def test_global_scope_uses_one_threshold():
   tx = optax.chain(
     optax.sgd(0.1), optax_ext.saliency_proximal(0.3, scope="global", quantile="exact")
   )
-  u, state = tx.update(grads, tx.init(params), params)
+  u, state = jax.jit(tx.update)(grads, tx.init(params), params)
   pr = state[1].pruned
   # All the pruning lands on the small-magnitude leaf.
   assert float(pr["b"]) > 0.55 and float(pr["a"]) < 0.05
@@ -239,9 +351,9 @@ def test_bad_hyperparameters():
 def test_diagnostics():
   params = {"w": jnp.asarray(np.random.default_rng(0).normal(size=(8, 8)), jnp.float32)}
   tx = optax_ext.sp(0.1, sparsity=0.25, quantile="exact")
-  state = tx.init(params)
+  state, step = tx.init(params), jax.jit(tx.update)
   for _ in range(2):
-    u, state = tx.update(jax.tree.map(lambda p: 0.5 * p, params), state, params)
+    u, state = step(jax.tree.map(lambda p: 0.5 * p, params), state, params)
     params = optax.apply_updates(params, u)
   d = optax_ext.diagnostics(state)
   np.testing.assert_allclose(d["sp/pruned/w"], 16 / 64)
