@@ -166,7 +166,7 @@ def _conv_power(module: nn.Conv, x: jax.Array, q: int) -> Optional[jax.Array]:
   geometry = _conv_geometry(module, tuple(x.shape[1:-1]))
   if geometry is None:
     return None
-  counts, outputs = geometry  # integer counts: exact in float32; divide once at the end
+  counts, outputs = geometry  # integer counts, exact in float32 and wider; divide once at the end
   # Sum over the batch first (fast, see _dense_power), then weight the positions.
   v = jnp.sum(_power_map(x, q), axis=0) * jnp.asarray(counts, _power_dtype(x))
   denominator = float(max(x.shape[0] * outputs, 1))

@@ -109,11 +109,9 @@ def _powers_of(input_power: Any, norm_order: Optional[int], updates: Any) -> Any
 
 def _power_dtype(leaf: Any, power_dtype: Optional[jnp.dtype]) -> jnp.dtype:
   """The running power's dtype: ``power_dtype``, else the leaf's, at least float32."""
-  return (
-    power_dtype
-    if power_dtype is not None
-    else jnp.promote_types(jnp.result_type(leaf), jnp.float32)
-  )
+  if power_dtype is not None:
+    return power_dtype
+  return jnp.promote_types(jnp.result_type(leaf), jnp.float32)
 
 
 def scale_by_input_norm(

@@ -297,21 +297,26 @@ def test_norm_order_is_said_once_and_a_mismatch_is_refused(captured):
     u, _ = step(tx)(grads, tx.init(params), power)
     np.testing.assert_allclose(u["kernel"], -0.1 * grads["kernel"] / np.log(m), rtol=1e-5)
     np.testing.assert_allclose(u["bias"], -0.1 * grads["bias"], rtol=1e-6)
-  other = 3 - captured
   mask = {"kernel": True, "bias": False}
-  wrapped = {
-    "plain": optax_ext.insgd(0.1, norm_order=other),
-    "masked": optax.masked(
-      optax_ext.insgd(0.1, norm_order=other), mask, mask_compatible_extra_args=True
+  wrappers = {  # every wrapper hands the tagged power on, order and all
+    "plain": lambda q: optax_ext.insgd(0.1, norm_order=q),
+    "masked": lambda q: optax.masked(
+      optax_ext.insgd(0.1, norm_order=q), mask, mask_compatible_extra_args=True
     ),
-    "multisteps": optax.MultiSteps(optax_ext.insgd(0.1, norm_order=other), 2),
-    "inject_hyperparams": optax.inject_hyperparams(optax_ext.insgd, static_args="norm_order")(
-      0.1, norm_order=other
-    ),
+    "multisteps": lambda q: optax.MultiSteps(optax_ext.insgd(0.1, norm_order=q), 2),
+    "apply_if_finite": lambda q: optax.apply_if_finite(optax_ext.insgd(0.1, norm_order=q), 3),
+    "inject_hyperparams": lambda q: optax.inject_hyperparams(
+      optax_ext.insgd, static_args="norm_order"
+    )(0.1, norm_order=q),
   }
-  for name, tx in wrapped.items():
-    want = f"captured with norm_order={captured}.*built with norm_order={other}"
-    with pytest.raises(ValueError, match=want):
+  other = 3 - captured
+  for name, wrap in wrappers.items():
+    tx = wrap(captured)
+    step(tx)(grads, tx.init(params), power)
+    tx = wrap(other)
+    with pytest.raises(
+      ValueError, match=f"captured with norm_order={captured}.*built with norm_order={other}"
+    ):
       step(tx)(grads, tx.init(params), power)
       pytest.fail(name)
 
