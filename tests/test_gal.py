@@ -402,8 +402,8 @@ def test_gal_chain_under_inject_hyperparams_shares_the_injected_rate():
   kw = dict(output_dim=3, hidden=(8,), alpha=0.05, beta=0.5)
   statics = ("optimizer", "output_dim", "seed", "activation")
   injected = optax.inject_hyperparams(gal_chain, static_args=statics)(optax.sgd, 0.1, **kw)
-  got, state = _steps(injected, params, model, loss)
-  want, want_state = _steps(gal_chain(optax.sgd, 0.1, **kw), params, model, loss)
+  got, state = _steps(injected, params, model, loss, steps=2)
+  want, want_state = _steps(gal_chain(optax.sgd, 0.1, **kw), params, model, loss, steps=2)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), got, want)
   jax.tree.map(
     lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), state.inner_state, want_state
@@ -412,7 +412,8 @@ def test_gal_chain_under_inject_hyperparams_shares_the_injected_rate():
   state.hyperparams["learning_rate"] = jnp.asarray(0.5)
   extra = optax_ext.gal_extra_args(model, params, loss)
   _, set_later = jax.jit(lambda s: injected.update(None, s, params, **extra))(state)
-  _, built = gal_chain(optax.sgd, 0.5, **kw).update(None, want_state, params, **extra)
+  built_tx = gal_chain(optax.sgd, 0.5, **kw)
+  _, built = jax.jit(lambda s: built_tx.update(None, s, params, **extra))(want_state)
   tentative = lambda chain_state: chain_state[0].tentative_loss
   np.testing.assert_allclose(tentative(set_later.inner_state), tentative(built), rtol=1e-6)
 
