@@ -19,27 +19,30 @@ import jax.numpy as jnp
 import optax
 
 from optax_ext import _checks, _diagnostics
+from optax_ext.published import gal as _published
+
+__all__ = ["GALState", "Regressor", "gal", "gal_chain", "gal_extra_args"]
 
 
 class GALState(NamedTuple):
   """State for :func:`gal`.
 
   ``regressor_params`` and ``regressor_state`` are the regressor's Flax
-  parameters and its optimizer's state. The last four fields log the last
-  step (float32 scalars): whether the adjusted gradient was used (1.0) or the
-  vanilla one (0.0), the tentative loss :math:`\\ell(z - \\tilde\\eta g)`,
-  :math:`|r|`, and the cosine similarity between the adjustment
-  :math:`\\tilde v` and the vanilla output gradient, over the whole batch
-  (0 where either is zero).
+  parameters and its optimizer's state, in the model parameters' dtype (at
+  least float32). The last four fields log the last step, as scalars of that
+  dtype: whether the adjusted gradient was used (1.0) or the vanilla one
+  (0.0), the tentative loss :math:`\\ell(z - \\tilde\\eta g)`, :math:`|r|`, and
+  the cosine similarity between the adjustment :math:`\\tilde v` and the
+  vanilla output gradient over the whole batch (0 where either is zero).
   """
 
   count: jax.Array  # shape=(), dtype=jnp.int32
   regressor_params: Any
   regressor_state: Any
-  used_adjusted: jax.Array  # shape=(), dtype=jnp.float32
-  tentative_loss: jax.Array  # shape=(), dtype=jnp.float32
-  remainder: jax.Array  # shape=(), dtype=jnp.float32, |r|
-  cosine: jax.Array  # shape=(), dtype=jnp.float32
+  used_adjusted: jax.Array  # shape=(), dtype of the regressor (all four)
+  tentative_loss: jax.Array
+  remainder: jax.Array  # |r|
+  cosine: jax.Array
 
 
 class Regressor(nn.Module):
@@ -52,22 +55,44 @@ class Regressor(nn.Module):
   hidden: Sequence[int]
   out: int
   activation: Optional[Callable[[jax.Array], jax.Array]] = None
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     for width in self.hidden:
-      x = nn.Dense(width)(x)
+      x = nn.Dense(width, param_dtype=self.param_dtype)(x)
       if self.activation is not None:
         x = self.activation(x)
-    return nn.Dense(self.out)(x)
+    return nn.Dense(self.out, param_dtype=self.param_dtype)(x)
 
 
-def _require(name: str, value: Any, what: str) -> None:
-  if value is None:
+def _check_extra_args(outputs: Any, loss_fn: Any, outputs_vjp: Any, output_dim: int) -> None:
+  """Raises ``ValueError`` naming the first of GAL's extra arguments that is missing or wrong."""
+  for name, value, what in (
+    ("outputs", outputs, "the model's outputs z"),
+    ("loss_fn", loss_fn, "a function z -> batch-mean loss"),
+    ("outputs_vjp", outputs_vjp, "the model's VJP from outputs to parameters, as jax.vjp gives"),
+  ):
+    if value is None or (name != "outputs" and not callable(value)):
+      raise ValueError(
+        f"gal needs the keyword argument `{name}` ({what}), got {value!r}; "
+        "optax_ext.gal_extra_args builds outputs, loss_fn and outputs_vjp in one call"
+      )
+  if not hasattr(outputs, "shape") or outputs.ndim < 1 or outputs.shape[-1] != output_dim:
     raise ValueError(
-      f"gal needs the keyword argument `{name}` ({what}); "
-      "optax_ext.gal_extra_args builds outputs, loss_fn and outputs_vjp in one call"
+      f"`outputs` must be an array whose last axis has size output_dim={output_dim}, "
+      f"got shape {getattr(outputs, 'shape', type(outputs))}"
     )
+
+
+def _state_dtype(params: Any) -> jnp.dtype:
+  """The regressor's dtype: the model parameters' (promoted), at least float32."""
+  return jnp.result_type(jnp.float32, *[jnp.result_type(p) for p in jax.tree.leaves(params)])
+
+
+def _linear_term(dots: jax.Array) -> jax.Array:
+  """The remainder's linear term summed over the samples, as in Eq. 7."""
+  return jnp.sum(dots)
 
 
 def _row_norm(a: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -82,7 +107,7 @@ def gal(
   hidden: Sequence[int] = (100, 32, 16),
   alpha: jax.typing.ArrayLike = 1e-3,
   beta: jax.typing.ArrayLike = 1.0,
-  learning_rate: optax.ScalarOrSchedule = 1e-2,
+  learning_rate: Optional[optax.ScalarOrSchedule] = None,
   regressor_optimizer: Optional[optax.GradientTransformation] = None,
   activation: Optional[Callable[[jax.Array], jax.Array]] = None,
   *,
@@ -129,8 +154,9 @@ def gal(
       paper's useful range: 1e-4 to 1e-2; 0 switches the adjustment off).
     beta: β > 0, the tentative step :math:`\tilde\eta = \beta\eta` (the paper
       uses 0.001 to 10, depending on the optimizer).
-    learning_rate: η, the model's learning rate (float or schedule), the same
-      value the optimizer after this stage uses.
+    learning_rate: η, the model's learning rate (float or schedule): the one
+      the optimizer after this stage uses. Required; :func:`gal_chain` takes it
+      once for both stages.
     regressor_optimizer: The regressor's optimizer; default
       ``optax.sgd(learning_rate)`` (the published code trains the regressor in
       the model's own optimizer).
@@ -138,32 +164,31 @@ def gal(
       as the published ``RNet``).
     reference_compat: Take the linear term as the batch mean
       :math:`\tilde\eta\,\mathrm{mean}_n(\nabla_n\cdot g_n)`, as the published
-      ``adjustment.py`` does, instead of the paper's sum (Eq. 7).
+      ``adjustment.py`` does, instead of the paper's sum (Eq. 7); see
+      :mod:`optax_ext.published.gal`.
     seed: Seed of the regressor's initialisation.
 
   Returns:
-    A :class:`optax.GradientTransformationExtraArgs`.
+    A :class:`optax.GradientTransformationExtraArgs`. The regressor and the
+    remainder are computed in the model parameters' dtype (at least float32).
 
   Examples:
     >>> import jax, jax.numpy as jnp, flax.linen as nn, optax
     >>> import optax_ext
     >>> model = nn.Dense(3)
-    >>> x = jax.random.normal(jax.random.key(0), (8, 4))
-    >>> y = jnp.arange(8) % 3
+    >>> x, y = jax.random.normal(jax.random.key(0), (8, 4)), jnp.arange(8) % 3
     >>> params = model.init(jax.random.key(1), x)['params']
     >>> loss = lambda z: optax.softmax_cross_entropy_with_integer_labels(z, y).mean()
-    >>> tx = optax.chain(optax_ext.gal(3, learning_rate=0.5), optax.sgd(0.5))
-    >>> state = tx.init(params)
+    >>> tx = optax.chain(optax_ext.gal(3, learning_rate=0.5), optax.sgd(0.5))  # one rate, twice
     >>> @jax.jit
     ... def step(params, state):
     ...   extra = optax_ext.gal_extra_args(lambda p: model.apply({'params': p}, x), params, loss)
     ...   updates, state = tx.update(None, state, params, **extra)  # one backward pass
     ...   return optax.apply_updates(params, updates), state, loss(extra['outputs'])
-    >>> losses = []
-    >>> for _ in range(5):
-    ...   params, state, value = step(params, state)
-    ...   losses.append(float(value))
-    >>> losses[-1] < losses[0]
+    >>> params, state, first = step(params, tx.init(params))
+    >>> for _ in range(4):
+    ...   params, state, last = step(params, state)
+    >>> bool(last < first)
     True
     >>> sorted(optax_ext.diagnostics(state))
     ['gal/cosine', 'gal/remainder', 'gal/tentative_loss', 'gal/used_adjusted']
@@ -196,44 +221,35 @@ def gal(
   hidden = tuple(int(h) for h in hidden)
   _checks.check_nonnegative("alpha", alpha)
   _checks.check_positive("beta", beta)
+  if learning_rate is None:  # no default: it must be the following optimizer's
+    raise ValueError(
+      "gal needs learning_rate, the model's learning rate (the optimizer after it uses the "
+      "same); gal_chain(optimizer, learning_rate, output_dim) gives it to both at once"
+    )
   _checks.check_learning_rate(learning_rate)
   if activation is not None and not callable(activation):
     raise ValueError(f"activation must be callable or None, got {activation!r}")
-  regressor = Regressor(hidden, output_dim, activation)
   reg_opt = regressor_optimizer if regressor_optimizer is not None else optax.sgd(learning_rate)
+  linear_term = _published.linear_term if reference_compat else _linear_term
+
+  regressor_of = lambda dtype: Regressor(hidden, output_dim, activation, param_dtype=dtype)
 
   def init_fn(params):
-    del params
-    reg_params = regressor.init(jax.random.key(seed), jnp.zeros((1, output_dim)))["params"]
-    zero = jnp.zeros([], jnp.float32)
-    return GALState(
-      count=jnp.zeros([], jnp.int32),
-      regressor_params=reg_params,
-      regressor_state=reg_opt.init(reg_params),
-      used_adjusted=zero,
-      tentative_loss=zero,
-      remainder=zero,
-      cosine=zero,
-    )
+    dtype = _state_dtype(params)
+    regressor = regressor_of(dtype)
+    reg_params = regressor.init(jax.random.key(seed), jnp.zeros((1, output_dim), dtype))["params"]
+    zero = jnp.zeros([], dtype)  # the four logged scalars
+    return GALState(jnp.zeros([], jnp.int32), reg_params, reg_opt.init(reg_params), *[zero] * 4)
 
   def update_fn(
     updates, state, params=None, *, outputs=None, loss_fn=None, outputs_vjp=None, **extra_args
   ):
     del params, extra_args
-    _require("outputs", outputs, "the model's outputs z")
-    _require("loss_fn", loss_fn, "a function z -> batch-mean loss")
-    _require("outputs_vjp", outputs_vjp, "the model's VJP from outputs to parameters")
-    if not callable(loss_fn):
-      raise ValueError(f"`loss_fn` must be a function z -> scalar loss, got {loss_fn!r}")
-    if not callable(outputs_vjp):
-      raise ValueError(f"`outputs_vjp` must be the function jax.vjp returns, got {outputs_vjp!r}")
-    if not hasattr(outputs, "shape") or outputs.ndim < 1 or outputs.shape[-1] != output_dim:
-      raise ValueError(
-        f"`outputs` must be an array whose last axis has size output_dim={output_dim}, "
-        f"got shape {getattr(outputs, 'shape', type(outputs))}"
-      )
+    _check_extra_args(outputs, loss_fn, outputs_vjp, output_dim)
     z = jax.lax.stop_gradient(outputs)
-    ct = jnp.promote_types(outputs.dtype, jnp.float32)  # computation dtype
+    dtype = state.remainder.dtype  # the regressor's
+    regressor = regressor_of(dtype)
+    ct = jnp.promote_types(outputs.dtype, dtype)  # computation dtype
     lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
     eta_t = jnp.asarray(beta * lr, ct)
     loss0, nabla = jax.value_and_grad(loss_fn)(z)
@@ -250,8 +266,7 @@ def gal(
       g = nab + v_adj
       tentative = jnp.asarray(loss_fn(z - as_outputs(eta_t * g)), ct)
       dots = jnp.sum(nab * g, axis=-1)
-      linear = eta_t * (jnp.mean(dots) if reference_compat else jnp.sum(dots))
-      r = tentative - loss0 + linear
+      r = tentative - loss0 + eta_t * linear_term(dots)
       return jnp.abs(r), (g, v_adj, tentative)
 
     (r_abs, (g, v_adj, tentative)), reg_grads = jax.value_and_grad(remainder, has_aux=True)(
@@ -263,7 +278,7 @@ def gal(
     else:
       # VJP is linear: vanilla + VJP(ṽ) = VJP(g). The extra pass runs every step
       # with a zero cotangent when ṽ is not used: under lax.cond, XLA on CPU ran
-      # the convolution backward pass several times slower than outside it.
+      # the convolution backward pass slower than outside it.
       (extra_grads,) = outputs_vjp(as_outputs(jnp.where(use, v_adj, 0.0)))
       param_grads = jax.tree.map(lambda u, a: (u + a).astype(u.dtype), updates, extra_grads)
     reg_updates, reg_state = reg_opt.update(
@@ -278,19 +293,64 @@ def gal(
     reg_state = keep(reg_state, state.regressor_state)
     denom = jnp.linalg.norm(v_adj) * jnp.linalg.norm(nab)
     cosine = jnp.where(denom > 0, jnp.sum(v_adj * nab) / jnp.where(denom > 0, denom, 1.0), 0.0)
-    f32 = lambda a: jnp.asarray(a, jnp.float32)
-    new_state = GALState(
-      count=optax.safe_increment(state.count),
-      regressor_params=reg_params,
-      regressor_state=reg_state,
-      used_adjusted=f32(use),
-      tentative_loss=f32(tentative),
-      remainder=f32(r_abs),
-      cosine=f32(cosine),
-    )
-    return param_grads, new_state
+    logged = [jnp.asarray(a, dtype) for a in (use, tentative, r_abs, cosine)]
+    count = optax.safe_increment(state.count)
+    return param_grads, GALState(count, reg_params, reg_state, *logged)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def gal_chain(
+  optimizer: Callable[[optax.ScalarOrSchedule], optax.GradientTransformation],
+  learning_rate: optax.ScalarOrSchedule,
+  output_dim: int,
+  hidden: Sequence[int] = (100, 32, 16),
+  alpha: jax.typing.ArrayLike = 1e-3,
+  beta: jax.typing.ArrayLike = 1.0,
+  regressor_optimizer: Optional[optax.GradientTransformation] = None,
+  activation: Optional[Callable[[jax.Array], jax.Array]] = None,
+  *,
+  reference_compat: bool = False,
+  seed: int = 0,
+) -> optax.GradientTransformationExtraArgs:
+  r"""GAL in front of ``optimizer(learning_rate)``, the learning rate said once.
+
+  GAL's tentative step :math:`\tilde\eta = \beta\eta` uses the model's
+  learning rate; this builds ``optax.chain(gal(output_dim, ...,
+  learning_rate=learning_rate), optimizer(learning_rate))`` so that the two
+  cannot differ. Under :func:`optax.inject_hyperparams` pass
+  ``static_args=('optimizer', 'output_dim', 'seed', 'activation')``: the
+  injected learning rate then reaches both stages.
+
+  Args:
+    optimizer: A factory from a learning rate (float or schedule) to the
+      model's optimizer, e.g. ``optax.sgd`` or
+      ``lambda lr: optax.apply_if_finite(optax.adam(lr), 5)``.
+    learning_rate: η, a float or an optax schedule.
+    output_dim: d, the width of the model's outputs.
+    hidden, alpha, beta, regressor_optimizer, activation, reference_compat,
+      seed: As for :func:`gal`.
+
+  Returns:
+    An :class:`optax.GradientTransformationExtraArgs` taking GAL's extra
+    arguments (and any the optimizer needs).
+
+  Examples:
+    >>> import optax
+    >>> from optax_ext.gal import gal_chain
+    >>> tx = gal_chain(optax.sgd, optax.exponential_decay(0.1, 10, 0.5), output_dim=3)
+  """
+  flags = {"reference_compat": reference_compat, "seed": seed}
+  stage = gal(
+    output_dim, hidden, alpha, beta, learning_rate, regressor_optimizer, activation, **flags
+  )
+  tail = optimizer(learning_rate) if callable(optimizer) else None
+  if not isinstance(tail, optax.GradientTransformation):
+    raise ValueError(
+      "optimizer must map a learning rate to an optax transformation (e.g. optax.sgd), "
+      f"got {optimizer!r}"
+    )
+  return optax.chain(stage, tail)
 
 
 def gal_extra_args(
@@ -331,12 +391,8 @@ def gal_extra_args(
 
 
 def _read_diagnostics(state: GALState) -> dict[str, jax.Array]:
-  return {
-    "used_adjusted": state.used_adjusted,
-    "tentative_loss": state.tentative_loss,
-    "remainder": state.remainder,
-    "cosine": state.cosine,
-  }
+  """The four logged scalars: used_adjusted, tentative_loss, remainder, cosine."""
+  return {name: getattr(state, name) for name in GALState._fields[3:]}
 
 
 _diagnostics.register(GALState, "gal", _read_diagnostics)

@@ -29,6 +29,10 @@ import numpy as np
 from flax import traverse_util
 from jax import lax
 
+from optax_ext.insgd import InputPower
+
+__all__ = ["capture_input_power"]
+
 _warned: set[str] = set()
 
 # Layers whose parameters are deliberately not normalised: normalisation
@@ -41,15 +45,20 @@ _SILENT = tuple(
 )
 
 
+def _power_dtype(x: jax.Array) -> jnp.dtype:
+  """The dtype powers are computed in: the input's, at least float32."""
+  return jnp.promote_types(x.dtype, jnp.float32)
+
+
 def _power_map(x: jax.Array, q: int) -> jax.Array:
-  x = x.astype(jnp.float32)
+  x = x.astype(_power_dtype(x))
   return jnp.abs(x) if q == 1 else jnp.square(x)
 
 
-def dense_power(x: jax.Array, q: int) -> jax.Array:
+def _dense_power(x: jax.Array, q: int) -> jax.Array:
   """Mean over every leading axis of ``‖row‖_q^q`` (the row is the last axis)."""
   # Batch axes first: a reduction along the major axis vectorises well, one
-  # straight to a scalar does not (about 4x slower on XLA:CPU).
+  # straight to a scalar does not.
   v = _power_map(x, q).reshape(-1, x.shape[-1])
   return jnp.sum(jnp.sum(v, axis=0)) / max(1, v.shape[0])
 
@@ -145,7 +154,7 @@ def _conv_geometry(module: nn.Conv, spatial: tuple[int, ...]):
   return weights[..., None], outputs
 
 
-def conv_power(module: nn.Conv, x: jax.Array, q: int) -> Optional[jax.Array]:
+def _conv_power(module: nn.Conv, x: jax.Array, q: int) -> Optional[jax.Array]:
   """Mean over samples and output positions of ``‖patch‖_q^q``, per feature group.
 
   Returns a scalar for an ungrouped convolution; with ``feature_group_count
@@ -157,9 +166,9 @@ def conv_power(module: nn.Conv, x: jax.Array, q: int) -> Optional[jax.Array]:
   geometry = _conv_geometry(module, tuple(x.shape[1:-1]))
   if geometry is None:
     return None
-  counts, outputs = geometry  # integer counts: exact in float32; divide once at the end
-  # Sum over the batch first (fast, see dense_power), then weight the positions.
-  v = jnp.sum(_power_map(x, q), axis=0) * jnp.asarray(counts, jnp.float32)
+  counts, outputs = geometry  # integer counts, exact in float32 and wider; divide once at the end
+  # Sum over the batch first (fast, see _dense_power), then weight the positions.
+  v = jnp.sum(_power_map(x, q), axis=0) * jnp.asarray(counts, _power_dtype(x))
   denominator = float(max(x.shape[0] * outputs, 1))
   groups = module.feature_group_count
   if groups == 1:
@@ -201,19 +210,23 @@ def capture_input_power(
     apply_fn: A Flax ``Module.apply`` (or an unjitted function calling one).
     variables: The model's variables, with a ``'params'`` collection.
     *args: Positional arguments of ``apply_fn`` after ``variables``.
-    norm_order: q in :math:`\|x\|_q^q`: 2 (INSGD-ℓ2) or 1 (INSGD-ℓ1). Use the
-      same order as the ``insgd(..., norm_order=q)`` that consumes the power.
+    norm_order: q in :math:`\|x\|_q^q`: 2 (INSGD-ℓ2) or 1 (INSGD-ℓ1). This
+      is the one place the order is said: the result carries it to
+      :func:`optax_ext.insgd`, which refuses a power of another order if it was
+      given one itself.
     **apply_kwargs: Keyword arguments of ``apply_fn`` (``train``, ``rngs``,
       ``mutable``, ...).
 
   Returns:
     ``(outputs, input_power)``: ``outputs`` is exactly what ``apply_fn``
     returned (``(y, mutated_variables)`` when ``mutable`` is given);
-    ``input_power`` has the structure of ``variables['params']``, with
-    :math:`m_t` (a float32 scalar, or a vector over the output features for a
-    convolution with ``feature_group_count > 1``) at each Dense/Conv kernel
-    and ``None`` at every other leaf. A layer called several times gets the
-    mean of its calls.
+    ``input_power`` is an :class:`~optax_ext.insgd.InputPower` holding
+    ``norm_order`` and ``powers``, a tree with the structure of
+    ``variables['params']``: :math:`m_t` (a scalar, or a vector over the
+    output features for a convolution with ``feature_group_count > 1``, in the
+    layer input's dtype, at least float32) at each Dense/Conv kernel and
+    ``None`` at every other leaf. A layer called several times gets the mean
+    of its calls.
 
   Raises:
     ValueError: if ``norm_order`` is not 1 or 2.
@@ -225,10 +238,10 @@ def capture_input_power(
     >>> x = jnp.ones((2, 5, 5, 2))
     >>> variables = model.init(jax.random.key(0), x)
     >>> y, power = optax_ext.capture_input_power(model.apply, variables, x)
-    >>> print(power['kernel'])  # each 3x3x2 patch of ones has squared norm 18
+    >>> print(power.powers['kernel'])  # each 3x3x2 patch of ones has squared norm 18
     18.0
-    >>> print(power['bias'])
-    None
+    >>> print(power.powers['bias'], power.norm_order)
+    None 2
 
   .. warning::
     Parameters of any other layer (``nn.Einsum``, ``nn.DenseGeneral``,
@@ -253,11 +266,11 @@ def capture_input_power(
     if context.method_name == "__call__" and call_args:
       if type(module) is nn.Dense:
         x = lax.stop_gradient(call_args[0])
-        records.setdefault(path, []).append(dense_power(x, norm_order))
+        records.setdefault(path, []).append(_dense_power(x, norm_order))
       elif type(module) is nn.Conv:
         p = None
         if getattr(module, "mask", None) is None:
-          p = conv_power(module, lax.stop_gradient(call_args[0]), norm_order)
+          p = _conv_power(module, lax.stop_gradient(call_args[0]), norm_order)
         if p is None:
           unsupported.add(path)
         else:
@@ -290,4 +303,4 @@ def capture_input_power(
       f"capture_input_power: the parameters of layer {where} ({what}) get no input power; "
       "INSGD updates them as plain SGD"
     )
-  return outputs, traverse_util.unflatten_dict(power)
+  return outputs, InputPower(traverse_util.unflatten_dict(power), norm_order)

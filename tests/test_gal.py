@@ -1,4 +1,4 @@
-"""GAL against a NumPy transcription of Algorithm 1 (linear model, linear regressor)."""
+"""GAL against a float64 NumPy transcription of Algorithm 1 (linear model, linear regressor)."""
 
 import jax
 import jax.numpy as jnp
@@ -7,6 +7,7 @@ import optax
 import pytest
 
 import optax_ext
+from optax_ext.gal import gal_chain
 
 
 def ce(z, y):
@@ -31,41 +32,41 @@ def mse_grad(z, y):
 
 
 def gal_step(W, b, A, c, x, y, lr, alpha, beta, loss, loss_grad, linear="sum"):
-  """Algorithm 1 for the model z = xW + b and the linear regressor h(z) = zA + c."""
+  """Algorithm 1 for the model z = xW + b and the linear regressor h(z) = zA + c, in float64."""
   z = x @ W + b
   eta_t = beta * lr
   l0 = loss(z, y)
   nab = loss_grad(z, y)
-
-  def parts(A, c):
-    v = z @ A + c
-    vn = np.linalg.norm(v, axis=1, keepdims=True)
-    v_adj = alpha * np.linalg.norm(nab, axis=1, keepdims=True) * v / vn  # Eq. 4, per sample
-    g = nab + v_adj  # Eq. 5
-    tent = loss(z - eta_t * g, y)
-    dots = np.sum(nab * g, axis=1)
-    r = tent - l0 + eta_t * (dots.sum() if linear == "sum" else dots.mean())  # Eq. 7
-    return g, tent, r
-
-  g, tent, r = parts(A, c)
+  nab_norm = np.linalg.norm(nab, axis=1, keepdims=True)
+  v = z @ A + c
+  vn = np.linalg.norm(v, axis=1, keepdims=True)
+  v_adj = alpha * nab_norm * v / vn  # Eq. 4, per sample
+  g = nab + v_adj  # Eq. 5
+  tent = loss(z - eta_t * g, y)
+  weight = 1.0 if linear == "sum" else 1.0 / len(z)  # Eq. 7 sums; the published code averages
+  r = tent - l0 + eta_t * weight * np.sum(nab * g)
   use = tent <= l0  # lines 7-10
   cot = g if use else nab
   dW, db = x.T @ cot, cot.sum(0)
-  # The regressor's gradient of |r| (objective 6), by central differences in float64.
-  h = 1e-6
-  dA, dc = np.zeros_like(A), np.zeros_like(c)
-  for arr, out in ((A, dA), (c, dc)):
-    for idx in np.ndindex(arr.shape):
-      old = arr[idx]
-      arr[idx] = old + h
-      up = abs(parts(A, c)[2])
-      arr[idx] = old - h
-      down = abs(parts(A, c)[2])
-      arr[idx] = old
-      out[idx] = (up - down) / (2 * h)
-  v_adj = g - nab
+  # The regressor's gradient of |r| (objective 6), by the chain rule:
+  # d|r|/dṽ_n = sign(r) η̃ (w ∇_n - ℓ'(z - η̃ g)_n), then through ṽ_n = α‖∇_n‖ v_n/‖v_n‖.
+  s = np.sign(r) * eta_t * (weight * nab - loss_grad(z - eta_t * g, y))
+  u = v / vn
+  dv = alpha * nab_norm / vn * (s - u * np.sum(u * s, axis=1, keepdims=True))
+  dA, dc = z.T @ dv, dv.sum(0)
   cos = np.sum(v_adj * nab) / (np.linalg.norm(v_adj) * np.linalg.norm(nab))
-  return dict(use=use, tent=tent, r=abs(r), dW=dW, db=db, dA=dA, dc=dc, cos=cos)
+  return dict(z=z, use=use, tent=tent, r=abs(r), dW=dW, db=db, dA=dA, dc=dc, cos=cos)
+
+
+def close_to_1e_12(got, want, scale=None):
+  """Within 1e-12 of ``want``, relative to each entry or to ``scale``.
+
+  ``scale`` (default: the array's largest entry) is the size of the terms an
+  entry is a sum of: the second bound admits the float64 rounding of entries
+  whose terms nearly cancel (the remainder is a difference of two losses).
+  """
+  scale = np.max(np.abs(np.asarray(want, np.float64))) if scale is None else scale
+  np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12 * scale)
 
 
 def _setup(task, seed=0, d=3, n=6, k=4):
@@ -108,49 +109,65 @@ def _f32_problem(task="ce", seed=5, n=6, k=4):
     ("mse", 10.0, 50.0, False, "sum"),
   ],
 )
-def test_one_and_several_steps_match_transcription(task, alpha, beta, branch, linear):
+def test_float64_steps_match_transcription(task, alpha, beta, branch, linear):
+  """A float64 model keeps GAL in float64: outputs, remainder and gradients to 1e-12."""
   d, lr = 3, 0.1
   x, y, W, b = _setup(task, d=d)
   loss, loss_grad = (ce, ce_grad) if task == "ce" else (mse, mse_grad)
+  close = close_to_1e_12
   with jax.enable_x64(True):
+    # SGD behind a zero-decay trace, whose state then holds the regressor's gradient.
+    regressor_optimizer = optax.chain(optax.trace(decay=0.0), optax.sgd(lr))
     tx = optax_ext.gal(
-      d, hidden=(), alpha=alpha, beta=beta, learning_rate=lr, reference_compat=(linear == "mean")
+      d,
+      hidden=(),
+      alpha=alpha,
+      beta=beta,
+      learning_rate=lr,
+      regressor_optimizer=regressor_optimizer,
+      reference_compat=(linear == "mean"),
     )
     params = {"W": jnp.asarray(W), "b": jnp.asarray(b)}
     state = tx.init(params)
-    theta = jax.tree.map(lambda a: np.asarray(a, np.float64), state.regressor_params)
-    A, c = theta["Dense_0"]["kernel"], theta["Dense_0"]["bias"]
+    assert {a.dtype for a in jax.tree.leaves(state)} == {jnp.dtype("int32"), jnp.dtype("float64")}
+    theta = state.regressor_params["Dense_0"]
+    A, c = np.asarray(theta["kernel"]), np.asarray(theta["bias"])
     model = lambda p: jnp.asarray(x) @ p["W"] + p["b"]
-    step = jax.jit(
-      lambda s, p: tx.update(None, s, p, **optax_ext.gal_extra_args(model, p, _jax_loss(task, y)))
-    )
+
+    @jax.jit
+    def step(state, params):
+      extra = optax_ext.gal_extra_args(model, params, _jax_loss(task, y))
+      grads, state = tx.update(None, state, params, **extra)
+      return extra["outputs"], grads, state
+
     for t in range(3):
       ref = gal_step(W, b, A, c, x, y, lr, alpha, beta, loss, loss_grad, linear)
       if t == 0:
         assert ref["use"] == branch  # the constructed case takes the intended branch
-      grads, state = step(state, params)
+      z, grads, state = step(state, params)
       assert float(state.used_adjusted) == float(ref["use"]), t
-      # Logged quantities are float32 scalars.
-      np.testing.assert_allclose(state.tentative_loss, ref["tent"], rtol=1e-6)
-      np.testing.assert_allclose(state.remainder, ref["r"], rtol=1e-5, atol=1e-9)
-      np.testing.assert_allclose(state.cosine, ref["cos"], rtol=1e-5)
-      np.testing.assert_allclose(optax_ext.diagnostics(state)["gal/cosine"], ref["cos"], rtol=1e-5)
-      np.testing.assert_allclose(grads["W"], ref["dW"], rtol=1e-7, atol=1e-12)
-      np.testing.assert_allclose(grads["b"], ref["db"], rtol=1e-7, atol=1e-12)
+      close(z, ref["z"])
+      close(state.tentative_loss, ref["tent"])
+      close(state.remainder, ref["r"], scale=ref["tent"])
+      close(optax_ext.diagnostics(state)["gal/remainder"], ref["r"], scale=ref["tent"])
+      close(state.cosine, ref["cos"])
+      close(grads["W"], ref["dW"])  # the chosen output gradient, back-propagated once
+      close(grads["b"], ref["db"])
+      reg_grads = state.regressor_state[0].trace["Dense_0"]
+      close(reg_grads["kernel"], ref["dA"])
+      close(reg_grads["bias"], ref["dc"])
       new_theta = state.regressor_params["Dense_0"]
-      # The regressor's parameters are float32: compare its SGD step with the
-      # transcription's gradient, to float32 rounding of the parameters.
-      np.testing.assert_allclose((A - new_theta["kernel"]) / lr, ref["dA"], rtol=1e-4, atol=2e-6)
-      np.testing.assert_allclose((c - new_theta["bias"]) / lr, ref["dc"], rtol=1e-4, atol=2e-6)
+      close(new_theta["kernel"], A - lr * ref["dA"])
+      close(new_theta["bias"], c - lr * ref["dc"])
       # Advance both: the model by SGD, the regressor as GAL did.
       W, b = W - lr * ref["dW"], b - lr * ref["db"]
-      A = np.asarray(new_theta["kernel"], np.float64)
-      c = np.asarray(new_theta["bias"], np.float64)
+      A, c = np.asarray(new_theta["kernel"]), np.asarray(new_theta["bias"])
       params = {"W": jnp.asarray(W), "b": jnp.asarray(b)}
 
 
 def test_schedule_is_read_at_the_step_count():
-  # With lr(t) = 0.1 * 0.5^t, step 2 of a scheduled GAL equals the transcription at lr 0.05.
+  # With lr(t) = 0.1 * 0.5^t (in float64; optax's schedules compute in float32), step 2 of
+  # a scheduled GAL equals the transcription at lr 0.05.
   x, y, W, b = _setup("mse", seed=2)
   with jax.enable_x64(True):
     tx = optax_ext.gal(
@@ -158,15 +175,15 @@ def test_schedule_is_read_at_the_step_count():
       hidden=(),
       alpha=0.05,
       beta=0.5,
-      learning_rate=optax.exponential_decay(0.1, 1, 0.5),
+      learning_rate=lambda count: 0.1 * 0.5 ** jnp.asarray(count, jnp.float64),
       regressor_optimizer=optax.sgd(0.0),
     )
     model = lambda p: jnp.asarray(x) @ p["W"] + p["b"]
     loss = _jax_loss("mse", y)
-    state = tx.init(None)
-    theta = state.regressor_params["Dense_0"]
-    A, c = np.asarray(theta["kernel"], np.float64), np.asarray(theta["bias"], np.float64)
     params = {"W": jnp.asarray(W), "b": jnp.asarray(b)}
+    state = tx.init(params)
+    theta = state.regressor_params["Dense_0"]
+    A, c = np.asarray(theta["kernel"]), np.asarray(theta["bias"])
 
     @jax.jit
     def two_steps(state):
@@ -176,8 +193,8 @@ def test_schedule_is_read_at_the_step_count():
 
     grads, state = two_steps(state)
   ref = gal_step(W, b, A, c, x, y, 0.05, 0.05, 0.5, mse, mse_grad)
-  np.testing.assert_allclose(state.tentative_loss, ref["tent"], rtol=1e-6)
-  np.testing.assert_allclose(grads["W"], ref["dW"], rtol=1e-7)
+  close_to_1e_12(state.tentative_loss, ref["tent"])
+  close_to_1e_12(grads["W"], ref["dW"])
 
 
 def test_zero_regressor_output_gives_the_vanilla_gradient():
@@ -355,23 +372,58 @@ def test_apply_if_finite_behind_gal_and_around_the_vanilla_path():
   assert _all_zero(u2)
 
 
-def test_inject_hyperparams_matches_plain():
-  params, model, loss = _f32_problem()
-  kwargs = dict(output_dim=3, hidden=(8,), alpha=0.05, beta=0.5, learning_rate=0.1)
-  plain = optax_ext.gal(**kwargs)
-  injected = optax.inject_hyperparams(
-    optax_ext.gal, static_args=("output_dim", "seed", "activation")
-  )(**kwargs)
-  extra = optax_ext.gal_extra_args(model, params, loss)
-  f = jax.jit(
-    lambda s1, s2: (
-      plain.update(None, s1, params, **extra),
-      injected.update(None, s2, params, **extra),
-    )
+def _steps(tx, params, model, loss, steps=3):
+  """``steps`` jitted updates; returns every update and the last state."""
+  step = jax.jit(
+    lambda s, p: tx.update(None, s, p, **optax_ext.gal_extra_args(model, p, loss)),
   )
-  (u1, s1), (u2, s2) = f(plain.init(params), injected.init(params))
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), u1, u2)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), s1, s2.inner_state)
+  state, out = tx.init(params), []
+  for _ in range(steps):
+    updates, state = step(state, params)
+    params = optax.apply_updates(params, updates)
+    out.append(updates)
+  return out, state
+
+
+def test_gal_chain_equals_the_hand_written_chain_bit_for_bit():
+  params, model, loss = _f32_problem()
+  rate = optax.exponential_decay(0.2, 1, 0.7)
+  kw = dict(hidden=(8,), alpha=0.05, beta=0.5)
+  momentum = lambda lr: optax.sgd(lr, momentum=0.9)
+  one_place = gal_chain(momentum, rate, 3, **kw)
+  by_hand = optax.chain(optax_ext.gal(3, learning_rate=rate, **kw), momentum(rate))
+  got, got_state = _steps(one_place, params, model, loss)
+  want, want_state = _steps(by_hand, params, model, loss)
+  jax.tree.map(np.testing.assert_array_equal, (got, got_state), (want, want_state))
+
+
+def test_gal_chain_under_inject_hyperparams_shares_the_injected_rate():
+  params, model, loss = _f32_problem()
+  kw = dict(output_dim=3, hidden=(8,), alpha=0.05, beta=0.5)
+  statics = ("optimizer", "output_dim", "seed", "activation")
+  injected = optax.inject_hyperparams(gal_chain, static_args=statics)(optax.sgd, 0.1, **kw)
+  got, state = _steps(injected, params, model, loss, steps=2)
+  want, want_state = _steps(gal_chain(optax.sgd, 0.1, **kw), params, model, loss, steps=2)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), got, want)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), state.inner_state, want_state
+  )
+  # A rate set in the state reaches GAL's tentative step too, as if built with it.
+  state.hyperparams["learning_rate"] = jnp.asarray(0.5)
+  extra = optax_ext.gal_extra_args(model, params, loss)
+  _, set_later = jax.jit(lambda s: injected.update(None, s, params, **extra))(state)
+  built_tx = gal_chain(optax.sgd, 0.5, **kw)
+  _, built = jax.jit(lambda s: built_tx.update(None, s, params, **extra))(want_state)
+  tentative = lambda chain_state: chain_state[0].tentative_loss
+  np.testing.assert_allclose(tentative(set_later.inner_state), tentative(built), rtol=1e-6)
+
+
+def test_the_learning_rate_is_required_and_the_optimizer_checked():
+  with pytest.raises(ValueError, match="learning_rate.*gal_chain"):
+    optax_ext.gal(3, hidden=(4,))
+  for bad in (None, 0.1, lambda lr: lr):
+    with pytest.raises(ValueError, match="optimizer"):
+      gal_chain(bad, 0.1, 3)
 
 
 def test_dtypes_diagnostics_and_activation():
@@ -386,6 +438,8 @@ def test_dtypes_diagnostics_and_activation():
   )
   assert all(a.dtype == jnp.bfloat16 for a in jax.tree.leaves(u))
   assert jax.tree.map(lambda a: a.dtype, new) == jax.tree.map(lambda a: a.dtype, state)
+  # A bfloat16 model gets a float32 regressor, remainder and logs.
+  assert {a.dtype for a in jax.tree.leaves(new[0])} == {jnp.dtype("int32"), jnp.dtype("float32")}
   assert _finite(u)
   d = optax_ext.diagnostics(new)
   assert set(d) == {"gal/used_adjusted", "gal/tentative_loss", "gal/remainder", "gal/cosine"}
@@ -394,7 +448,7 @@ def test_dtypes_diagnostics_and_activation():
 
 
 def test_errors_name_the_argument():
-  tx = optax_ext.gal(3, hidden=(4,))
+  tx = optax_ext.gal(3, hidden=(4,), learning_rate=0.1)
   params = {"W": jnp.ones((4, 3))}
   state = tx.init(params)
   model = lambda p: jnp.ones((2, 4)) @ p["W"]
@@ -404,7 +458,7 @@ def test_errors_name_the_argument():
     del bad[name]
     with pytest.raises(ValueError, match=name):
       tx.update(None, state, params, **bad)
-  wrong = optax_ext.gal(5, hidden=(4,))
+  wrong = optax_ext.gal(5, hidden=(4,), learning_rate=0.1)
   with pytest.raises(ValueError, match="outputs"):
     wrong.update(None, wrong.init(params), params, **extra)
   for kwargs, name in [
@@ -418,4 +472,4 @@ def test_errors_name_the_argument():
     ({"activation": 3}, "activation"),
   ]:
     with pytest.raises(ValueError, match=name):
-      optax_ext.gal(**{"output_dim": 3, **kwargs})
+      optax_ext.gal(**{"output_dim": 3, "learning_rate": 0.1, **kwargs})

@@ -115,25 +115,32 @@ def _zeros_like_init(model, *args):
   return jax.tree.map(lambda s: jnp.full(s.shape, 0.01, s.dtype), shapes)
 
 
-@pytest.mark.parametrize("q", [1, 2])
-def test_conv_power_matches_numpy_patches(q):
+# The power is computed in the input's dtype (at least float32): float64 inputs give float64 powers.
+ORDERS_AND_DTYPES = [(1, "float32", 1e-5), (2, "float32", 1e-5), (2, "float64", 1e-12)]
+
+
+@pytest.mark.parametrize("q,dtype,rtol", ORDERS_AND_DTYPES)
+def test_conv_power_matches_numpy_patches(q, dtype, rtol):
   rng = np.random.default_rng(q)
-  xs = [jnp.asarray(rng.normal(size=(3, *case[-1], 4)), jnp.float32) for case in CASES]
-  model = Branches()
-  variables = _zeros_like_init(model, xs)
-  capture = jax.jit(lambda v, xs: optax_ext.capture_input_power(model.apply, v, xs, norm_order=q))
-  ys, power = capture(variables, xs)
+  with jax.enable_x64(dtype == "float64"):
+    xs = [jnp.asarray(rng.normal(size=(3, *case[-1], 4)), dtype) for case in CASES]
+    model = Branches()
+    variables = _zeros_like_init(model, xs)
+    capture = jax.jit(lambda v, xs: optax_ext.capture_input_power(model.apply, v, xs, norm_order=q))
+    ys, power = capture(variables, xs)
+  assert power.norm_order == q
   for i, case in enumerate(CASES):
     kernel, s, pad, d, g, b, _ = case
     want = numpy_patch_power(xs[i], kernel, s, pad, d, g, q, b)
-    got = np.asarray(power[f"case{i}"]["kernel"])
+    got = power.powers[f"case{i}"]["kernel"]
+    assert got.dtype == dtype, case
     if g == 1:
       assert got.shape == (), case
-      np.testing.assert_allclose(got, want[0], rtol=1e-5, err_msg=str(case))
+      np.testing.assert_allclose(got, want[0], rtol=rtol, err_msg=str(case))
     else:
       assert got.shape == (8,), case
-      np.testing.assert_allclose(got, np.repeat(want, 8 // g), rtol=1e-5, err_msg=str(case))
-    assert power[f"case{i}"]["bias"] is None
+      np.testing.assert_allclose(got, np.repeat(want, 8 // g), rtol=rtol, err_msg=str(case))
+    assert power.powers[f"case{i}"]["bias"] is None
     # The patches' positions are the outputs' positions.
     assert ys[i].shape[0] == 3
 
@@ -167,19 +174,21 @@ def test_conv_power_matches_lax_patches(q):
   p = np.asarray(patches, np.float64).reshape(patches.shape[:-1] + (3, 2, 6))
   v = np.abs(p) if q == 1 else p**2
   want = v.sum(axis=(-2, -1)).mean(axis=(0, 1, 2))
-  np.testing.assert_allclose(power["kernel"], np.repeat(want, 2), rtol=1e-5)
+  np.testing.assert_allclose(power.powers["kernel"], np.repeat(want, 2), rtol=1e-5)
 
 
-@pytest.mark.parametrize("q", [1, 2])
-def test_dense_power_any_rank(q):
-  x = jax.random.normal(jax.random.key(0), (2, 5, 7))
-  dense = nn.Dense(3)
-  variables = _zeros_like_init(dense, x)
-  _, power = optax_ext.capture_input_power(dense.apply, variables, x, norm_order=q)
+@pytest.mark.parametrize("q,dtype,rtol", ORDERS_AND_DTYPES)
+def test_dense_power_any_rank(q, dtype, rtol):
+  with jax.enable_x64(dtype == "float64"):
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 5, 7)), dtype)
+    dense = nn.Dense(3)
+    variables = _zeros_like_init(dense, x)
+    _, power = optax_ext.capture_input_power(dense.apply, variables, x, norm_order=q)
   xn = np.asarray(x, np.float64)
   want = (np.abs(xn) if q == 1 else xn**2).sum(-1).mean()  # rows = last axis, 10 of them
-  np.testing.assert_allclose(power["kernel"], want, rtol=1e-5)
-  assert power["bias"] is None
+  assert power.norm_order == q and power.powers["kernel"].dtype == dtype
+  np.testing.assert_allclose(power.powers["kernel"], want, rtol=rtol)
+  assert power.powers["bias"] is None
 
 
 class Net(nn.Module):
@@ -216,11 +225,11 @@ def test_nested_model_with_batchnorm_dropout_mutable_and_a_shared_layer():
     rtol=1e-6,
   )
   assert set(mutated2) == {"batch_stats"}
-  assert power["BatchNorm_0"] == {"scale": None, "bias": None}
+  assert power.powers["BatchNorm_0"] == {"scale": None, "bias": None}
   hn = np.asarray(h, np.float64)  # the dropped-out features the Dense layer saw
   want = 0.5 * ((hn**2).sum(-1).mean() + (4 * hn**2).sum(-1).mean())  # mean of its two calls
-  np.testing.assert_allclose(power["Dense_0"]["kernel"], want, rtol=1e-5)
-  assert power["Conv_0"]["kernel"].shape == ()
+  np.testing.assert_allclose(power.powers["Dense_0"]["kernel"], want, rtol=1e-5)
+  assert power.powers["Conv_0"]["kernel"].shape == ()
 
 
 def test_power_is_under_stop_gradient_and_one_forward_pass():
@@ -230,7 +239,7 @@ def test_power_is_under_stop_gradient_and_one_forward_pass():
 
   def loss(p):
     z, power = optax_ext.capture_input_power(dense.apply, {"params": p}, x)
-    return jnp.sum(z**2) + power["kernel"]  # the power must not contribute a gradient
+    return jnp.sum(z**2) + power.powers["kernel"]  # the power must not contribute a gradient
 
   g = jax.grad(loss)(params)
   g_plain = jax.grad(lambda p: jnp.sum(dense.apply({"params": p}, x) ** 2))(params)
@@ -260,9 +269,9 @@ def test_unknown_layers_are_reported_once_and_left_none():
     warnings.simplefilter("always")
     for _ in range(2):
       _, power = optax_ext.capture_input_power(model.apply, variables, x)
-  assert power["Einsum_0"]["kernel"] is None and power["gain"] is None
-  assert power["LayerNorm_0"] == {"scale": None, "bias": None}
-  assert power["Dense_0"]["kernel"] is not None
+  assert power.powers["Einsum_0"]["kernel"] is None and power.powers["gain"] is None
+  assert power.powers["LayerNorm_0"] == {"scale": None, "bias": None}
+  assert power.powers["Dense_0"]["kernel"] is not None
   msgs = [str(w.message) for w in caught]
   assert sum("Einsum_0" in m for m in msgs) == 1  # reported once, not at every call
   assert sum("<top level>" in m for m in msgs) == 1  # the custom module's own parameter

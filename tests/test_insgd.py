@@ -8,6 +8,7 @@ import optax
 import pytest
 
 import optax_ext
+from optax_ext.insgd import InputPower
 
 E = float(np.e)
 
@@ -78,7 +79,7 @@ def test_matches_algorithm1_for_20_steps_on_a_cnn():
       g, power = grads_and_power(p, x, y)
       for m, k in keys:
         seen[m, k][0].append(np.asarray(g[m][k]))
-        pw = power[m][k]
+        pw = power.powers[m][k]
         seen[m, k][1].append(None if pw is None else np.asarray(pw))
       u, state = step(g, state, p, power)
       p = optax.apply_updates(p, u)
@@ -183,22 +184,6 @@ def _tree():
   return params, grads, power
 
 
-def test_inject_hyperparams_under_jit():
-  params, grads, power = _tree()
-  plain = optax_ext.insgd(0.1, weight_decay=1e-2)
-  inj = optax.inject_hyperparams(optax_ext.insgd, static_args=("norm_order", "nesterov"))(
-    0.1, weight_decay=1e-2
-  )
-  s, si = plain.init(params), inj.init(params)
-  for _ in range(3):
-    u, s = jax.jit(lambda g, s, p: plain.update(g, s, p, input_power=power))(grads, s, params)
-    ui, si = jax.jit(lambda g, s, p: inj.update(g, s, p, input_power=power))(grads, si, params)
-    np.testing.assert_allclose(ui["w"], u["w"], rtol=1e-6)
-  si.hyperparams["learning_rate"] = jnp.asarray(0.0)
-  ui, _ = inj.update(grads, si, params, input_power=power)
-  np.testing.assert_array_equal(ui["w"], 0.0)
-
-
 def test_multisteps_uses_the_mean_gradient_and_the_last_power():
   params, grads, power = _tree()
   tx = optax.MultiSteps(optax_ext.insgd(0.1, momentum=0.0), every_k_schedule=2)
@@ -211,38 +196,6 @@ def test_multisteps_uses_the_mean_gradient_and_the_last_power():
   np.testing.assert_allclose(u["b"], -0.1 * 2 * grads["b"], rtol=1e-6)
 
 
-def test_masked_with_compatible_extra_args():
-  params, grads, power = _tree()
-  tx = optax.masked(
-    optax_ext.insgd(0.1, momentum=0.0), {"w": True, "b": False}, mask_compatible_extra_args=True
-  )
-  u, _ = jax.jit(lambda g, s: tx.update(g, s, params, input_power=power))(grads, tx.init(params))
-  np.testing.assert_allclose(u["w"], -0.1 * grads["w"] / 2.0, rtol=1e-6)
-  np.testing.assert_array_equal(u["b"], grads["b"])  # masked out: passed through untouched
-
-
-def test_apply_if_finite_skips_and_keeps_the_first_step_rule():
-  params, grads, power = _tree()
-  tx = optax.apply_if_finite(optax_ext.insgd(0.1, momentum=0.0, input_momentum=0.5), 3)
-  s = tx.init(params)
-  bad = jax.tree.map(lambda g: g * jnp.nan, grads)
-  u, s = tx.update(bad, s, params, input_power={"w": jnp.asarray(E**9), "b": None})
-  np.testing.assert_array_equal(u["w"], 0.0)
-  assert int(s.notfinite_count) == 1
-  u, s = tx.update(grads, s, params, input_power=power)  # still step 1: P_1 = m_1 = e^2
-  np.testing.assert_allclose(u["w"], -0.1 * grads["w"] / 2.0, rtol=1e-6)
-
-
-def test_bfloat16_gradients_stay_bfloat16():
-  params, grads, power = _tree()
-  params = jax.tree.map(lambda p: p.astype(jnp.bfloat16), params)
-  grads = jax.tree.map(lambda g: g.astype(jnp.bfloat16), grads)
-  tx = optax_ext.insgd(0.1)
-  u, s = tx.update(grads, tx.init(params), params, input_power=power)
-  assert u["w"].dtype == u["b"].dtype == jnp.bfloat16
-  assert s[0].power["w"].dtype == jnp.float32
-
-
 def test_diagnostics_report_log_power_and_step_scale():
   tx = optax_ext.insgd(0.1)
   params = {"w": jnp.ones((3, 2)), "b": jnp.ones(2)}
@@ -253,3 +206,139 @@ def test_diagnostics_report_log_power_and_step_scale():
   np.testing.assert_allclose(d["insgd/log_power/w"], 3.0, rtol=1e-6)
   np.testing.assert_allclose(d["insgd/step_scale/w"], 1 / 3.0, rtol=1e-6)
   assert np.isnan(d["insgd/log_power/b"])
+
+
+def test_float64_parameters_match_algorithm1_to_1e_12():
+  """Float64 parameters keep a float64 running power and division (Eq. 26-29), over 8 steps."""
+  rng = np.random.default_rng(7)
+  lr, mom, beta, eps, wd, steps = 0.05, 0.9, 0.8, 0.01, 1e-3, 8
+  shapes = {"conv": (3, 3, 2, 4), "dense": (6, 5), "bias": (5,)}
+  grads = [{k: rng.normal(size=s) for k, s in shapes.items()} for _ in range(steps)]
+  powers = [  # one power per output unit for the conv, a scalar for the dense layer
+    {"conv": rng.uniform(0.5, 30.0, size=4), "dense": rng.uniform(0.9, 50.0), "bias": None}
+    for _ in range(steps)
+  ]
+  powers[0]["conv"][0] = 0.7  # log P < ε: the floor
+  theta0 = {k: rng.normal(size=s) for k, s in shapes.items()}
+  as_jax = lambda tree: jax.tree.map(jnp.asarray, tree)
+  with jax.enable_x64(True):
+    for nesterov in (False, True):
+      tx = optax_ext.insgd(
+        lr, momentum=mom, nesterov=nesterov, input_momentum=beta, eps=eps, weight_decay=wd
+      )
+      params = as_jax(theta0)
+      state = tx.init(params)
+      step = jax.jit(lambda g, s, p, pw, tx=tx: tx.update(g, s, p, input_power=pw))
+      traj = []
+      for g, pw in zip(grads, powers):
+        u, state = step(as_jax(g), state, params, as_jax(pw))
+        params = optax.apply_updates(params, u)
+        traj.append(params)
+      assert state[0].power["conv"].dtype == jnp.float64
+      for k in shapes:
+        seen = ([g[k] for g in grads], [pw[k] for pw in powers])
+        ref, _ = algorithm1(*seen, theta0[k], lr, mom, beta, eps, wd, nesterov)
+        for t in range(steps):
+          assert traj[t][k].dtype == jnp.float64
+          # atol: float64 rounding of a parameter that happens to lie near zero
+          np.testing.assert_allclose(traj[t][k], ref[t], rtol=1e-12, atol=1e-14, err_msg=k)
+
+
+@pytest.mark.parametrize(
+  "dtype,power_dtype,state_dtype",
+  [
+    (jnp.bfloat16, None, jnp.float32),
+    (jnp.float16, None, jnp.float32),
+    (jnp.float32, None, jnp.float32),
+    (jnp.float64, None, jnp.float64),
+    (jnp.float64, jnp.float32, jnp.float32),
+    (jnp.bfloat16, "float64", jnp.float64),
+  ],
+)
+def test_state_dtype_follows_the_parameters_or_power_dtype(dtype, power_dtype, state_dtype):
+  with jax.enable_x64(True):
+    params = {"w": jnp.ones((3, 2), dtype), "b": jnp.ones(2, dtype)}
+    tx = optax_ext.insgd(0.1, power_dtype=power_dtype)
+    state = tx.init(params)
+    power = {"w": jnp.asarray(E**2), "b": None}  # log P = 2, in float64
+    u, new = jax.jit(lambda s: tx.update(params, s, params, input_power=power))(state)
+    assert state[0].power["w"].dtype == new[0].power["w"].dtype == state_dtype
+    assert u["w"].dtype == u["b"].dtype == dtype
+    tol = 2 * float(jnp.finfo(dtype).eps)
+    np.testing.assert_allclose(np.asarray(u["w"], np.float64), -0.1 / 2, rtol=tol)
+
+
+def _captured(q):
+  """A dense layer's gradient and input power, captured with order q under jit."""
+  x = np.random.default_rng(0).normal(size=(4, 3))
+  model = nn.Dense(2)
+  params = model.init(jax.random.key(0), jnp.asarray(x, jnp.float32))["params"]
+
+  @jax.jit
+  def grads_and_power(p, x):
+    def loss(p):
+      z, power = optax_ext.capture_input_power(model.apply, {"params": p}, x, norm_order=q)
+      return jnp.mean(z**2), power
+
+    (_, power), g = jax.value_and_grad(loss, has_aux=True)(p)
+    return g, power
+
+  grads, power = grads_and_power(params, jnp.asarray(x, jnp.float32))
+  m = np.mean(np.sum(np.abs(x) ** q, axis=-1))  # the batch mean of ||x||_q^q
+  return params, grads, power, m
+
+
+@pytest.mark.parametrize("captured", [1, 2])
+def test_norm_order_is_said_once_and_a_mismatch_is_refused(captured):
+  params, grads, power, m = _captured(captured)
+  assert isinstance(power, InputPower) and power.norm_order == captured  # through jit and grad
+  step = lambda tx: jax.jit(lambda g, s, pw: tx.update(g, s, params, input_power=pw))
+  for tx in (optax_ext.insgd(0.1, momentum=0.0), optax_ext.insgd(0.1, 0.0, norm_order=captured)):
+    u, _ = step(tx)(grads, tx.init(params), power)
+    np.testing.assert_allclose(u["kernel"], -0.1 * grads["kernel"] / np.log(m), rtol=1e-5)
+    np.testing.assert_allclose(u["bias"], -0.1 * grads["bias"], rtol=1e-6)
+  mask = {"kernel": True, "bias": False}
+  wrappers = {  # every wrapper hands the tagged power on, order and all
+    "plain": lambda q: optax_ext.insgd(0.1, norm_order=q),
+    "masked": lambda q: optax.masked(
+      optax_ext.insgd(0.1, norm_order=q), mask, mask_compatible_extra_args=True
+    ),
+    "multisteps": lambda q: optax.MultiSteps(optax_ext.insgd(0.1, norm_order=q), 2),
+    "apply_if_finite": lambda q: optax.apply_if_finite(optax_ext.insgd(0.1, norm_order=q), 3),
+    "inject_hyperparams": lambda q: optax.inject_hyperparams(
+      optax_ext.insgd, static_args="norm_order"
+    )(0.1, norm_order=q),
+  }
+  other = 3 - captured
+  for name, wrap in wrappers.items():
+    tx = wrap(captured)
+    step(tx)(grads, tx.init(params), power)
+    tx = wrap(other)
+    with pytest.raises(
+      ValueError, match=f"captured with norm_order={captured}.*built with norm_order={other}"
+    ):
+      step(tx)(grads, tx.init(params), power)
+      pytest.fail(name)
+
+
+def test_masked_kernel_passes_through_and_the_order_survives_masking():
+  params = {"w": jnp.ones((3, 2)), "v": jnp.ones((2, 2)), "b": jnp.ones(2)}
+  grads = {"w": jnp.full((3, 2), 0.5), "v": jnp.full((2, 2), 0.7), "b": jnp.array([0.3, -0.2])}
+  power = InputPower({"w": jnp.asarray(E**2), "v": jnp.asarray(E**4), "b": None}, norm_order=1)
+  mask = {"w": True, "v": False, "b": True}
+  tx = optax.masked(
+    optax_ext.insgd(0.1, momentum=0.0, norm_order=1), mask, mask_compatible_extra_args=True
+  )
+  u, _ = jax.jit(lambda s, pw: tx.update(grads, s, params, input_power=pw))(tx.init(params), power)
+  np.testing.assert_allclose(u["w"], -0.1 * grads["w"] / 2.0, rtol=1e-6)
+  np.testing.assert_array_equal(u["v"], grads["v"])  # masked out: untouched
+  np.testing.assert_allclose(u["b"], -0.1 * grads["b"], rtol=1e-6)
+
+
+def test_norm_order_errors():
+  with pytest.raises(ValueError, match="norm_order"):
+    InputPower({}, norm_order=3)
+  params, grads, power = _tree()
+  tx = optax.inject_hyperparams(optax_ext.insgd)(0.1, norm_order=2)  # not listed as static
+  with pytest.raises(ValueError, match="static_args"):
+    jax.jit(lambda s: tx.update(grads, s, params, input_power=power))(tx.init(params))

@@ -20,6 +20,21 @@ import optax
 
 from train.errors import UsageError
 
+__all__ = [
+  "REGISTRY",
+  "Builder",
+  "SCHEDULES",
+  "GalOptions",
+  "Optimizer",
+  "OptimizerEntry",
+  "known_names",
+  "make_optimizer",
+  "make_plateau",
+  "make_schedule",
+  "parse_name",
+  "register",
+]
+
 Builder = Callable[[optax.ScalarOrSchedule], optax.GradientTransformation]
 
 
@@ -91,22 +106,15 @@ def _register_methods() -> None:
     1e-3,
     description="AngularGrad, tan variant",
   )
-  register(
-    "insgd_l2",
-    lambda lr: optax_ext.insgd(lr, norm_order=2),
-    0.05,
-    needs=("input_power",),
-    norm_order=2,
-    description="input-normalized SGD, l2 input power",
-  )
-  register(
-    "insgd_l1",
-    lambda lr: optax_ext.insgd(lr, norm_order=1),
-    0.05,
-    needs=("input_power",),
-    norm_order=1,
-    description="input-normalized SGD, l1 input power",
-  )
+  for q in (2, 1):  # q reaches both the capture (norm_order) and INSGD, which checks it
+    register(
+      f"insgd_l{q}",
+      lambda lr, q=q: optax_ext.insgd(lr, norm_order=q),
+      0.05,
+      needs=("input_power",),
+      norm_order=q,
+      description=f"input-normalized SGD, l{q} input power",
+    )
   register("sp", lambda lr: optax_ext.sp(lr), 0.05, description="spectral proximal, saliency")
   register(
     "sp_nesterov",
@@ -192,19 +200,20 @@ def make_optimizer(
   entry = REGISTRY[base_name]
   base_lr = spec_lr or lr or entry.default_lr
   rate = schedule(base_lr)
-  tx = entry.build(rate)
   needs = set(entry.needs)
   if use_gal:
     if "input_power" in needs:
       raise UsageError(f"gal+{base_name}: GAL cannot be combined with an input-power optimizer")
-    import optax_ext
+    from optax_ext.gal import gal_chain
 
     hidden = gal.hidden or ((100, 32, 16) if task == "classification" else (128, 4))
-    stage = optax_ext.gal(
-      output_dim, hidden=hidden, alpha=gal.alpha, beta=gal.beta, learning_rate=rate, seed=gal.seed
+    # One learning rate (or schedule) for GAL's tentative step and the optimizer after it.
+    tx = gal_chain(
+      entry.build, rate, output_dim, hidden=hidden, alpha=gal.alpha, beta=gal.beta, seed=gal.seed
     )
-    tx = optax.chain(stage, tx)
     needs.add("gal")
+  else:
+    tx = entry.build(rate)
   if plateau is not None:
     tx = optax.chain(tx, plateau)
     needs.add("value")
