@@ -8,22 +8,27 @@ import optax
 import pytest
 
 import optax_ext
+from optax_ext.published.angulargrad import (
+  PublishedAngularGradState,
+  scale_by_published_angulargrad,
+)
 
 
 def paper_algorithm2(
-  grad_fn, theta0, lr, method, steps, b1=0.9, b2=0.999, eps=1e-8, l1=0.5, l2=0.5
+  grad_fn, theta0, lr, method, steps, b1=0.9, b2=0.999, eps=1e-8, l1=0.5, l2=0.5, wd=0.0
 ):
   """Algorithm 2 of the paper, line by line, with the literal arctan, cos and tan.
 
-  Returns the parameters after every step, φ at every step, and how many
-  element-steps took A_min from the previous angle (A_{t-1} < A_t).
+  Returns the parameters after every step, φ at every step, how many
+  element-steps took A_min from the previous angle (A_{t-1} < A_t), and the
+  update of every step (decoupled weight decay ``wd`` included).
   """
   theta = np.array(theta0, np.float64)
   m = np.zeros_like(theta)
   v = np.zeros_like(theta)
   g_prev = np.zeros_like(theta)  # g_0 = 0
   a_prev = None
-  thetas, phis, took_prev = [], [], 0
+  thetas, phis, took_prev, updates = [], [], 0, []
   for t in range(1, steps + 1):
     g = grad_fn(theta)
     a_t = np.arctan(np.abs((g - g_prev) / (1.0 + g * g_prev)))
@@ -38,11 +43,13 @@ def paper_algorithm2(
     v = b2 * v + (1 - b2) * g**2
     m_hat = m / (1 - b1**t)
     v_hat = v / (1 - b2**t)
-    theta = theta - lr * phi * m_hat / (np.sqrt(v_hat) + eps)
+    update = -lr * (phi * m_hat / (np.sqrt(v_hat) + eps) + wd * theta)
+    theta = theta + update
     g_prev, a_prev = g, a_t
     thetas.append(theta.copy())
     phis.append(phi)
-  return thetas, phis, took_prev
+    updates.append(update)
+  return thetas, phis, took_prev, updates
 
 
 def _grad(theta):
@@ -70,7 +77,7 @@ def test_matches_algorithm2_transcription_for_60_steps(method):
   total_took_prev = 0
   ref_phis = {}
   for key, x0 in theta0.items():
-    ref, phis, took_prev = paper_algorithm2(_grad, x0, lr, method, steps, b1, b2)
+    ref, phis, took_prev, _ = paper_algorithm2(_grad, x0, lr, method, steps, b1, b2)
     total_took_prev += took_prev
     ref_phis[key] = phis
     for t in range(steps):
@@ -108,7 +115,6 @@ def test_state_holds_tangent_of_the_angle_and_the_gradient():
   a = np.arctan(np.asarray(s.tan_angle, np.float64))
   np.testing.assert_allclose(a, np.arctan2(np.abs(g2 - g1), np.abs(1 + g2 * g1)), rtol=1e-6)
   np.testing.assert_array_equal(s.prev_grad, g2)
-  assert s.ref_angle == () and s.ref_final == ()
 
 
 def test_product_minus_one_and_zero_gradients():
@@ -151,8 +157,65 @@ def test_phi_statistics_use_a_prefix_block_of_every_leaf():
   np.testing.assert_allclose(s.phi_stats, [phi.mean(), phi.min(), phi.max(), 0.0], rtol=1e-5)
 
 
-def published_rule(grads, lr, method, b1=0.9, b2=0.999, eps=1e-8):
-  """The published cos/tan AngularGrad step for one tensor, PyTorch semantics in NumPy."""
+def test_float64_params_match_the_float64_transcription():
+  # With float64 parameters every state array and every operation is float64:
+  # the updates agree with the transcription to float64 rounding.
+  rng = np.random.default_rng(3)
+  theta0 = {"w": rng.normal(size=(3, 4)), "b": rng.normal(size=(5,))}
+  steps, lr, wd = 6, 0.05, 0.1
+  for method in ("cos", "tan"):
+    with jax.enable_x64(True):
+      tx = optax_ext.angulargrad(lr, method=method, b1=0.8, b2=0.99, weight_decay=wd)
+      params = jax.tree.map(jnp.asarray, theta0)
+      state = tx.init(params)
+      got = []
+      for _ in range(steps):
+        grads = jax.tree.map(lambda x: jnp.asarray(_grad(np.asarray(x))), params)
+        updates, state = jax.jit(tx.update)(grads, state, params)
+        params = optax.apply_updates(params, updates)
+        got.append(jax.tree.map(np.asarray, updates))
+      for x in jax.tree.leaves((state[0].mu, state[0].nu, state[0].prev_grad, state[0].tan_angle)):
+        assert x.dtype == jnp.float64
+    for key, x0 in theta0.items():
+      *_, want = paper_algorithm2(_grad, x0, lr, method, steps, 0.8, 0.99, wd=wd)
+      for t in range(steps):
+        np.testing.assert_allclose(got[t][key], want[t], rtol=1e-12, err_msg=f"{key} {t + 1}")
+
+
+def test_mu_dtype_keeps_the_first_moment_in_bfloat16():
+  # As optax.adam(mu_dtype=...): the update uses the new first moment before it
+  # is stored, and the state holds it rounded to bfloat16.
+  bf16 = jnp.bfloat16
+  tx = optax_ext.scale_by_angulargrad(method="tan", b1=0.5, mu_dtype=bf16)
+  p = jnp.zeros(4)
+  state = tx.init(p)
+  assert state.mu.dtype == bf16 and state.nu.dtype == jnp.float32
+  grads = [np.array([0.3, -1.7, 2.9, 0.01], np.float32) * (k + 1) for k in range(3)]
+  step = jax.jit(tx.update)
+  m_stored = np.zeros(4, np.float32)
+  v = np.zeros(4, np.float64)
+  g_prev, r_prev = np.zeros(4), None
+  for t, g in enumerate(grads, start=1):
+    u, state = step(jnp.asarray(g), state)
+    assert state.mu.dtype == bf16 and u.dtype == jnp.float32
+    m_new = np.float32(0.5) * m_stored + np.float32(1 - 0.5) * g  # from the stored moment
+    m_stored = np.asarray(jnp.asarray(m_new).astype(bf16), np.float32)
+    np.testing.assert_array_equal(np.asarray(state.mu, np.float32), m_stored)
+    v = 0.999 * v + 0.001 * np.square(g.astype(np.float64))
+    r = np.abs(g - g_prev) / np.abs(1 + g * g_prev)  # tan A_t
+    r_min = r if r_prev is None else np.minimum(r, r_prev)
+    phi = np.tanh(r_min) * 0.5 + 0.5
+    want = phi * m_new / (1 - 0.5**t) / (np.sqrt(v / (1 - 0.999**t)) + 1e-8)
+    np.testing.assert_allclose(u, want, rtol=1e-5)
+    g_prev, r_prev = g.astype(np.float64), r
+
+
+def published_rule(grads, lr, method, b1=0.9, b2=0.999, eps=1e-8, none_above_replaces=False):
+  """The published cos/tan AngularGrad step for one tensor, PyTorch semantics in NumPy.
+
+  ``none_above_replaces=True`` is the rule with the other reading of the
+  fallback (replace when no element is above), to show the tests tell the two apart.
+  """
   theta = np.zeros_like(grads[0])
   m = np.zeros_like(theta)
   v = np.zeros_like(theta)
@@ -164,14 +227,19 @@ def published_rule(grads, lr, method, b1=0.9, b2=0.999, eps=1e-8):
     m = m * b1 + (1 - b1) * grad
     v = v * b2 + (1 - b2) * grad * grad
     denom = np.sqrt(v) + eps
-    tan_theta = np.abs((previous_grad - grad) / (1 + previous_grad * grad))
+    with np.errstate(divide="ignore", invalid="ignore"):
+      tan_theta = np.abs((previous_grad - grad) / (1 + previous_grad * grad))
     cos_theta = 1 / np.sqrt(1 + np.square(tan_theta))
     angle = np.arctan(tan_theta) * (180 / 3.141592653589793238)
+    # torch.unique sorts False before True and counts each value present.
     values, count = np.unique(angle > stored_min, return_counts=True)
-    # torch.unique sorts False before True; with one distinct value count[1] raises and the
-    # fallback compares a tensor with the string "False", which is never equal.
-    replace = len(count) == 2 and count[1] < count[0]
-    replaced.append(bool(replace))
+    try:
+      replace = bool(count[1] < count[0])
+    except IndexError:
+      # `ans1[0] == "False"`: Tensor.__eq__ returns NotImplemented for a str,
+      # so Python compares identities, which differ.
+      replace = none_above_replaces and not values[0]
+    replaced.append(replace)
     if replace:
       stored_min = angle
       final = cos_theta if method == "cos" else tan_theta
@@ -181,6 +249,19 @@ def published_rule(grads, lr, method, b1=0.9, b2=0.999, eps=1e-8):
     previous_grad = grad
     thetas.append(theta.copy())
   return thetas, replaced
+
+
+def _run_published(grads, method):
+  with jax.enable_x64(True):
+    tx = optax_ext.angulargrad(0.1, method=method, reference_compat=True)
+    p = jnp.zeros(grads[0].shape)
+    state = tx.init(p)
+    thetas = []
+    for g in grads:
+      u, state = tx.update(jnp.asarray(g), state, p)
+      p = p + u
+      thetas.append(np.asarray(p))
+  return thetas, state
 
 
 @pytest.mark.parametrize("method", ["cos", "tan"])
@@ -196,130 +277,58 @@ def test_reference_compat_matches_published_rule(method):
   ]
   ref, replaced = published_rule(grads, 0.1, method)
   assert replaced == [False, False, True, False, False, True, False]
-  with jax.enable_x64(True):
-    tx = optax_ext.angulargrad(0.1, method=method, reference_compat=True)
-    p = jnp.zeros(4)
-    state = tx.init(p)
-    for t, g in enumerate(grads):
-      u, state = tx.update(jnp.asarray(g), state, p)
-      p = p + u
-      np.testing.assert_allclose(np.asarray(p), ref[t], rtol=1e-9, err_msg=f"step {t + 1}")
-    assert state[0].tan_angle == ()
+  got, state = _run_published(grads, method)
+  for t in range(len(grads)):
+    np.testing.assert_allclose(got[t], ref[t], rtol=1e-9, err_msg=f"step {t + 1}")
+  assert isinstance(state[0], PublishedAngularGradState)
+
+
+@pytest.mark.parametrize("method", ["cos", "tan"])
+def test_reference_compat_vote_through_exactly_zero_angles(method):
+  # Gradients that repeat exactly give angles of exactly 0, none above the
+  # stored ones: the fallback keeps the stored value. One parameter with a
+  # constant gradient (cos: φ would become tanh(1)/2 + 1/2 on replacing), and a
+  # leaf whose stored tan is non-zero when its gradients start repeating (tan:
+  # φ would fall back to 1/2 on replacing).
+  one = [np.array([3.0])] * 5
+  three = [
+    np.array(g) for g in ([1.0, 2.0, 3.0], [1.0, 2.0, 5.0], [1.0, 2.0, 5.0], [1.0, 2.0, 5.0])
+  ]
+  for grads, replaced_want in ((one, [False] * 5), (three, [False, True, False, False])):
+    ref, replaced = published_rule(grads, 0.1, method)
+    assert replaced == replaced_want
+    got, _ = _run_published(grads, method)
+    for t in range(len(grads)):
+      np.testing.assert_allclose(got[t], ref[t], rtol=1e-9, err_msg=f"step {t + 1}")
+  # The other reading of the fallback gives another trajectory on these problems.
+  differs = one if method == "cos" else three
+  other, _ = published_rule(differs, 0.1, method, none_above_replaces=True)
+  assert not np.allclose(other[-1], published_rule(differs, 0.1, method)[0][-1], rtol=1e-3)
 
 
 def test_reference_compat_phi_stays_at_half_on_a_smooth_problem():
-  """With the stored angle starting at 0 the vote does not pass (SPEC §1)."""
+  """With the stored angle starting at 0 the vote does not pass (docs/design.md, AngularGrad)."""
   tx = optax_ext.angulargrad(0.1, reference_compat=True)
   p = jnp.array([-1.0, 0.5, 2.0])
   state = tx.init(p)
+  step = jax.jit(tx.update)
   for _ in range(30):
-    u, state = tx.update(2 * p, state, p)
+    u, state = step(2 * p, state, p)
     p = p + u
   diag = optax_ext.diagnostics(state)
   assert float(diag["angulargrad/phi_max"]) == 0.5
   assert float(diag["angulargrad/phi_at_floor"]) == 1.0
 
 
-def _tree():
-  return {"a": jnp.linspace(-1.0, 1.0, 6).reshape(2, 3), "b": jnp.array([0.3, -0.7, 1.1])}
-
-
-def _grads(params, k):
-  return jax.tree.map(lambda x: jnp.sin(3.0 * x + k) + 0.1 * k, params)
-
-
-@pytest.mark.parametrize("method", ["cos", "tan"])
-def test_jit_traces_once_and_matches_eager(method):
-  tx = optax_ext.angulargrad(0.05, method=method)
-  chex.clear_trace_counter()
-
-  @jax.jit
-  @chex.assert_max_traces(n=1)
-  def step(g, s, p):
-    return tx.update(g, s, p)
-
-  params = _tree()
-  s_jit = s_eager = tx.init(params)
-  for k in range(4):
-    g = _grads(params, k)
-    u_jit, s_jit = step(g, s_jit, params)
-    u_eager, s_eager = tx.update(g, s_eager, params)
-    # 1 - b2**t loses ~1e-5 relative in float32 at t = 1, differently in and out of jit.
-    chex.assert_trees_all_close(u_jit, u_eager, rtol=1e-4)
-
-
-def test_inject_hyperparams_learning_rate_b1_b2():
-  params = _tree()
-  injected = optax.inject_hyperparams(optax_ext.angulargrad, static_args=("method",))(
-    learning_rate=0.1, method="tan", b1=0.9, b2=0.999
-  )
-  s_inj = injected.init(params)
-  # Change every injected value in the state; the result must equal a plain optimizer
-  # built with the new values.
-  s_inj.hyperparams["learning_rate"] = jnp.asarray(0.03)
-  s_inj.hyperparams["b1"] = jnp.asarray(0.5)
-  s_inj.hyperparams["b2"] = jnp.asarray(0.9)
-  plain = optax_ext.angulargrad(0.03, method="tan", b1=0.5, b2=0.9)
-  s_plain = plain.init(params)
-  for k in range(3):
-    g = _grads(params, k)
-    u_inj, s_inj = jax.jit(injected.update)(g, s_inj, params)
-    u_plain, s_plain = jax.jit(plain.update)(g, s_plain, params)
-    chex.assert_trees_all_close(u_inj, u_plain, rtol=1e-5, atol=1e-8)
-
-
-def test_multisteps_equals_one_step_on_the_mean_gradient():
-  params = _tree()
-  tx = optax_ext.angulargrad(0.1)
-  ms = optax.MultiSteps(tx, every_k_schedule=3)
-  s_ms = ms.init(params)
-  micro = [_grads(params, k) for k in range(3)]
-  for g in micro:
-    u_ms, s_ms = jax.jit(ms.update)(g, s_ms, params)
-  mean = jax.tree.map(lambda *x: sum(x) / 3.0, *micro)
-  u_plain, _ = tx.update(mean, tx.init(params), params)
-  chex.assert_trees_all_close(u_ms, u_plain, rtol=1e-5, atol=1e-8)
-
-
-def test_masked_updates_only_the_selected_leaves():
-  params = _tree()
-  masked = optax.masked(optax_ext.angulargrad(0.1), {"a": True, "b": False})
-  g = _grads(params, 1)
-  u, _ = masked.update(g, masked.init(params), params)
-  np.testing.assert_array_equal(u["b"], g["b"])  # passed through untouched
-  sub = optax_ext.angulargrad(0.1)
-  u_a, _ = sub.update({"a": g["a"]}, sub.init({"a": params["a"]}), {"a": params["a"]})
-  np.testing.assert_allclose(u["a"], u_a["a"], rtol=1e-6)
-
-
-def test_apply_if_finite_skips_a_nan_step():
-  params = _tree()
-  tx = optax_ext.angulargrad(0.1, method="cos")
-  safe = optax.apply_if_finite(tx, max_consecutive_errors=3)
-  s_safe, s_plain = safe.init(params), tx.init(params)
-  g1, g2 = _grads(params, 1), _grads(params, 2)
-  _, s_safe = safe.update(g1, s_safe, params)
-  _, s_plain = tx.update(g1, s_plain, params)
-  bad = jax.tree.map(lambda x: x.at[0].set(jnp.nan), g2)
-  u, s_safe = safe.update(bad, s_safe, params)
-  assert all(not np.any(np.asarray(x)) for x in jax.tree.leaves(u))
-  u_safe, _ = safe.update(g2, s_safe, params)
-  u_plain, _ = tx.update(g2, s_plain, params)
-  chex.assert_trees_all_close(u_safe, u_plain, rtol=1e-6)
-
-
-@pytest.mark.parametrize("reference_compat", [False, True])
-def test_bfloat16_params_keep_their_dtype(reference_compat):
-  params = jax.tree.map(lambda x: x.astype(jnp.bfloat16), _tree())
-  tx = optax_ext.angulargrad(0.1, method="tan", reference_compat=reference_compat)
-  state = tx.init(params)
-  step = jax.jit(tx.update)
-  for k in range(3):
-    updates, new_state = step(_grads(params, k), state, params)
-    chex.assert_trees_all_equal_dtypes(updates, params)
-    chex.assert_trees_all_equal_dtypes(new_state, state)
-    chex.assert_tree_all_finite(updates)
-    params, state = optax.apply_updates(params, updates), new_state
+def test_reference_compat_switch_returns_the_published_transform():
+  p = jnp.ones(3)
+  s = optax_ext.scale_by_angulargrad(method="tan", reference_compat=True).init(p)
+  assert isinstance(s, PublishedAngularGradState)
+  direct = scale_by_published_angulargrad(method="tan")
+  g = jnp.array([0.5, -1.0, 2.0])
+  u1, _ = optax_ext.scale_by_angulargrad(method="tan", reference_compat=True).update(g, s)
+  u2, _ = direct.update(g, direct.init(p))
+  np.testing.assert_array_equal(u1, u2)
 
 
 def test_bad_hyperparameters_name_the_parameter():
@@ -339,6 +348,8 @@ def test_bad_hyperparameters_name_the_parameter():
       optax_ext.angulargrad(**kwargs)
   with pytest.raises(ValueError, match="b2"):
     optax_ext.scale_by_angulargrad(b2=1.5)
+  with pytest.raises(ValueError, match="b1"):
+    optax_ext.scale_by_angulargrad(b1=-0.5, reference_compat=True)
 
 
 def test_weight_decay_is_decoupled():
@@ -349,53 +360,61 @@ def test_weight_decay_is_decoupled():
   np.testing.assert_allclose(u - u0, [-0.1 * 0.5 * 2.0], rtol=1e-6)
 
 
-def test_mu_dtype():
-  tx = optax_ext.scale_by_angulargrad(mu_dtype=jnp.bfloat16)
-  p = jnp.ones(3)
-  u, state = tx.update(jnp.ones(3), tx.init(p), p)
-  assert state.mu.dtype == jnp.bfloat16 and u.dtype == jnp.float32
-
-
-@pytest.mark.parametrize("reference_compat", [False, True])
-def test_alias_equals_optax_chain_of_its_stages(reference_compat):
-  # angulargrad() forms -lr·(direction + wd·params) in the pass that writes its
-  # state; optax's own stages, chained, must give the same numbers and state.
-  lr = optax.linear_schedule(0.1, 0.01, 5)
-  wd = optax.linear_schedule(0.0, 0.2, 5)
-  mask = {"w": True, "b": {"x": False, "y": True}}
-  params = {
-    "w": jnp.linspace(-1.0, 1.0, 12).reshape(3, 4),
-    "b": {"x": jnp.arange(3.0), "y": jnp.array(0.5)},
-  }
-  kw = dict(method="tan", b1=0.8, b2=0.95, reference_compat=reference_compat)
-  fused = optax_ext.angulargrad(lr, weight_decay=wd, mask=mask, **kw)
-  chained = optax.chain(
-    optax_ext.scale_by_angulargrad(**kw),
-    optax.add_decayed_weights(wd, mask),
-    optax.scale_by_learning_rate(lr),
-  )
-  s_fused, s_chain = fused.init(params), chained.init(params)
-  chex.assert_trees_all_equal_structs(s_fused, s_chain)
-  step_f, step_c = jax.jit(fused.update), jax.jit(chained.update)
-  for t in range(6):
-    grads = jax.tree.map(lambda p: jnp.sin(p * (t + 1)) + 0.1 * t, params)
-    u_f, s_fused = step_f(grads, s_fused, params)
-    u_c, s_chain = step_c(grads, s_chain, params)
-    chex.assert_trees_all_close(u_f, u_c, rtol=1e-6, atol=1e-9)
-    chex.assert_trees_all_close(s_fused, s_chain, rtol=1e-6, atol=1e-9)
-    params = optax.apply_updates(params, u_f)
-  assert int(s_fused[0].count) == 6 and int(s_fused[2].count) == 6
-
-
 def test_alias_mask_as_function_and_as_prefix():
   params = {"w": jnp.ones((2, 3)), "b": {"x": jnp.ones(3), "y": jnp.ones(())}}
   grads = jax.tree.map(jnp.zeros_like, params)  # the direction is 0: only decay moves
-  as_fn = optax_ext.angulargrad(0.1, weight_decay=0.5, mask=lambda p: {"w": True, "b": False})
-  u, _ = as_fn.update(grads, as_fn.init(params), params)
-  np.testing.assert_allclose(u["w"], -0.05 * np.ones((2, 3)))
-  np.testing.assert_array_equal(u["b"]["x"], np.zeros(3))
-  bad = optax_ext.angulargrad(0.1, weight_decay=0.5, mask={"w": jnp.array(True), "b": False})
-  with pytest.raises(TypeError, match="Python booleans"):
-    bad.update(grads, bad.init(params), params)
+  for mask in (lambda p: {"w": True, "b": False}, {"w": True, "b": False}):
+    tx = optax_ext.angulargrad(0.1, weight_decay=0.5, mask=mask)
+    u, _ = tx.update(grads, tx.init(params), params)
+    np.testing.assert_allclose(u["w"], -0.05 * np.ones((2, 3)))
+    np.testing.assert_array_equal(u["b"]["x"], np.zeros(3))
+    np.testing.assert_array_equal(u["b"]["y"], 0.0)
   with pytest.raises(ValueError, match="params"):
-    as_fn.update(grads, as_fn.init(params))
+    tx.update(grads, tx.init(params))
+
+
+def _bits(tree):
+  return [(x.dtype, np.asarray(x).tobytes()) for x in jax.tree.leaves(tree)]
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
+@pytest.mark.parametrize("method,reference_compat", [("cos", False), ("tan", False), ("cos", True)])
+def test_cpu_fusion_setting_changes_no_bit(dtype, method, reference_compat):
+  # The seam only lays the work out differently: updates and states must be the
+  # same bits with it on and off. jit keeps the programs it traced, so each
+  # setting builds and jits its own function.
+  params0 = {
+    "w": (jnp.linspace(-1.0, 1.0, 12).reshape(3, 4)).astype(dtype),
+    "k": jnp.linspace(-2.0, 2.0, 2048).reshape(16, 128).astype(dtype),  # past STATS_SAMPLE
+    "b": {"x": jnp.arange(3.0).astype(dtype), "y": jnp.array(0.5, dtype)},
+  }
+  mask = {"w": True, "k": True, "b": {"x": False, "y": True}}
+  grads = [
+    jax.tree.map(
+      lambda p, k=k: (jnp.sin(p.astype(jnp.float32) * (k + 1)) + 0.1 * k).astype(dtype), params0
+    )
+    for k in range(4)
+  ]
+  grads[2] = grads[1]  # a repeated gradient: angles of exactly 0
+
+  def run(fusion):
+    optax_ext.config.update("cpu_fusion", fusion)
+    try:
+      tx = optax_ext.angulargrad(
+        optax.linear_schedule(0.1, 0.01, 4), method, b1=0.8, b2=0.95,
+        weight_decay=optax.linear_schedule(0.0, 0.2, 4), mask=mask,
+        reference_compat=reference_compat,
+      )  # fmt: skip
+      step = jax.jit(lambda g, s, p: tx.update(g, s, p))
+      params, state, out = params0, tx.init(params0), []
+      for g in grads:
+        updates, state = step(g, state, params)
+        params = optax.apply_updates(params, updates)
+        out.append((_bits(updates), _bits(state)))
+      return out
+    finally:
+      optax_ext.config.update("cpu_fusion", True)
+
+  on, off = run(True), run(False)
+  for t, (a, b) in enumerate(zip(on, off)):
+    assert a == b, f"step {t + 1}"

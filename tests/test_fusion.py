@@ -101,3 +101,44 @@ def test_detached_keeps_a_shared_expression_out_of_memory():
 
   assert _count_big_outputs(program(False)) == 2
   assert _count_big_outputs(program(True)) == 1
+
+
+def _fusions_writing(fn, *args, shape="f32[1024]"):
+  """Per fusion of the compiled entry computation, how many ``shape`` arrays it writes."""
+  hlo = jax.jit(fn).lower(*args).compile().as_text()
+  entry = hlo[hlo.index("ENTRY") :]
+  # A fusion's line reads `%name = <result type(s)> fusion(<operands>), ...`.
+  results = [
+    line.split(" = ", 1)[1].split(" fusion(")[0]
+    for line in entry.splitlines()
+    if " fusion(" in line
+  ]
+  return [n for n in (r.count(shape + "{") for r in results) if n]
+
+
+@pytest.mark.parametrize("method", ["cos", "tan"])
+def test_angulargrad_writes_each_leaf_from_one_fusion(method):
+  # update, mu, nu, tan_angle and prev_grad of a leaf come out of one loop on
+  # CPU (the learning rate and weight decay formed in it); without the seam,
+  # XLA:CPU gives them loops of their own. The leaf is larger than the block
+  # the φ statistics read: a leaf read whole shares φ with them, and XLA then
+  # writes φ (and tan A) to memory for both loops.
+  if jax.default_backend() != "cpu":
+    pytest.skip("fusion decisions checked on the CPU backend")
+  import optax
+
+  import optax_ext
+
+  def fusions(setting):
+    optax_ext.config.update("cpu_fusion", setting)
+    try:
+      tx = optax_ext.angulargrad(optax.cosine_decay_schedule(0.1, 10), method, weight_decay=1e-2)
+      params = {"w": jnp.ones(4096)}
+      state = tx.init(params)
+      program = lambda g, s, p: tx.update(g, s, p)  # noqa: E731
+      return _fusions_writing(program, params, state, params, shape="f32[4096]")
+    finally:
+      optax_ext.config.update("cpu_fusion", True)
+
+  assert fusions(True) == [5]
+  assert len(fusions(False)) > 1  # (prev_grad may be a plain copy there, not a fusion)
