@@ -4,8 +4,10 @@ The published code never writes the previous parameters and gradients back
 to its state, so its secant pair is the iterate itself: ``s = θ_t``,
 ``y = g_t`` (``secant="iterate"`` in :func:`optax_ext.sp` and
 :func:`optax_ext.scale_by_spectral_damping`). Its sparsification loop rebinds
-a local name, so it never prunes; that is not reproduced (use
-``sparsity=0`` to train without pruning).
+a local name, so it never prunes (``sparsity=0`` trains the same way), and it
+has no bound on ``B⁻¹`` (a large ``b_max`` and ``max_enlargement``). Its other
+departures (a per-element scalar case, momentum applied after the damping)
+are not reproduced; docs/design.md, SP — Published code, lists them.
 """
 
 from __future__ import annotations
