@@ -142,3 +142,173 @@ def test_angulargrad_writes_each_leaf_from_one_fusion(method):
 
   assert fusions(True) == [5]
   assert len(fusions(False)) > 1  # (prev_grad may be a plain copy there, not a fusion)
+
+
+# ----------------------------------------------------------------------------
+# The constructs SP's update relies on, and the whole SP program.
+
+
+def _compiled_entry(fn, *args):
+  # A fresh function each time: jax.jit reuses the trace of a function it has
+  # seen, whatever the seam's setting is now.
+  hlo = jax.jit(lambda *a: fn(*a)).lower(*args).compile().as_text()
+  return hlo[hlo.index("ENTRY") :]
+
+
+def _with_seam(setting, build):
+  """``build()`` traced with the seam set to ``setting`` (restored after)."""
+  import optax_ext
+
+  optax_ext.config.update("cpu_fusion", setting)
+  try:
+    return build()
+  finally:
+    optax_ext.config.update("cpu_fusion", True)
+
+
+def _cpu_only():
+  if jax.default_backend() != "cpu":
+    pytest.skip("fusion decisions checked on the CPU backend")
+
+
+def test_count_true_is_one_loop_that_writes_no_array():
+  # As a two-output reduction the comparison is counted where it is computed;
+  # as a plain int32 sum XLA:CPU writes the comparison to memory first.
+  _cpu_only()
+  x = jnp.linspace(-1.0, 1.0, 1024)
+  count = lambda x: _fusion.count_true(x * x > 0.25)  # noqa: E731
+  assert int(jax.jit(count)(x)) == int(np.sum(np.asarray(x) ** 2 > 0.25))
+  written = lambda entry: re.findall(r"= (?:s32|pred|u8)\[1024\]", entry)  # noqa: E731
+  assert written(_with_seam(True, lambda: _compiled_entry(count, x))) == []
+  assert written(_with_seam(False, lambda: _compiled_entry(count, x))) != []
+
+
+def test_select_by_scalar_leaves_no_select_in_the_loop():
+  _cpu_only()
+
+  def program(pred, x):
+    v = _fusion.select_by_scalar(pred, jnp.minimum(1.0 + x * x, 10.0), jnp.float32(0.5))
+    return jnp.sum(v * x)
+
+  x, pred = jnp.linspace(-2.0, 2.0, 1024), jnp.asarray(True)
+  compiled = lambda: jax.jit(lambda *a: program(*a)).lower(pred, x).compile().as_text()  # noqa: E731
+  with_seam, without = _with_seam(True, compiled), _with_seam(False, compiled)
+  selects = lambda hlo: re.findall(r"f32\[1024\]\{0\} select\(", hlo)  # noqa: E731
+  assert selects(with_seam) == [] and selects(without) != []
+  for p in (True, False):
+    run = lambda p=p: jax.jit(lambda *a: program(*a))(jnp.asarray(p), x)  # noqa: E731
+    np.testing.assert_array_equal(_with_seam(True, run), _with_seam(False, run))
+
+
+def _sp_program(setting, **kwargs):
+  import optax_ext
+
+  rng = np.random.default_rng(0)
+  params = {
+    "w": jnp.asarray(rng.normal(size=(256, 300)), jnp.float32),
+    "v": jnp.asarray(rng.normal(size=(300, 256)), jnp.float32),
+  }
+
+  def build():
+    tx = optax_ext.sp(0.05, **kwargs)
+    program = lambda g, s, p: tx.update(g, s, p)  # noqa: E731
+    return _compiled_entry(program, params, tx.init(params), params)
+
+  return _with_seam(setting, build)
+
+
+def _leaf_arrays_written_outside_loops(entry):
+  """Parameter-shaped arrays written by fusions of the entry computation."""
+  return sum(
+    line.split(" = ", 1)[1].split(" fusion(")[0].count(s)
+    for line in entry.splitlines()
+    if " fusion(" in line
+    for s in ("f32[256,300]{", "f32[300,256]{")
+  )
+
+
+def test_sp_fast_mode_writes_only_the_updates():
+  # With the seam, B⁻¹, the step and the saliency are recomputed inside each
+  # loop (recomputed, negated_difference, select_by_scalar): the only
+  # parameter-sized arrays fusions write are the two leaves' updates. Without
+  # it, the secant differences, B⁻¹ and the saliency are written as well.
+  _cpu_only()
+  assert _leaf_arrays_written_outside_loops(_sp_program(True)) == 2
+  assert _leaf_arrays_written_outside_loops(_sp_program(False)) > 4
+
+
+@pytest.mark.parametrize(
+  "construct, plain",
+  [
+    ("negated_difference", lambda a, b: a - b),
+    ("recomputed", lambda fn: (lambda value: lambda: value)(fn())),
+  ],
+)
+def test_each_construct_keeps_arrays_out_of_the_sp_program(monkeypatch, construct, plain):
+  # Each construct, replaced alone by its plain form, costs the SP update
+  # parameter-sized writes: an XLA change that makes one of them useless
+  # fails here.
+  _cpu_only()
+  monkeypatch.setattr(_fusion, construct, plain)
+  assert _leaf_arrays_written_outside_loops(_sp_program(True)) > 2
+
+
+def test_sp_exact_mode_writes_the_saliency_once():
+  # The exact search takes many passes: the saliency is written once per leaf
+  # (detached, so the step inside it is not written as well), then the updates.
+  _cpu_only()
+  assert _leaf_arrays_written_outside_loops(_sp_program(True, quantile="exact")) == 4
+
+
+def test_first_counting_pass_runs_before_the_loop():
+  # before_loop: the warm pass counts every leaf at the top level, where
+  # XLA:CPU runs independent work side by side; without the seam every pass
+  # runs inside the while loop.
+  _cpu_only()
+
+  def counts_outside(entry):
+    top = [line for line in entry.splitlines() if " fusion(" in line and " while(" not in line]
+    reads_grads = lambda line: "a_0___w__" in line or "a_0___v__" in line  # noqa: E731
+    return sum(
+      1 for line in top if re.match(r"\(?s32\[\]", line.split(" = ", 1)[1]) and reads_grads(line)
+    )
+
+  assert counts_outside(_sp_program(True)) >= 2
+  assert counts_outside(_sp_program(False)) == 0
+
+
+def _op_histogram(module_text):
+  """Counts of each StableHLO op, leaving out the case/return wrappers platform_dependent adds."""
+  ops = re.findall(r"(?:stablehlo|func|chlo)\.([a-z_]+)", module_text)
+  skip = {"case", "return", "constant", "call", "func"}
+  return {op: ops.count(op) for op in set(ops) if op not in skip}
+
+
+@pytest.mark.parametrize("method", ["sp", "sp_exact", "angulargrad"])
+def test_off_cpu_the_program_is_the_plain_one(method):
+  # Lowered for a GPU, the program holds only the plain branch of every
+  # construct: no optimization barrier, no extra reduction.
+  import optax
+  from jax import export
+
+  import optax_ext
+
+  params = {"w": jnp.ones((64, 32)), "b": jnp.ones((32,))}
+  factories = {
+    "sp": lambda: optax_ext.sp(0.05),
+    "sp_exact": lambda: optax_ext.sp(0.05, quantile="exact", momentum=0.9),
+    "angulargrad": lambda: optax_ext.angulargrad(0.01, weight_decay=1e-3),
+  }
+
+  def lowered(setting):
+    def build():
+      tx = factories[method]()
+      program = jax.jit(lambda g, s, p: tx.update(g, s, p))
+      return export.export(program, platforms=["cuda"])(params, tx.init(params), params)
+
+    return _with_seam(setting, build).mlir_module()
+
+  on, off = lowered(True), lowered(False)
+  assert "optimization_barrier" not in on
+  assert _op_histogram(on) == _op_histogram(off)
+  del optax
