@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from optax_ext import _quantile_search
 from optax_ext import quantile as q_lib
 
 
@@ -93,7 +94,7 @@ def test_values_only_selects_the_lower_quantile_class(x, p, warm, step, density,
   sel = _lower(jnp.asarray(d), jnp.asarray([kth], jnp.int32))
   assert float(q_lib.from_key(sel.below[0])) == want
   assert int(sel.count[0]) == int(sel.leaf_counts[0][0]) == in_class
-  assert int(sel.passes) <= q_lib._MAX_PASSES
+  assert int(sel.passes) <= _quantile_search._MAX_PASSES
 
   # Fast mode from any warm start, values only: a prefix of the sorted values
   # with between kth+1 and kth+1+allowed elements when the tie class at the
@@ -184,7 +185,7 @@ def test_several_groups_of_several_arrays_match_numpy():
     assert float(q_lib.from_key(sel.below[i])) == want
     assert int(sel.count[i]) == np.sum(joined <= want)
     assert [int(c) for c in sel.leaf_counts[i]] == [int(np.sum(a <= want)) for a in g]
-  assert 1 <= int(sel.passes) <= q_lib._MAX_PASSES
+  assert 1 <= int(sel.passes) <= _quantile_search._MAX_PASSES
 
 
 def test_a_warm_start_near_the_answer_takes_few_passes():
