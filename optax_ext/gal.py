@@ -10,7 +10,6 @@ step. The chosen output cotangent is back-propagated through the model once.
 
 from __future__ import annotations
 
-import numbers
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import flax.linen as nn
@@ -18,7 +17,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optax_ext import _checks, _diagnostics
+from optax_ext import _diagnostics
+from optax_ext._gal_arguments import check_extra_args, check_hyperparameters, gal_extra_args
 from optax_ext.published import gal as _published
 
 __all__ = ["GALState", "Regressor", "gal", "gal_chain", "gal_extra_args"]
@@ -66,25 +66,6 @@ class Regressor(nn.Module):
     return nn.Dense(self.out, param_dtype=self.param_dtype)(x)
 
 
-def _check_extra_args(outputs: Any, loss_fn: Any, outputs_vjp: Any, output_dim: int) -> None:
-  """Raises ``ValueError`` naming the first of GAL's extra arguments that is missing or wrong."""
-  for name, value, what in (
-    ("outputs", outputs, "the model's outputs z"),
-    ("loss_fn", loss_fn, "a function z -> batch-mean loss"),
-    ("outputs_vjp", outputs_vjp, "the model's VJP from outputs to parameters, as jax.vjp gives"),
-  ):
-    if value is None or (name != "outputs" and not callable(value)):
-      raise ValueError(
-        f"gal needs the keyword argument `{name}` ({what}), got {value!r}; "
-        "optax_ext.gal_extra_args builds outputs, loss_fn and outputs_vjp in one call"
-      )
-  if not hasattr(outputs, "shape") or outputs.ndim < 1 or outputs.shape[-1] != output_dim:
-    raise ValueError(
-      f"`outputs` must be an array whose last axis has size output_dim={output_dim}, "
-      f"got shape {getattr(outputs, 'shape', type(outputs))}"
-    )
-
-
 def _state_dtype(params: Any) -> jnp.dtype:
   """The regressor's dtype: the model parameters' (promoted), at least float32."""
   return jnp.result_type(jnp.float32, *[jnp.result_type(p) for p in jax.tree.leaves(params)])
@@ -100,6 +81,20 @@ def _row_norm(a: jax.Array) -> tuple[jax.Array, jax.Array]:
   sq = jnp.sum(jnp.square(a), axis=-1, keepdims=True)
   nonzero = sq > 0
   return jnp.sqrt(jnp.where(nonzero, sq, 1.0)), nonzero
+
+
+def _keep_if_finite(r_abs, reg_grads, new, old):
+  """``new`` where the remainder and its regressor gradient are finite, else ``old``."""
+  finite = jnp.isfinite(r_abs)
+  for leaf in jax.tree.leaves(reg_grads):
+    finite &= jnp.all(jnp.isfinite(leaf))
+  return jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+
+
+def _cosine(a: jax.Array, b: jax.Array) -> jax.Array:
+  """cos(a, b) over all entries; 0 when either is zero."""
+  denom = jnp.linalg.norm(a) * jnp.linalg.norm(b)
+  return jnp.where(denom > 0, jnp.sum(a * b) / jnp.where(denom > 0, denom, 1.0), 0.0)
 
 
 def gal(
@@ -211,22 +206,7 @@ def gal(
     Under :func:`optax.inject_hyperparams` pass
     ``static_args=('output_dim', 'seed', 'activation')``.
   """
-  if isinstance(output_dim, bool) or not isinstance(output_dim, numbers.Integral):
-    raise ValueError(f"output_dim must be a positive int, got {output_dim!r}")
-  _checks.check_range("output_dim", output_dim, 1)
-  output_dim = int(output_dim)
-  hidden = tuple(hidden)
-  if any(isinstance(h, bool) or not isinstance(h, numbers.Integral) or h <= 0 for h in hidden):
-    raise ValueError(f"hidden must hold positive ints, got {hidden!r}")
-  hidden = tuple(int(h) for h in hidden)
-  _checks.check_nonnegative("alpha", alpha)
-  _checks.check_positive("beta", beta)
-  if learning_rate is None:  # no default: it must be the following optimizer's
-    raise ValueError(
-      "gal needs learning_rate, the model's learning rate (the optimizer after it uses the "
-      "same); gal_chain(optimizer, learning_rate, output_dim) gives it to both at once"
-    )
-  _checks.check_learning_rate(learning_rate)
+  output_dim, hidden = check_hyperparameters(output_dim, hidden, alpha, beta, learning_rate)
   if activation is not None and not callable(activation):
     raise ValueError(f"activation must be callable or None, got {activation!r}")
   reg_opt = regressor_optimizer if regressor_optimizer is not None else optax.sgd(learning_rate)
@@ -245,7 +225,7 @@ def gal(
     updates, state, params=None, *, outputs=None, loss_fn=None, outputs_vjp=None, **extra_args
   ):
     del params, extra_args
-    _check_extra_args(outputs, loss_fn, outputs_vjp, output_dim)
+    check_extra_args(outputs, loss_fn, outputs_vjp, output_dim)
     z = jax.lax.stop_gradient(outputs)
     dtype = state.remainder.dtype  # the regressor's
     regressor = regressor_of(dtype)
@@ -284,15 +264,11 @@ def gal(
     reg_updates, reg_state = reg_opt.update(
       reg_grads, state.regressor_state, state.regressor_params
     )
-    reg_params = optax.apply_updates(state.regressor_params, reg_updates)
-    finite = jnp.isfinite(r_abs)
-    for leaf in jax.tree.leaves(reg_grads):
-      finite &= jnp.all(jnp.isfinite(leaf))
-    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
-    reg_params = keep(reg_params, state.regressor_params)
-    reg_state = keep(reg_state, state.regressor_state)
-    denom = jnp.linalg.norm(v_adj) * jnp.linalg.norm(nab)
-    cosine = jnp.where(denom > 0, jnp.sum(v_adj * nab) / jnp.where(denom > 0, denom, 1.0), 0.0)
+    new_params = optax.apply_updates(state.regressor_params, reg_updates)
+    reg_params, reg_state = _keep_if_finite(
+      r_abs, reg_grads, (new_params, reg_state), (state.regressor_params, state.regressor_state)
+    )
+    cosine = _cosine(v_adj, nab)
     logged = [jnp.asarray(a, dtype) for a in (use, tentative, r_abs, cosine)]
     count = optax.safe_increment(state.count)
     return param_grads, GALState(count, reg_params, reg_state, *logged)
@@ -351,43 +327,6 @@ def gal_chain(
       f"got {optimizer!r}"
     )
   return optax.chain(stage, tail)
-
-
-def gal_extra_args(
-  model_fn: Callable[[Any], Any],
-  params: Any,
-  loss_fn: Callable[[jax.Array], jax.Array],
-  has_aux: bool = False,
-):
-  """Runs the model forward once and returns GAL's extra arguments.
-
-  Args:
-    model_fn: ``params -> outputs`` (or ``params -> (outputs, aux)`` with
-      ``has_aux``, e.g. BatchNorm's updated ``batch_stats``).
-    params: The parameters to differentiate (for ``optax.lookahead``, the fast
-      parameters).
-    loss_fn: ``outputs -> batch-mean loss``.
-    has_aux: Whether ``model_fn`` also returns auxiliary data.
-
-  Returns:
-    ``dict(outputs=z, loss_fn=loss_fn, outputs_vjp=vjp)`` for
-    ``tx.update(None, state, params, **extra)``, or ``(extra, aux)`` when
-    ``has_aux``. The forward pass runs here, through :func:`jax.vjp`; the
-    backward pass runs once, inside GAL's update.
-
-  Examples:
-    >>> import jax.numpy as jnp
-    >>> import optax_ext
-    >>> extra = optax_ext.gal_extra_args(lambda w: jnp.ones((2, 3)) @ w, jnp.ones((3, 4)),
-    ...                                  lambda z: jnp.mean(z ** 2))
-    >>> sorted(extra), extra['outputs'].shape
-    (['loss_fn', 'outputs', 'outputs_vjp'], (2, 4))
-  """
-  if has_aux:
-    z, vjp, aux = jax.vjp(model_fn, params, has_aux=True)
-    return {"outputs": z, "loss_fn": loss_fn, "outputs_vjp": vjp}, aux
-  z, vjp = jax.vjp(model_fn, params)
-  return {"outputs": z, "loss_fn": loss_fn, "outputs_vjp": vjp}
 
 
 def _read_diagnostics(state: GALState) -> dict[str, jax.Array]:

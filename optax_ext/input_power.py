@@ -92,6 +92,32 @@ def _window_counts(n: int, k: int, stride: int, dil: int, base: int, pad) -> tup
   return counts, out
 
 
+def _conv_pads(padding, kernel, strides, dilation, spatial):
+  """How Flax pads a convolution: ``(pre, mode, lax_pads)``, or ``None`` if unknown.
+
+  Flax pads some modes itself (on the undilated input) and then runs a
+  'VALID' convolution: ``pre`` is that padding per axis, ``mode`` its numpy
+  pad mode, and ``lax_pads`` the padding ``lax.conv_general_dilated`` adds.
+  """
+  n = len(kernel)
+  spans = [(k - 1) * d + 1 for k, d in zip(kernel, dilation)]
+  if isinstance(padding, int):
+    return [(0, 0)] * n, "constant", [(padding, padding)] * n
+  if not isinstance(padding, str):
+    lax_pads = [(p, p) if isinstance(p, int) else tuple(p) for p in padding]
+    return ([(0, 0)] * n, "constant", lax_pads) if len(lax_pads) == n else None
+  name = padding.upper()
+  if name in ("CIRCULAR", "REFLECT"):
+    pre = [((s - 1) // 2, s // 2) for s in spans]
+    return pre, "wrap" if name == "CIRCULAR" else "reflect", [(0, 0)] * n
+  if name == "CAUSAL":
+    return ([(dilation[0] * (kernel[0] - 1), 0)], "constant", [(0, 0)]) if n == 1 else None
+  try:  # as lax.conv_general_dilated does: from the undilated input shape
+    return [(0, 0)] * n, "constant", list(lax.padtype_to_pads(spatial, spans, strides, padding))
+  except Exception:  # noqa: BLE001 - an unknown mode is reported, not raised
+    return None
+
+
 def _conv_geometry(module: nn.Conv, spatial: tuple[int, ...]):
   """Window counts per input position, and the number of output positions.
 
@@ -105,35 +131,10 @@ def _conv_geometry(module: nn.Conv, spatial: tuple[int, ...]):
   strides = _as_tuple(module.strides, n)
   dilation = _as_tuple(module.kernel_dilation, n)
   base = _as_tuple(module.input_dilation, n)
-  padding = module.padding
-  # Flax pads some modes itself (on the undilated input) and then runs a
-  # 'VALID' convolution: (pre-pad per axis, numpy pad mode, lax padding).
-  pre = [(0, 0)] * n
-  mode = "constant"
-  if isinstance(padding, str):
-    name = padding.upper()
-    if name in ("CIRCULAR", "REFLECT"):
-      spans = [(k - 1) * d + 1 for k, d in zip(kernel, dilation)]
-      pre = [((s - 1) // 2, s // 2) for s in spans]
-      mode = "wrap" if name == "CIRCULAR" else "reflect"
-      lax_pads = [(0, 0)] * n
-    elif name == "CAUSAL":
-      if n != 1:
-        return None
-      pre = [(dilation[0] * (kernel[0] - 1), 0)]
-      lax_pads = [(0, 0)]
-    else:
-      spans = tuple((k - 1) * d + 1 for k, d in zip(kernel, dilation))
-      try:  # as lax.conv_general_dilated does: from the undilated input shape
-        lax_pads = list(lax.padtype_to_pads(spatial, spans, strides, padding))
-      except Exception:  # noqa: BLE001 - an unknown mode is reported, not raised
-        return None
-  elif isinstance(padding, int):
-    lax_pads = [(padding, padding)] * n
-  else:
-    lax_pads = [(p, p) if isinstance(p, int) else tuple(p) for p in padding]
-    if len(lax_pads) != n:
-      return None
+  pads = _conv_pads(module.padding, kernel, strides, dilation, spatial)
+  if pads is None:
+    return None
+  pre, mode, lax_pads = pads
   weights = np.ones(())
   outputs = 1
   for axis in range(n):
@@ -178,10 +179,53 @@ def _conv_power(module: nn.Conv, x: jax.Array, q: int) -> Optional[jax.Array]:
   return jnp.repeat(per_group, module.features // groups)
 
 
+def _layer_power(module: nn.Module, x: jax.Array, q: int) -> Optional[jax.Array]:
+  """The input power of one call of an ``nn.Dense`` or ``nn.Conv``; ``None`` if unsupported."""
+  if type(module) is nn.Dense:
+    return _dense_power(x, q)
+  if getattr(module, "mask", None) is not None:
+    return None
+  return _conv_power(module, x, q)
+
+
+def _power_tree(params, records, kinds, unsupported):
+  """The power at each recorded kernel (mean of its calls), ``None`` elsewhere.
+
+  Warns once for each layer whose parameters get no power for a reason a user
+  may not expect (docs/design.md, INSGD — Input vectors and capture).
+  """
+  power = {}
+  for key in traverse_util.flatten_dict(params):
+    module_path, name = key[:-1], key[-1]
+    if name == "kernel" and module_path in records:
+      vals = records[module_path]
+      power[key] = vals[0] if len(vals) == 1 else sum(vals) / len(vals)
+      continue
+    power[key] = None
+    kind = kinds.get(module_path)
+    known = module_path in records and name == "bias"
+    if not (known or (kind is not None and issubclass(kind, _SILENT))):
+      _warn_no_power(module_path, kind, module_path in unsupported)
+  return traverse_util.unflatten_dict(power)
+
+
+def _warn_no_power(module_path, kind, unsupported: bool) -> None:
+  where = "/".join(module_path) or "<top level>"
+  what = (
+    "an unsupported nn.Conv (mask or padding)"
+    if unsupported
+    else (f"a {kind.__name__}" if kind is not None else "a module whose call was not seen")
+  )
+  _warn_once(
+    f"capture_input_power: the parameters of layer {where} ({what}) get no input power; "
+    "INSGD updates them as plain SGD"
+  )
+
+
 def _warn_once(message: str) -> None:
   if message not in _warned:
     _warned.add(message)
-    warnings.warn(message, stacklevel=3)
+    warnings.warn(message, stacklevel=5)  # the caller of capture_input_power
 
 
 def capture_input_power(
@@ -263,44 +307,16 @@ def capture_input_power(
     module = context.module
     path = tuple(module.path)
     kinds.setdefault(path, type(module))
-    if context.method_name == "__call__" and call_args:
-      if type(module) is nn.Dense:
-        x = lax.stop_gradient(call_args[0])
-        records.setdefault(path, []).append(_dense_power(x, norm_order))
-      elif type(module) is nn.Conv:
-        p = None
-        if getattr(module, "mask", None) is None:
-          p = _conv_power(module, lax.stop_gradient(call_args[0]), norm_order)
-        if p is None:
-          unsupported.add(path)
-        else:
-          records.setdefault(path, []).append(p)
+    if context.method_name == "__call__" and call_args and type(module) in (nn.Dense, nn.Conv):
+      p = _layer_power(module, lax.stop_gradient(call_args[0]), norm_order)
+      if p is None:
+        unsupported.add(path)
+      else:
+        records.setdefault(path, []).append(p)
     return next_fn(*call_args, **call_kwargs)
 
   with nn.intercept_methods(interceptor):
     outputs = apply_fn(variables, *args, **apply_kwargs)
 
-  flat = traverse_util.flatten_dict(variables["params"])
-  power = {}
-  for key in flat:
-    module_path, name = key[:-1], key[-1]
-    kind = kinds.get(module_path)
-    if name == "kernel" and module_path in records:
-      vals = records[module_path]
-      power[key] = vals[0] if len(vals) == 1 else sum(vals) / len(vals)
-      continue
-    power[key] = None
-    known = module_path in records and name == "bias"
-    if known or (kind is not None and issubclass(kind, _SILENT)):
-      continue
-    where = "/".join(module_path) or "<top level>"
-    what = (
-      "an unsupported nn.Conv (mask or padding)"
-      if module_path in unsupported
-      else (f"a {kind.__name__}" if kind is not None else "a module whose call was not seen")
-    )
-    _warn_once(
-      f"capture_input_power: the parameters of layer {where} ({what}) get no input power; "
-      "INSGD updates them as plain SGD"
-    )
-  return outputs, InputPower(traverse_util.unflatten_dict(power), norm_order)
+  power = _power_tree(variables["params"], records, kinds, unsupported)
+  return outputs, InputPower(power, norm_order)
