@@ -167,44 +167,30 @@ def _run_dir(out: str, name: str) -> str:
   return os.path.join(out, safe)
 
 
-def run(args: argparse.Namespace) -> int:
-  import jax
+def _apply_demo_defaults(args: argparse.Namespace) -> None:
+  """``--demo``: the demo's optimizers, epochs and output folder unless given."""
+  if args.optimizers == ["sgd", "momentum", "adam"]:
+    args.optimizers = list(DEMO_OPTIMIZERS)
+  args.epochs = args.epochs if args.epochs != 5 else 8
+  args.out = args.out or os.path.join("runs", "demo")
+  args.overwrite = args.overwrite or not args.resume
 
+
+def _load_model(args, ds):
+  """The model's name and module (default: an MLP for regression, the paper CNN otherwise)."""
   from flax_models import get_model
-  from train import data as data_lib
-  from train import registry, report
-  from train.checkpoint import Checkpointer
-  from train.loop import train_run
 
-  if args.demo:
-    if args.optimizers == ["sgd", "momentum", "adam"]:
-      args.optimizers = list(DEMO_OPTIMIZERS)
-    args.epochs = args.epochs if args.epochs != 5 else 8
-    args.out = args.out or os.path.join("runs", "demo")
-    args.overwrite = args.overwrite or not args.resume
-
-  if args.distributed:
-    jax.distributed.initialize()
-  mesh = None
-  if args.mesh:
-    from train import sharding
-
-    mesh = sharding.make_mesh(sharding.parse_mesh(args.mesh))
-  ds = data_lib.load_dataset(args.dataset, args.data_dir, seed=args.seed)
-  if args.train_size or args.test_size:
-    ds = ds.subset(args.train_size, args.test_size)
   model_name = args.model or ("mlp" if ds.task == "regression" else "mnist_cnn")
   try:
-    model = get_model(model_name, ds.num_classes)
+    return model_name, get_model(model_name, ds.num_classes)
   except ValueError as e:
     raise UsageError(str(e)) from None
-  out = args.out or os.path.join("runs", f"{model_name}-{args.dataset.replace(':', '_')}")
 
-  spe = data_lib.steps_per_epoch(len(ds.x_train), args.batch_size)
-  if len(ds.x_train) < args.batch_size:
-    raise UsageError(
-      f"--batch-size {args.batch_size} exceeds the {len(ds.x_train)} training examples"
-    )
+
+def _build_optimizers(args, ds, spe: int) -> list:
+  """Every optimizer of the command, built before any training so a typo fails first."""
+  from train import registry
+
   schedule = registry.make_schedule(
     args.schedule, spe, spe * args.epochs, gamma=args.gamma, milestones=tuple(args.milestones)
   )
@@ -214,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
     hidden=tuple(args.gal_hidden) if args.gal_hidden else None,
     seed=args.seed,
   )
-  # Build every optimizer first so a typo fails before any training starts.
+  plateau = registry.make_plateau(spe, args.gamma) if args.schedule == "plateau" else None
   opts = [
     registry.make_optimizer(
       spec,
@@ -223,13 +209,17 @@ def run(args: argparse.Namespace) -> int:
       output_dim=ds.num_classes,
       task=ds.task,
       gal=gal_opts,
-      plateau=registry.make_plateau(spe, args.gamma) if args.schedule == "plateau" else None,
+      plateau=plateau,
     )
     for spec in args.optimizers
   ]
   if len({o.name for o in opts}) != len(opts):
     raise UsageError("each optimizer may be named once per command")
+  return opts
 
+
+def _claim_checkpoints(args, out: str, opts) -> None:
+  """Refuses to mix a new run with old checkpoints unless --resume or --overwrite says how."""
   for o in opts:
     ckpt_dir = os.path.join(_run_dir(out, o.name), "checkpoints")
     if os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir) and not args.resume:
@@ -239,37 +229,41 @@ def run(args: argparse.Namespace) -> int:
         )
       shutil.rmtree(ckpt_dir)
 
-  print(
-    f"{model_name} on {ds.name}: {len(ds.x_train)} train / {len(ds.x_test)} test, "
-    f"{args.epochs} epochs x {spe} steps, batch {args.batch_size}, {jax.devices()[0].platform}",
-    flush=True,
-  )
-  results = []
-  for o in opts:
-    run_dir = _run_dir(out, o.name)
-    ckpt = Checkpointer(os.path.join(run_dir, "checkpoints"), every=args.checkpoint_every)
-    try:
-      res = train_run(
-        model,
-        o,
-        ds,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        checkpointer=ckpt,
-        progress=not args.no_progress,
-        mesh=mesh,
-      )
-    finally:
-      ckpt.close()
-    report.write_run(res, run_dir)
-    diag_png = report.plot_diagnostics(res, os.path.join(run_dir, "diagnostics.png"))
-    if diag_png:
-      print(f"{o.name}: diagnostics plot {diag_png}", flush=True)
-    results.append(res)
 
-  config = {k: v for k, v in vars(args).items()}
-  config.update(model=model_name, out=out)
+def _train_one(args, model, o, ds, out: str, mesh):
+  """Trains one optimizer with checkpoints and writes its run files and diagnostics plot."""
+  from train import report
+  from train.checkpoint import Checkpointer
+  from train.loop import train_run
+
+  run_dir = _run_dir(out, o.name)
+  ckpt = Checkpointer(os.path.join(run_dir, "checkpoints"), every=args.checkpoint_every)
+  try:
+    res = train_run(
+      model,
+      o,
+      ds,
+      epochs=args.epochs,
+      batch_size=args.batch_size,
+      seed=args.seed,
+      checkpointer=ckpt,
+      progress=not args.no_progress,
+      mesh=mesh,
+    )
+  finally:
+    ckpt.close()
+  report.write_run(res, run_dir)
+  diag_png = report.plot_diagnostics(res, os.path.join(run_dir, "diagnostics.png"))
+  if diag_png:
+    print(f"{o.name}: diagnostics plot {diag_png}", flush=True)
+  return res
+
+
+def _report(args, results, ds, model_name: str, out: str) -> None:
+  """Writes the summary files and the curves, and prints the results table."""
+  from train import report
+
+  config = dict(vars(args), model=model_name, out=out)
   report.write_summary(results, out, config)
   png = report.plot_curves(
     results,
@@ -281,6 +275,41 @@ def run(args: argparse.Namespace) -> int:
   print(report.table(results, ds.task))
   print(f"\nmetrics: {os.path.join(out, 'results.json')} (and .csv); per-run files under {out}/")
   print(f"plot: {png}")
+
+
+def run(args: argparse.Namespace) -> int:
+  import jax
+
+  from train import data as data_lib
+
+  if args.demo:
+    _apply_demo_defaults(args)
+  if args.distributed:
+    jax.distributed.initialize()
+  mesh = None
+  if args.mesh:
+    from train import sharding
+
+    mesh = sharding.make_mesh(sharding.parse_mesh(args.mesh))
+  ds = data_lib.load_dataset(args.dataset, args.data_dir, seed=args.seed)
+  if args.train_size or args.test_size:
+    ds = ds.subset(args.train_size, args.test_size)
+  model_name, model = _load_model(args, ds)
+  out = args.out or os.path.join("runs", f"{model_name}-{args.dataset.replace(':', '_')}")
+  if len(ds.x_train) < args.batch_size:
+    raise UsageError(
+      f"--batch-size {args.batch_size} exceeds the {len(ds.x_train)} training examples"
+    )
+  spe = data_lib.steps_per_epoch(len(ds.x_train), args.batch_size)
+  opts = _build_optimizers(args, ds, spe)
+  _claim_checkpoints(args, out, opts)
+  print(
+    f"{model_name} on {ds.name}: {len(ds.x_train)} train / {len(ds.x_test)} test, "
+    f"{args.epochs} epochs x {spe} steps, batch {args.batch_size}, {jax.devices()[0].platform}",
+    flush=True,
+  )
+  results = [_train_one(args, model, o, ds, out, mesh) for o in opts]
+  _report(args, results, ds, model_name, out)
   return 0
 
 

@@ -65,6 +65,75 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation, x0: np.ndarra
   )
 
 
+def _apply(model: nn.Module, params, batch_stats, x, key):
+  """A training forward pass: ``(outputs, mutated)``, BatchNorm statistics updated if any."""
+  variables = {"params": params}
+  if batch_stats:
+    variables["batch_stats"] = batch_stats
+    return model.apply(variables, x, train=True, rngs={"dropout": key}, mutable=["batch_stats"])
+  return model.apply(variables, x, train=True, rngs={"dropout": key}), {}
+
+
+def _capture_apply(model: nn.Module, params, batch_stats, x, key, norm_order):
+  """As :func:`_apply`, also recording INSGD's input power: ``((outputs, mutated), power)``."""
+  import optax_ext
+
+  variables = {"params": params}
+  kwargs = dict(train=True, rngs={"dropout": key})
+  if batch_stats:
+    variables["batch_stats"] = batch_stats
+    kwargs["mutable"] = ["batch_stats"]
+  out, power = optax_ext.capture_input_power(
+    model.apply, variables, x, norm_order=norm_order, **kwargs
+  )
+  return (out if batch_stats else (out, {})), power
+
+
+def _gal_pass(model, opt, state, x, y, key, loss_of):
+  """GAL's forward pass: ``(loss, outputs, batch_stats, None, extra)``.
+
+  The backward pass runs inside GAL's update, once, on the chosen cotangent.
+  """
+  import optax_ext
+
+  def forward(params):
+    z, mutated = _apply(model, params, state.batch_stats, x, key)
+    return z, mutated.get("batch_stats", state.batch_stats)
+
+  extra, new_bs = optax_ext.gal_extra_args(
+    forward, state.params, lambda z: loss_of(z, y), has_aux=True
+  )
+  z = extra["outputs"]
+  return loss_of(z, y), z, new_bs, None, extra
+
+
+def _gradient_pass(model, opt, state, x, y, key, loss_of):
+  """One forward and backward pass: ``(loss, outputs, batch_stats, grads, extra)``."""
+  capture = "input_power" in opt.needs
+
+  def loss_fn(params):
+    if capture:
+      (z, mutated), power = _capture_apply(model, params, state.batch_stats, x, key, opt.norm_order)
+    else:
+      (z, mutated), power = _apply(model, params, state.batch_stats, x, key), None
+    new_bs = mutated.get("batch_stats", state.batch_stats) if mutated else state.batch_stats
+    return loss_of(z, y), (z, new_bs, power)
+
+  (loss, (z, new_bs, power)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  return loss, z, new_bs, grads, ({"input_power": power} if capture else {})
+
+
+def _step_metrics(task: str, loss, z, y, opt_state) -> dict:
+  """Loss, accuracy for classification, and the methods' own signals (``diag_*``)."""
+  metrics = {"loss": loss}
+  if task == "classification":
+    metrics["accuracy"] = jnp.mean(jnp.argmax(z, -1) == y)
+  metrics.update(
+    {f"diag_{k}": jnp.asarray(v, jnp.float32) for k, v in diagnostics(opt_state).items()}
+  )
+  return metrics
+
+
 def make_train_step(
   model: nn.Module,
   opt: Optimizer,
@@ -79,76 +148,24 @@ def make_train_step(
   the step keeps the state's layout from one step to the next.
   """
   loss_of = loss_function(task)
-  tx = opt.tx
-
-  def apply(params, batch_stats, x, key, **kwargs):
-    variables = {"params": params}
-    if batch_stats:
-      variables["batch_stats"] = batch_stats
-      return model.apply(
-        variables, x, train=True, rngs={"dropout": key}, mutable=["batch_stats"], **kwargs
-      )
-    return model.apply(variables, x, train=True, rngs={"dropout": key}, **kwargs), {}
+  forward_backward = _gal_pass if "gal" in opt.needs else _gradient_pass
 
   def step_fn(state: TrainState, x, y):
     key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
     k_aug, k_drop = jax.random.split(key)
     if augment:
       x = data_lib.augment_batch(k_aug, x)
-    extra = {}
-
-    if "gal" in opt.needs:
-      import optax_ext
-
-      def forward(params):
-        z, mutated = apply(params, state.batch_stats, x, k_drop)
-        return z, mutated.get("batch_stats", state.batch_stats)
-
-      gal_args, new_bs = optax_ext.gal_extra_args(
-        forward, state.params, lambda z: loss_of(z, y), has_aux=True
-      )
-      z = gal_args["outputs"]
-      loss = loss_of(z, y)
-      grads = None
-      extra.update(gal_args)
-    else:
-
-      def loss_fn(params):
-        if "input_power" in opt.needs:
-          import optax_ext
-
-          variables = {"params": params}
-          kwargs = dict(train=True, rngs={"dropout": k_drop})
-          if state.batch_stats:
-            variables["batch_stats"] = state.batch_stats
-            kwargs["mutable"] = ["batch_stats"]
-          out, power = optax_ext.capture_input_power(
-            model.apply, variables, x, norm_order=opt.norm_order, **kwargs
-          )
-          z, mutated = out if state.batch_stats else (out, {})
-        else:
-          (z, mutated), power = apply(params, state.batch_stats, x, k_drop), None
-        new_bs = mutated.get("batch_stats", state.batch_stats) if mutated else state.batch_stats
-        return loss_of(z, y), (z, new_bs, power)
-
-      (loss, (z, new_bs, power)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-      if "input_power" in opt.needs:
-        extra["input_power"] = power
+    loss, z, new_bs, grads, extra = forward_backward(model, opt, state, x, y, k_drop, loss_of)
     if "value" in opt.needs:
       extra["value"] = loss
-    updates, opt_state = tx.update(grads, state.opt_state, state.params, **extra)
-    params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": loss}
-    if task == "classification":
-      metrics["accuracy"] = jnp.mean(jnp.argmax(z, -1) == y)
-    # The methods' own signals (scalars the update already computed).
-    metrics.update(
-      {f"diag_{k}": jnp.asarray(v, jnp.float32) for k, v in diagnostics(opt_state).items()}
-    )
+    updates, opt_state = opt.tx.update(grads, state.opt_state, state.params, **extra)
     new_state = state.replace(
-      step=state.step + 1, params=params, batch_stats=new_bs, opt_state=opt_state
+      step=state.step + 1,
+      params=optax.apply_updates(state.params, updates),
+      batch_stats=new_bs,
+      opt_state=opt_state,
     )
-    return new_state, metrics
+    return new_state, _step_metrics(task, loss, z, y, opt_state)
 
   if state_sharding is None:
     return jax.jit(step_fn, donate_argnums=0)
@@ -218,6 +235,74 @@ class RunResult:
   state: Optional[TrainState] = None
 
 
+class _StepClock:
+  """Seconds per training step, excluding evaluation and the first step after it."""
+
+  def __init__(self):
+    self.steps, self.seconds, self._last = 0, 0.0, None
+
+  def tick(self, done: int) -> None:
+    now = time.perf_counter()
+    if self._last is not None:
+      self.seconds += now - self._last[0]
+      self.steps += done - self._last[1]
+    self._last = (now, done)
+
+  def pause(self) -> None:
+    self._last = None
+
+  def per_step(self) -> float:
+    return self.seconds / self.steps if self.steps else float("nan")
+
+
+class _EpochMeans:
+  """Sums the step metrics on device; ``pop`` returns their means and starts again."""
+
+  def __init__(self):
+    self.sums: dict[str, Any] = {}
+    self.count = 0
+
+  def add(self, metrics: dict) -> None:
+    for k, v in metrics.items():
+      self.sums[k] = self.sums.get(k, 0.0) + v  # stays on device until popped
+    self.count += 1
+
+  def pop(self) -> dict[str, float]:
+    means = {f"train_{k}": float(v) / self.count for k, v in self.sums.items()}
+    self.sums, self.count = {}, 0
+    return means
+
+
+def _start(model, opt, ds, seed: int, checkpointer, mesh, batch_size: int):
+  """The state to train from (restored if a checkpoint exists), its history and shardings."""
+  state = init_state(model, opt.tx, ds.x_train[:1], seed)
+  history: list[dict[str, float]] = []
+  if checkpointer is not None:
+    restored = checkpointer.restore_latest(state)
+    if restored is not None:
+      state, history = restored
+  if mesh is None:
+    return state, history, None, None
+  from train import sharding
+
+  sharding.check_batch(batch_size, mesh)
+  state_sh = sharding.state_shardings(mesh, state)
+  return jax.device_put(state, state_sh), history, state_sh, sharding.batch_sharding(mesh)
+
+
+def _non_finite(name: str, loss: float, done: int, checkpointer) -> NonFiniteLossError:
+  where = f"; last good checkpoint: step {checkpointer.latest_step()}" if checkpointer else ""
+  return NonFiniteLossError(f"{name}: loss became non-finite ({loss}) by step {done}{where}")
+
+
+def _final_metrics(history: list[dict[str, float]], task: str) -> dict[str, float]:
+  """The last evaluation, plus the best test accuracy over epochs for classification."""
+  final = dict(history[-1]) if history else {}
+  if history and task == "classification":
+    final["best_test_accuracy"] = max(h["test_accuracy"] for h in history)
+  return final
+
+
 def train_run(
   model: nn.Module,
   opt: Optimizer,
@@ -248,74 +333,43 @@ def train_run(
 
   spe = data_lib.steps_per_epoch(len(ds.x_train), batch_size)
   total = epochs * spe
-  state = init_state(model, opt.tx, ds.x_train[:1], seed)
-  history: list[dict[str, float]] = []
-  if checkpointer is not None:
-    restored = checkpointer.restore_latest(state)
-    if restored is not None:
-      state, history = restored
+  state, history, state_sh, batch_sh = _start(model, opt, ds, seed, checkpointer, mesh, batch_size)
   start = int(state.step)
-  state_sh = batch_sh = None
-  if mesh is not None:
-    from train import sharding
-
-    sharding.check_batch(batch_size, mesh)
-    state_sh = sharding.state_shardings(mesh, state)
-    batch_sh = sharding.batch_sharding(mesh)
-    state = jax.device_put(state, state_sh)
   train_step = make_train_step(
     model, opt, ds.task, augment=ds.augment, state_sharding=state_sh, batch_sharding=batch_sh
   )
   eval_step = make_eval_step(model, ds.task)
-
   bar = tqdm(total=total, initial=start, desc=opt.name, disable=not progress, leave=True)
-  timed_steps, timed_seconds = 0, 0.0
-  epoch_sums: dict[str, float] = {}
-  epoch_count = 0
-  batch_iter = data_lib.batches(ds.x_train, ds.y_train, batch_size, seed, start)
-  t_last = None
-  for step, xb, yb in batch_iter:
+  clock, means = _StepClock(), _EpochMeans()
+  for step, xb, yb in data_lib.batches(ds.x_train, ds.y_train, batch_size, seed, start):
     if step >= total:
       break
     if batch_sh is not None:
       xb, yb = jax.device_put(xb, batch_sh), jax.device_put(yb, batch_sh)
     state, metrics = train_step(state, xb, yb)
-    for k, v in metrics.items():
-      epoch_sums[k] = epoch_sums.get(k, 0.0) + v  # stays on device until logged
-    epoch_count += 1
+    means.add(metrics)
     done = step + 1
-    end_of_epoch = done % spe == 0
-    if done % log_every == 0 or end_of_epoch or done == total:
+    end_of_epoch = done % spe == 0 or done == total
+    if done % log_every == 0 or end_of_epoch:
       loss_now = float(metrics["loss"])
-      now = time.perf_counter()
-      if t_last is not None:
-        timed_seconds += now - t_last[0]
-        timed_steps += done - t_last[1]
-      t_last = (now, done)
+      clock.tick(done)
       if not math.isfinite(loss_now):
         bar.close()
-        where = f"; last good checkpoint: step {checkpointer.latest_step()}" if checkpointer else ""
-        raise NonFiniteLossError(
-          f"{opt.name}: loss became non-finite ({loss_now}) by step {done}{where}"
-        )
+        raise _non_finite(opt.name, loss_now, done, checkpointer)
       bar.set_postfix(loss=f"{loss_now:.4f}")
     bar.update(1)
-    if end_of_epoch or done == total:
-      record = {"epoch": done / spe, "step": done}
-      record.update({f"train_{k}": float(v) / epoch_count for k, v in epoch_sums.items()})
+    if end_of_epoch:
+      record = {"epoch": done / spe, "step": done, **means.pop()}
       record.update(evaluate(eval_step, state, ds, batch_size))
       history.append(record)
-      epoch_sums, epoch_count = {}, 0
       if on_epoch is not None:
         on_epoch(record)
-      t_last = None  # evaluation time is not step time
+      clock.pause()  # evaluation time is not step time
     if checkpointer is not None and checkpointer.should_save(done, total):
       checkpointer.save(done, state, history)
   bar.close()
   if checkpointer is not None:
     checkpointer.wait()
-  final = dict(history[-1]) if history else {}
-  if history and ds.task == "classification":
-    final["best_test_accuracy"] = max(h["test_accuracy"] for h in history)
-  sps = timed_seconds / timed_steps if timed_steps else float("nan")
-  return RunResult(opt.name, history, final, sps, total, state)
+  return RunResult(
+    opt.name, history, _final_metrics(history, ds.task), clock.per_step(), total, state
+  )
