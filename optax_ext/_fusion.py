@@ -181,22 +181,29 @@ def detached(fn: Callable[[], Any]) -> Callable[[], Any]:
   if not enabled():
     return fn
   converted, consts = jax.closure_convert(fn)
-  if not consts:
+  if not consts or _any_bfloat16(consts):  # see recomputed
     return fn
   barrier = lambda *c: converted(*lax.optimization_barrier(tuple(c)))  # noqa: E731
   return lambda: on_cpu(barrier, converted, *consts)
 
 
-def recomputed(fn: Callable[[], jax.Array]) -> Callable[[], jax.Array]:
+def _any_bfloat16(arrays: Any) -> bool:
+  return any(jnp.result_type(x) == jnp.bfloat16 for x in jax.tree.leaves(arrays))
+
+
+def recomputed(fn: Callable[[], jax.Array], inputs: Any = ()) -> Callable[[], jax.Array]:
   """A function giving ``fn()``: recomputed where it is called on CPU, computed once elsewhere.
 
   On CPU a value that several loops read (the saliency in every counting
   pass) costs less computed inside each loop from its inputs than written
   once and read back. Elsewhere, and with the setting off, ``fn`` runs once
-  and every call returns that array.
+  and every call returns that array. So does it when any array in ``inputs``
+  (what ``fn`` reads) is bfloat16: XLA's CPU backend then gives values that
+  differ in the last bit between a loop that recomputes them and one that
+  computes them once, and the seam must not change a value.
   """
   value = fn()
-  if not enabled():
+  if not enabled() or _any_bfloat16(inputs):
     return lambda: value
   return lambda: on_cpu(fn, lambda: value)
 

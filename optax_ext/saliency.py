@@ -45,13 +45,18 @@ class SaliencyProximalState(NamedTuple):
 class Leaf(NamedTuple):
   """What the proximal step needs of one leaf, as functions of nothing.
 
-  ``step`` gives the update ``u`` about to be applied; ``weight`` gives
-  ``B ⊙ u²/2`` (the saliency's first factor). Handing functions lets the
-  CPU program compute them inside each counting pass.
+  ``step`` gives the update ``u`` about to be applied, in the precision it is
+  computed in (at least float32); ``weight`` gives ``B ⊙ u²/2`` (the
+  saliency's first factor); ``dtype`` is the update's dtype. Handing
+  functions lets the CPU program compute them inside each counting pass. The
+  candidate ``c = θ + u`` is formed from the unrounded step, so that it does
+  not depend on whether the compiler keeps a rounding to a narrower ``dtype``
+  inside a fused loop (docs/design.md, Conventions — CPU fusion seam).
   """
 
   step: Callable[[], jax.Array]
   weight: Callable[[], jax.Array]
+  dtype: Any
 
 
 def init(params) -> SaliencyProximalState:
@@ -91,7 +96,7 @@ def _entries(leaf: Leaf, p: jax.Array, shape, ties: str, store: bool) -> quantil
     stored = _fusion.detached(saliency)()
     values = lambda: stored  # noqa: E731
   else:
-    values = _fusion.recomputed(saliency)
+    values = _fusion.recomputed(saliency, p)
   tie_values = (lambda: jnp.abs(candidate())) if ties == "magnitude" else None
   return quantile_lib.Entries(values, tie_values, tuple(shape))
 
@@ -135,7 +140,7 @@ def prune(
   new_thr = [jnp.zeros([], jnp.float32)] * len(leaves)
   new_step, new_dens = list(old[1]), list(old[2])
   pruned = [jnp.zeros([], jnp.float32)] * len(leaves)
-  updates = [leaf.step() for leaf in leaves]
+  updates = [leaf.step().astype(leaf.dtype) for leaf in leaves]
   passes, n_pruned = jnp.zeros([], jnp.int32), jnp.zeros([], jnp.float32)
   if groups:
     n_group = jnp.asarray([sum(sizes[i] for i in g) for g in groups], jnp.float32)
@@ -266,7 +271,8 @@ def saliency_proximal(
     del extra_args
     leaves, treedef = jax.tree.flatten(updates)
     items = [
-      Leaf(lambda u=u: u, lambda u=u: jnp.square(u.astype(jnp.float32)) * 0.5) for u in leaves
+      Leaf(lambda u=u: u, lambda u=u: jnp.square(u.astype(jnp.float32)) * 0.5, u.dtype)
+      for u in leaves
     ]
     return prune(
       items,

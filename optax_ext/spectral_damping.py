@@ -198,7 +198,7 @@ def step(grads, state: SpectralDampingState, params, scope: str, bounds, secant:
     s, _ = pair(_compute(p_l[i]), _compute(pp_l[i]), _compute(g_l[i]), _compute(pg_l[i]))
     return _binv(s, dampings[i], bounds)
 
-  binv_fns = [_fusion.recomputed(lambda i=i: binv_of(i)) for i in range(n)]
+  binv_fns = [_fusion.recomputed(lambda i=i: binv_of(i), (p_l[i], g_l[i])) for i in range(n)]
   ranges = [_range(d, bounds) for d in dampings]
   flags = [jnp.where(d.diagonal, 1, jnp.where(d.moved, 0, -1)).astype(jnp.int32) for d in dampings]
   new_state = SpectralDampingState(

@@ -52,8 +52,9 @@ def _scale_by_sp(learning_rate, sparsity, scope, interval, secant, quantile, tie
     # u = -λ B⁻¹ g, and B u²/2 = B⁻¹ (λg)²/2: the same value without a division.
     items = [
       saliency.Leaf(
-        step=lambda g=g, f=f: (-lr * f() * g).astype(g.dtype),
+        step=lambda g=g, f=f: -lr * f() * g.astype(jnp.promote_types(g.dtype, jnp.float32)),
         weight=lambda g=g, f=f: jnp.square(lr * g.astype(jnp.float32)) * 0.5 * f(),
+        dtype=g.dtype,
       )
       for g, f in zip(leaves, binv_fns)
     ]
