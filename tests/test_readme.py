@@ -18,8 +18,20 @@ import optax
 import pytest
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
-BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
-FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
+TEXT = README.read_text()
+MATCHES = list(re.finditer(r"```python\n(.*?)```", TEXT, flags=re.S))
+BLOCKS = [m.group(1) for m in MATCHES]
+LINES = [TEXT.count("\n", 0, m.start(1)) for m in MATCHES]  # 0-based line of each block
+FLAGS = doctest.NORMALIZE_WHITESPACE
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _fast_compile():
+  """Unoptimised XLA compiles the examples' small programs several times faster."""
+  previous = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", previous)
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +40,8 @@ def blocks():
   namespace, snapshots = {"__name__": "readme"}, []
   parser, failures = doctest.DocTestParser(), []
   for index, block in enumerate(BLOCKS):
-    test = parser.get_doctest(block, namespace, f"README.md python block {index}", str(README), 0)
+    name = f"README.md python block {index}"
+    test = parser.get_doctest(block, namespace, name, str(README), LINES[index])
     runner = doctest.DocTestRunner(optionflags=FLAGS)
     runner.run(test, out=failures.append, clear_globs=False)
     namespace = dict(test.globs)
@@ -100,13 +113,13 @@ def test_saliency_tie_example(ns, ties):
 
 def _mnist_cnn_start(ns):
   model, x = ns["model"], ns["x"]
-  return model.init(jax.random.key(0), x)["params"]
+  return jax.jit(model.init)(jax.random.key(0), x)["params"]
 
 
 def test_insgd_step(ns):
   model, x, xent = ns["model"], ns["x"], ns["xent"]
   p0 = _mnist_cnn_start(ns)
-  grads = jax.grad(lambda p: xent(model.apply({"params": p}, x)))(p0)
+  grads = jax.jit(jax.grad(lambda p: xent(model.apply({"params": p}, x))))(p0)
   # First step: P_1 = m_1; the first convolution's input vectors are 3x3x1 patches of
   # ones, so m_1 = ||x||_2^2 = 9 and its kernel's gradient is divided by log 9.
   # Momentum's first step is the gradient itself (optax.trace); the bias is plain SGD.
@@ -131,7 +144,7 @@ def test_gal_step(ns):
   params = ns["params"]
   reg = jax.tree.map(lambda a: np.asarray(a, np.float64), ns["gal_tx"].init(params)[0])
   reg = reg.regressor_params
-  z, vjp = jax.vjp(lambda p: model.apply({"params": p}, x), params)
+  z, vjp = jax.jit(lambda p: jax.vjp(lambda q: model.apply({"params": q}, x), p))(params)
   zn = np.asarray(z, np.float64)
   nabla = np.asarray(jax.grad(xent)(z), np.float64)
 
