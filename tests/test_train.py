@@ -106,6 +106,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(digits, tmp_pa
   assert last is not None
   like = init_state(TinyCNN(use_bn=False), _opt("sgd").tx, digits.x_train[:1], 0)
   state, _ = ck.restore_latest(like)
+  assert int(state.step) == last
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state.params))
 
 
@@ -145,10 +146,19 @@ def test_optimizer_names():
 
 
 @pytest.mark.parametrize("name", sorted(registry.REGISTRY) + ["gal+sgd", "gal+adam"])
-def test_every_registered_optimizer_trains_one_epoch(digits, name):
-  """Integration: the step supplies what each optimizer needs (input power, GAL args)."""
-  res = train_run(TinyCNN(), _opt(name), digits, epochs=1, batch_size=64, seed=0, progress=False)
-  assert np.isfinite(res.final["train_loss"]) and res.final["test_accuracy"] > 0.15
+def test_every_registered_optimizer_learns(digits, name):
+  """Integration: the step supplies what each optimizer needs (input power, GAL args).
+
+  Ten short epochs at each optimizer's default learning rate; the slowest learner here
+  (AngularGrad-tan, whose coefficient sits at its floor for small gradients) still ends
+  well above the bound for seeds 0-2, while a run whose updates do not train stays near
+  the majority baseline.
+  """
+  res = train_run(
+    TinyCNN(), _opt(name, total=80), digits, epochs=10, batch_size=64, seed=0, progress=False
+  )
+  assert res.final["test_accuracy"] > _majority_accuracy(digits) + 0.3, res.final
+  assert res.history[-1]["train_loss"] < res.history[0]["train_loss"]
 
 
 def test_regression_metrics_and_gal():
