@@ -41,11 +41,20 @@ def test_digits_split_is_seeded_and_standardised():
 
 
 def test_diabetes_regression_targets_keep_their_scale():
+  from sklearn.datasets import load_diabetes
+
   ds = data_lib.load_diabetes(seed=0)
   assert ds.task == "regression" and ds.y_train.shape[1:] == (1,)
+  # Training targets are standardised: mean 0, standard deviation 1 (float32 sums).
   assert abs(float(ds.y_train.mean())) < 1e-5
-  # The scale is the raw target's standard deviation (about 77 for this data).
-  assert 60 < ds.target_scale < 90
+  assert abs(float(ds.y_train.std()) - 1.0) < 1e-5
+  # Scaled back by target_scale (and shifted by the training mean, the one unknown),
+  # train and test together are the raw targets: so target_scale is the raw training
+  # targets' standard deviation.
+  raw = np.sort(load_diabetes().target)
+  both = np.concatenate([ds.y_train[:, 0], ds.y_test[:, 0]]).astype(np.float64) * ds.target_scale
+  shift = raw.mean() - both.mean()
+  np.testing.assert_allclose(np.sort(both) + shift, raw, atol=1e-3)
 
 
 def test_idx_round_trip(idx_dir):
@@ -90,9 +99,20 @@ def test_tfds_through_data_source_with_mock_data():
   tfds = pytest.importorskip("tensorflow_datasets")
   with tfds.testing.mock_data(num_examples=12):
     ds = data_lib.load_dataset("tfds:cifar10")
+    raw = {s: tfds.data_source("cifar10", split=s) for s in ("train", "test")}
+    raw = {s: [r[i] for i in range(len(r))] for s, r in raw.items()}
+    images = {s: np.stack([np.asarray(e["image"]) for e in r]) for s, r in raw.items()}
+    labels = {s: np.asarray([int(e["label"]) for e in r]) for s, r in raw.items()}
   assert ds.x_train.shape == (12, 32, 32, 3) and ds.num_classes == 10
   assert ds.augment
   assert ds.y_train.dtype == np.int32
+  np.testing.assert_array_equal(ds.y_train, labels["train"])
+  np.testing.assert_array_equal(ds.y_test, labels["test"])
+  # Scaled to [0, 1], then standardised per channel with the training split's statistics.
+  x_tr, x_te = (images[s].astype(np.float64) / 255.0 for s in ("train", "test"))
+  mean, std = x_tr.mean(axis=(0, 1, 2)), x_tr.std(axis=(0, 1, 2)) + 1e-6
+  np.testing.assert_allclose(ds.x_train, (x_tr - mean) / std, atol=1e-5)
+  np.testing.assert_allclose(ds.x_test, (x_te - mean) / std, atol=1e-5)
 
 
 def test_batches_depend_only_on_seed_and_step():
@@ -110,9 +130,13 @@ def test_batches_depend_only_on_seed_and_step():
 
 def test_eval_batches_pad_the_last_batch():
   x = np.arange(10, dtype=np.float32)[:, None]
-  out = list(data_lib.eval_batches(x, np.arange(10), 4))
+  out = list(data_lib.eval_batches(x, np.arange(10) + 100, 4))
   assert [n for _, _, n in out] == [4, 4, 2]
-  assert all(len(x_batch) == 4 for x_batch, _, _ in out)
+  # In order, every example once among the valid rows; the padding repeats the last one.
+  want = [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 9, 9]]
+  for (xb, yb, _), rows in zip(out, want):
+    np.testing.assert_array_equal(xb[:, 0], rows)
+    np.testing.assert_array_equal(yb, np.asarray(rows) + 100)
 
 
 def test_augment_batch_crops_and_flips():

@@ -2,16 +2,17 @@
 update gathers a parameter-sized array (8 simulated CPU devices)."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
-from jax.sharding import NamedSharding
+from jax.sharding import NamedSharding, PartitionSpec
 
-from bench import trees
-from bench.update_speed import TRAFFIC, candidates
+import optax_ext
 from tests.test_train import TinyCNN, _opt
 from train import data as data_lib
 from train import registry, sharding
-from train.loop import train_run
+from train.loop import init_state, train_run
 
 pytestmark = pytest.mark.skipif(len(jax.devices()) < 8, reason="needs 8 (simulated) devices")
 
@@ -50,16 +51,66 @@ def _check_sharded(digits, name, model):
   kw = dict(epochs=1, batch_size=64, seed=0, progress=False)
   one = train_run(model, _opt(name), digits, **kw)
   many = train_run(model, _opt(name), digits, mesh=mesh, **kw)
-  for a, b in zip(jax.tree.leaves(one.state.params), jax.tree.leaves(many.state.params)):
+  start = init_state(model, _opt(name).tx, digits.x_train[:1], 0).params
+  moved = 0.0
+  for a, b, a0 in zip(
+    jax.tree.leaves(one.state.params), jax.tree.leaves(many.state.params), jax.tree.leaves(start)
+  ):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-5)
+    moved = max(moved, float(np.max(np.abs(np.asarray(a) - np.asarray(a0)))))
+  # The agreement means something only if training moved the parameters by well more
+  # than the tolerance (Adam-like methods move each entry by about lr = 1e-3 per step).
+  assert moved > 10 * 2e-5, (name, moved)
   assert abs(one.final["train_loss"] - many.final["train_loss"]) < 1e-4
 
 
-@pytest.mark.parametrize("name", list(TRAFFIC))
+# The leaf shapes of the SP paper's MNIST CNN (two convolutions, two dense layers).
+_MNIST_CNN_SHAPES = [(3, 3, 1, 32), (32,), (3, 3, 32, 64), (64,), (9216, 128), (128,), (128, 10),
+                     (10,)]  # fmt: skip
+
+
+def _mnist_cnn_tree():
+  keys = jax.random.split(jax.random.key(0), len(_MNIST_CNN_SHAPES))
+  return {
+    f"p{i}": 0.05 * jax.random.normal(k, s) for i, (k, s) in enumerate(zip(keys, _MNIST_CNN_SHAPES))
+  }
+
+
+def _candidates(params):
+  power = jax.tree.map(lambda p: jnp.asarray(4.0) if p.ndim >= 2 else None, params)
+  return {
+    "sgd": (optax.sgd(0.1), {}),
+    "momentum": (optax.sgd(0.1, momentum=0.9), {}),
+    "adam": (optax.adam(1e-3), {}),
+    "angulargrad_cos": (optax_ext.angulargrad(1e-3, method="cos"), {}),
+    "angulargrad_tan": (optax_ext.angulargrad(1e-3, method="tan"), {}),
+    "insgd": (optax_ext.insgd(0.1), {"input_power": power}),
+    "sp": (optax_ext.sp(0.1), {}),
+    "sp_exact": (optax_ext.sp(0.1, quantile="exact"), {}),
+  }
+
+
+def test_gather_detection_sees_a_gathered_parameter():
+  # The check below is only as good as all_gather_sizes: it must see a gather of a
+  # sharded parameter when the program asks for one.
+  mesh = sharding.make_mesh({"data": 1, "fsdp": 8})
+  params = _mnist_cnn_tree()
+  p_sh = sharding.state_shardings(mesh, params, min_shard_size=1024)
+  params = jax.device_put(params, p_sh)
+  replicated = NamedSharding(mesh, PartitionSpec())
+  gather = jax.jit(lambda p: p["p4"] * 2.0, out_shardings=replicated)
+  sizes = sharding.all_gather_sizes(gather.lower(params).compile().as_text())
+  assert 9216 * 128 in sizes, sizes
+
+
+@pytest.mark.parametrize(
+  "name", ["sgd", "momentum", "adam", "angulargrad_cos", "angulargrad_tan", "insgd", "sp",
+           "sp_exact"]
+)  # fmt: skip
 def test_no_update_gathers_a_parameter(name):
   mesh = sharding.make_mesh({"data": 1, "fsdp": 8})
-  params = trees.named_tree("mnist_cnn")
-  tx, extra = candidates(params)[name]
+  params = _mnist_cnn_tree()
+  tx, extra = _candidates(params)[name]
   p_sh = sharding.state_shardings(mesh, params, min_shard_size=1024)
   params = jax.device_put(params, p_sh)
   grads = jax.tree.map(lambda p: p * 0.1, params)

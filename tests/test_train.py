@@ -36,6 +36,11 @@ def digits():
   return data_lib.load_digits(seed=0).subset(512, 128)
 
 
+def _majority_accuracy(ds):
+  """Test accuracy of always predicting the most frequent training label."""
+  return float(np.mean(ds.y_test == np.bincount(ds.y_train).argmax()))
+
+
 def _opt(spec, steps_per_epoch=8, total=16, schedule="constant", task="classification", out=10):
   sched = registry.make_schedule(schedule, steps_per_epoch, total)
   return registry.make_optimizer(spec, sched, output_dim=out, task=task)
@@ -46,7 +51,7 @@ def test_training_learns(digits):
     TinyCNN(), _opt("adam@3e-3"), digits, epochs=3, batch_size=64, seed=0, progress=False
   )
   assert len(res.history) == 3
-  assert res.final["test_accuracy"] > 0.7  # chance is 0.1
+  assert res.final["test_accuracy"] > _majority_accuracy(digits) + 0.6
   assert res.history[-1]["train_loss"] < res.history[0]["train_loss"]
   assert res.seconds_per_step > 0
 
@@ -101,6 +106,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(digits, tmp_pa
   assert last is not None
   like = init_state(TinyCNN(use_bn=False), _opt("sgd").tx, digits.x_train[:1], 0)
   state, _ = ck.restore_latest(like)
+  assert int(state.step) == last
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state.params))
 
 
@@ -124,7 +130,9 @@ def test_plateau_schedule_trains(digits):
   )
   assert "value" in opt.needs
   res = train_run(TinyCNN(), opt, digits, epochs=2, batch_size=64, seed=0, progress=False)
-  assert np.isfinite(res.final["train_loss"])
+  # Two epochs of SGD reach well above the majority baseline for seeds 0-2.
+  assert res.final["test_accuracy"] > _majority_accuracy(digits) + 0.4, res.final
+  assert res.history[-1]["train_loss"] < res.history[0]["train_loss"]
 
 
 def test_optimizer_names():
@@ -138,10 +146,19 @@ def test_optimizer_names():
 
 
 @pytest.mark.parametrize("name", sorted(registry.REGISTRY) + ["gal+sgd", "gal+adam"])
-def test_every_registered_optimizer_trains_one_epoch(digits, name):
-  """Integration: the step supplies what each optimizer needs (input power, GAL args)."""
-  res = train_run(TinyCNN(), _opt(name), digits, epochs=1, batch_size=64, seed=0, progress=False)
-  assert np.isfinite(res.final["train_loss"]) and res.final["test_accuracy"] > 0.15
+def test_every_registered_optimizer_learns(digits, name):
+  """Integration: the step supplies what each optimizer needs (input power, GAL args).
+
+  Ten short epochs at each optimizer's default learning rate; the slowest learner here
+  (AngularGrad-tan, whose coefficient sits at its floor for small gradients) still ends
+  well above the bound for seeds 0-2, while a run whose updates do not train stays near
+  the majority baseline.
+  """
+  res = train_run(
+    TinyCNN(), _opt(name, total=80), digits, epochs=10, batch_size=64, seed=0, progress=False
+  )
+  assert res.final["test_accuracy"] > _majority_accuracy(digits) + 0.3, res.final
+  assert res.history[-1]["train_loss"] < res.history[0]["train_loss"]
 
 
 def test_regression_metrics_and_gal():
@@ -154,6 +171,16 @@ def test_regression_metrics_and_gal():
     def __call__(self, x, train=False):
       return nn.Dense(1)(x)
 
+  # Baselines in original units: predicting the training mean (0 after standardisation),
+  # and the least-squares linear fit, the optimum a linear model trained on the squared
+  # error approaches.
+  mean_mae = float(np.mean(np.abs(ds.y_test))) * ds.target_scale
+  design = lambda x: np.c_[x, np.ones(len(x))]
+  coef = np.linalg.lstsq(design(ds.x_train), ds.y_train, rcond=None)[0]
+  residual = design(ds.x_test) @ coef - ds.y_test
+  ols_mae = float(np.mean(np.abs(residual))) * ds.target_scale
+  ols_r2 = 1 - float(np.sum(residual**2) / np.sum((ds.y_test - ds.y_test.mean()) ** 2))
+  assert ols_mae < 0.7 * mean_mae  # the data carry a linear signal
   for name in ("adam@0.05", "gal+adam@0.05"):
     res = train_run(
       Lin(),
@@ -164,9 +191,12 @@ def test_regression_metrics_and_gal():
       seed=0,
       progress=False,
     )
-    # A linear model on this data reaches MAE ~43-46 in original units.
-    assert 35 < res.final["test_mae"] < 55, (name, res.final)
-    assert 0.2 < res.final["test_r2"] < 0.7
+    # Trained, the linear model reaches the least-squares fit up to what the seed (the
+    # initialisation and batch order) changes, well inside these bounds for seeds 0-2; a
+    # model that did not train stays near the mean baseline.
+    assert abs(res.final["test_mae"] / ols_mae - 1) < 0.05, (name, res.final, ols_mae)
+    assert abs(res.final["test_r2"] - ols_r2) < 0.05, (name, res.final, ols_r2)
+    assert res.final["test_mae"] < 0.75 * mean_mae
 
 
 def _cli(argv, capsys):
