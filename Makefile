@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint bench-quick bench clean
+.PHONY: demo test lint bench-quick bench fuzz clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ bench-quick: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(BENCH_ENV) $(PY) -m bench
+
+# Random pytrees × transforms × hyperparameters × dtypes, shrinking on: bench/results/fuzz.json.
+fuzz: $(VENV)/.installed
+	$(PY) -m bench.fuzz --cases 10000
 
 clean:
 	rm -rf $(VENV) runs

@@ -23,7 +23,8 @@ class SmallCNN(nn.Module):
 
 
 def algorithm1(grads, powers, theta0, lr, momentum, beta, eps, wd, nesterov=False):
-  """One leaf, all steps: Algorithm 1, its momentum written as optax.trace (SPEC §3).
+  """One leaf, all steps: Algorithm 1, its momentum written as optax.trace
+  (docs/design.md, INSGD — Definition).
 
   The paper's b_t = γ b_{t-1} + (1-γ) g_t is the same method with the learning
   rate scaled by 1-γ; the experiments (PyTorch SGD) use b_t = γ b_{t-1} + g_t.
