@@ -16,7 +16,7 @@ install: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(PY) -m train --demo
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed lint
 	XLA_FLAGS="--xla_force_host_platform_device_count=8" $(PY) -m pytest -q
 
 lint: $(VENV)/.installed

@@ -135,6 +135,11 @@ CASES = {
   ),
 }
 NAMES = list(CASES)
+# The wrapper checks below are structural: one case per program shape is
+# enough there. The exact quantile and sparsity 0 run sp_0.1's program with
+# another search or count, and tan runs cos's; all of them still meet the
+# convergence and inject_hyperparams checks.
+WRAPPED = [n for n in NAMES if n not in ("sp_0", "sp_0.1_exact", "angulargrad_tan")]
 LOG_POWER = 2.0  # INSGD's kernels see log P = 2: their step is halved
 
 
@@ -306,7 +311,7 @@ def test_inject_hyperparams_gives_the_same_updates_and_state(name):
     chex.assert_trees_all_close(s2.inner_state, s1, rtol=1e-4, atol=1e-9)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", WRAPPED)
 def test_multisteps_first_update_is_zero_and_updates_keep_the_parameter_dtype(name):
   # One tree holds a bfloat16 and a float32 leaf: both dtypes in one program.
   params = _small_tree((jnp.bfloat16, jnp.float32))
@@ -325,7 +330,7 @@ def test_multisteps_first_update_is_zero_and_updates_keep_the_parameter_dtype(na
 
 
 @pytest.mark.parametrize("dtypes", ["f16_bf16_f32", "f64"])
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", WRAPPED)
 def test_update_dtype_stable_under_cond(name, dtypes):
   """As optax's check: ``lax.cond`` needs both branches, update or not, to have one type."""
   with jax.enable_x64(dtypes == "f64"):
@@ -353,7 +358,7 @@ def test_update_dtype_stable_under_cond(name, dtypes):
       state = jax.lax.cond(pick, lambda: state, lambda: new_state)  # noqa: B023
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", WRAPPED)
 def test_constant_schedule_equals_the_float(name):
   problem = parabola()
   dim = _size(problem.init)
@@ -391,7 +396,7 @@ def _sharded_tree(mesh):
 
 
 @pytest.mark.skipif(len(jax.devices()) < 8, reason="needs 8 (simulated) devices")
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", WRAPPED)
 def test_masked_sharded_and_initialised_from_shape_dtype_structs(name):
   mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:8]), ("x",))
   params = _sharded_tree(mesh)
@@ -432,7 +437,7 @@ def test_masked_sharded_and_initialised_from_shape_dtype_structs(name):
     assert after.sharding.is_equivalent_to(before.sharding, before.ndim), (before, after)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", WRAPPED)
 def test_apply_if_finite_skips_a_non_finite_step_and_keeps_the_state(name):
   params = _small_tree()
   good = _tree_objective(params)
