@@ -2,7 +2,7 @@
 
 Every number in RESULTS.md comes from a ``bench/results/*.json`` file, rendered by the
 ``render`` function of the part that wrote it (the same function that wrote the part's
-own ``.md``). A part with no result yet is listed as not run; a full run's result is
+own ``.md``, rewritten here so the two stay in step). A part with no result yet is listed as not run; a full run's result is
 preferred to a quick one's.
 """
 
@@ -41,8 +41,8 @@ SECTIONS = [
 
 
 def _demote(text: str) -> str:
-  """Shifts every markdown heading two levels down so parts nest under ours."""
-  return "\n".join("##" + line if line.startswith("#") else line for line in text.splitlines())
+  """Shifts every markdown heading one level down so parts nest under ours."""
+  return "\n".join("#" + line if line.startswith("#") else line for line in text.splitlines())
 
 
 def _relink(text: str) -> str:
@@ -54,8 +54,6 @@ def _relink(text: str) -> str:
 
 def summary() -> list[str]:
   """The speed targets with a pass/fail mark, from the update-speed result."""
-  from bench import update_speed
-
   for stem in ("update_speed_full", "update_speed_quick"):
     result = harness.load(stem)
     if result is not None and "targets" in result:
@@ -77,7 +75,6 @@ def summary() -> list[str]:
       f"| {name} | ≤ {target:g}× | {harness.fmt_ratio(on)} | {harness.verdict(on, target)} "
       f"| {harness.fmt_ratio(off)} |"
     )
-  del update_speed
   return lines
 
 
@@ -133,6 +130,8 @@ def section(title: str, module: str, stems: list[str]) -> list[str]:
       detail = traceback.format_exc(limit=1).strip().splitlines()[-1]
       out += [f"`{stem}.json` could not be rendered ({detail}); rerun the part.", ""]
       continue
+    with open(os.path.join(RESULTS, f"{stem}.md"), "w") as f:  # the part's own view, in step
+      f.write(text.strip() + "\n")
     return out + [f"Source: `results/{stem}.json`.", "", _demote(_relink(text.strip())), ""]
   return out + [f"Not run yet: `python -m bench --only {module}`.", ""]
 

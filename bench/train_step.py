@@ -105,7 +105,7 @@ def render(result: dict) -> str:
         if m and "p25_ms" in m
         else "-"
       )
-    lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    lines.append(f"| {key.replace(' | ', ', ')} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
 

@@ -249,7 +249,7 @@ def render(result: dict) -> str:
     for name, m in r["methods"].items():
       changes = m.get("seam_changes_program")
       lines.append(
-        f"| {name} | {m['median_ms']:.2f} ({m['p25_ms']:.2f}–{m['p75_ms']:.2f}) | "
+        f"| {name.replace(' | ', ', ')} | {m['median_ms']:.2f} ({m['p25_ms']:.2f}–{m['p75_ms']:.2f}) | "
         f"{m['ratio_to_adam']:.2f} | {m['copies']:.1f} | {m['min_traffic_copies']:.1f} | "
         f"{'-' if changes is None else ('yes' if changes else 'no')} |"
       )
