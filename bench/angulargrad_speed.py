@@ -125,8 +125,8 @@ def run(reps: int, tree_name: str = "resnet50") -> dict:
     with harness.seam(on):
       for name, tx in candidates(on).items():
 
-        def update(s, g, tx=tx):
-          u, s = tx.update(g, s, params)
+        def update(s, g, p, tx=tx):
+          u, s = tx.update(g, s, p)
           return s, u
 
         def update_apply(carry, g, tx=tx):
@@ -136,11 +136,11 @@ def run(reps: int, tree_name: str = "resnet50") -> dict:
           return (p, s), p
 
         s0 = tx.init(params)
-        up = jax.jit(update, donate_argnums=0).lower(s0, grads[0]).compile()
+        up = jax.jit(update, donate_argnums=0).lower(s0, grads[0], params).compile()
         # Two steps first, so every timed call runs the steady-state (t > 1) path.
-        s, _ = up(s0, grads[0])
-        s, _ = up(s, grads[1])
-        fns[f"{name} | update"] = harness.carried(up, s, pick)
+        s, _ = up(s0, grads[0], params)
+        s, _ = up(s, grads[1], params)
+        fns[f"{name} | update"] = harness.carried(up, s, pick, params)
         if not name.startswith("naive"):
           own = jax.tree.map(jnp.copy, params)
           carry = (own, tx.init(own))

@@ -18,6 +18,7 @@ import optax
 
 import optax_ext
 from bench import harness
+from optax_ext.published.angulargrad import PublishedAngularGradState
 
 STEM = "angulargrad_toy"
 
@@ -72,13 +73,18 @@ def run(f, tx, x0, steps):
 
 
 def phi_trace(states) -> np.ndarray:
-  """φ (mean over entries) at each step, from the stacked AngularGrad states."""
-  ag = [
+  """φ (mean over entries) at each step, from the stacked AngularGrad states.
+
+  Either state class counts: the paper's and the published code's
+  (``optax_ext.published.angulargrad``) both keep ``phi_stats``.
+  """
+  kinds = (optax_ext.AngularGradState, PublishedAngularGradState)
+  found = [
     s
-    for s in jax.tree.leaves(states, is_leaf=lambda s: isinstance(s, optax_ext.AngularGradState))
-    if isinstance(s, optax_ext.AngularGradState)
-  ][0]
-  return np.asarray(ag.phi_stats[:, 0])
+    for s in jax.tree.leaves(states, is_leaf=lambda s: isinstance(s, kinds))
+    if isinstance(s, kinds)
+  ]
+  return np.asarray(found[0].phi_stats[:, 0])
 
 
 def rosenbrock(p):
