@@ -18,6 +18,7 @@ from bench import report
 
 PARTS = {
   "update_speed": "optimizer-update speed of every method against optax baselines",
+  "donation_copies": "copies XLA adds to each update when the carried state is donated",
   "train_step": "full train-step cost of every method against the SGD step",
   "mesh_step": "train step on 1-8 simulated devices, with the collectives it holds",
   "angulargrad_speed": "AngularGrad update speed and bandwidth against adam",

@@ -26,6 +26,7 @@ SECTIONS = [
     "update_speed",
     ["update_speed_full", "update_speed_quick"],
   ),
+  ("Copies added by donating the carried state", "donation_copies", ["donation_copies"]),
   ("Train-step cost, seam on and off", "train_step", ["train_step_full", "train_step_quick"]),
   ("Device mesh", "mesh_step", ["mesh_step_full", "mesh_step_quick"]),
   ("AngularGrad: paper checks", "angulargrad_toy", ["angulargrad_toy"]),
