@@ -1,9 +1,10 @@
 """One entry point for every benchmark and paper check.
 
-``python -m bench --quick`` runs everything in reduced form (a few minutes
-each on 2 CPU cores); ``python -m bench`` runs the full versions; ``--only``
-picks some parts. Each part writes its tables and figures under
-``bench/results/``; ``bench/RESULTS.md`` is then rebuilt from them.
+``python -m bench --quick`` runs everything in reduced form; ``python -m bench``
+runs the full versions; ``--only``
+picks some parts. Each part writes its JSON result (and a markdown rendering of it
+and its figures) under ``bench/results/``; ``bench/RESULTS.md`` is then rendered from
+the JSON by ``bench/report.py``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from bench import report
 
 PARTS = {
   "update_speed": "optimizer-update speed of every method against optax baselines",
+  "donation_copies": "copies XLA adds to each update when the carried state is donated",
   "train_step": "full train-step cost of every method against the SGD step",
   "mesh_step": "train step on 1-8 simulated devices, with the collectives it holds",
   "angulargrad_speed": "AngularGrad update speed and bandwidth against adam",
@@ -24,7 +26,8 @@ PARTS = {
   "sp_speed": "SP quantile modes and scaling against adam",
   "insgd_speed": "INSGD train-step cost against SGD with momentum",
   "gal_speed": "GAL train-step cost against SGD",
-  "sp_train": "SP paper: Fashion-MNIST training check and the damping bound",
+  "sp_train": "SP paper: Fashion-MNIST training check, both tie rules, and the damping bound",
+  "sp_rosenbrock": "SP's momentum rule on Rosenbrock: the enlargement cap on and off",
   "insgd_train": "INSGD paper: robustness to large learning rates without BatchNorm",
   "gal_regression": "GAL paper: diabetes regression (Table V)",
 }

@@ -11,18 +11,16 @@ Run: ``python -m bench.angulargrad_toy``.
 
 from __future__ import annotations
 
-import argparse
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
 import optax_ext
-from bench import timing
+from bench import harness
+from optax_ext.published.angulargrad import PublishedAngularGradState
 
-RESULTS = os.path.join(os.path.dirname(__file__), "results")
+STEM = "angulargrad_toy"
 
 
 def f1(x):
@@ -75,13 +73,18 @@ def run(f, tx, x0, steps):
 
 
 def phi_trace(states) -> np.ndarray:
-  """φ (mean over entries) at each step, from the stacked AngularGrad states."""
-  ag = [
+  """φ (mean over entries) at each step, from the stacked AngularGrad states.
+
+  Either state class counts: the paper's and the published code's
+  (``optax_ext.published.angulargrad``) both keep ``phi_stats``.
+  """
+  kinds = (optax_ext.AngularGradState, PublishedAngularGradState)
+  found = [
     s
-    for s in jax.tree.leaves(states, is_leaf=lambda s: isinstance(s, optax_ext.AngularGradState))
-    if isinstance(s, optax_ext.AngularGradState)
-  ][0]
-  return np.asarray(ag.phi_stats[:, 0])
+    for s in jax.tree.leaves(states, is_leaf=lambda s: isinstance(s, kinds))
+    if isinstance(s, kinds)
+  ]
+  return np.asarray(found[0].phi_stats[:, 0])
 
 
 def rosenbrock(p):
@@ -89,16 +92,69 @@ def rosenbrock(p):
   return (1 - x) ** 2 + 100 * (y - x**2) ** 2
 
 
-def main(argv=None) -> None:
-  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("--quick", action="store_true", help="same run (it is already quick)")
-  ap.parse_args(argv)
-  import matplotlib
+def render(result: dict) -> str:
+  rows = [tuple(r) for r in result["toy"]]
+  phi_ref, phi_paper = result["phi_ref"], result["phi_paper"]
+  rosen_rows = result["rosenbrock"]
+  lines = [
+    "# AngularGrad",
+    "",
+    "## Toy functions F1-F3 (paper Section 5, Fig. 2)",
+    "",
+    "Command: `python -m bench.angulargrad_toy`. Setting as the paper: β1 = 0.95, "
+    "β2 = 0.999, lr 0.1, θ0 = −1, g0 = 0, 300 steps (SGD momentum 0.9), float32. "
+    f"Machine: {result['machine']}.",
+    "",
+    "| function | optimizer | final θ | final loss | global minimum at |",
+    "|---|---|---|---|---|",
+  ]
+  for fname, name, x, loss, target in rows:
+    tgt = "-" if target is None else f"{target}"
+    lines.append(f"| {fname} | {name} | {x:.4f} | {loss:.4g} | {tgt} |")
+  f1_rows = {name: x for fname, name, x, _, _ in rows if fname == "F1"}
+  reached = [n for n, x in f1_rows.items() if abs(x + 0.3) < 0.05]
+  lines += [
+    "",
+    f"**Does the paper's F1 claim hold?** The paper says AngularGrad reaches F1's global "
+    f"minimum at θ = −0.3 while Adam overshoots and settles near 0.2. Here the optimizers "
+    f"within 0.05 of −0.3 after 300 steps are: {', '.join(reached) or 'none'}; Adam ends at "
+    f"θ = {f1_rows['adam']:.3f}, AngularGrad-cos at {f1_rows['angulargrad_cos']:.3f}, "
+    f"AngularGrad-tan at {f1_rows['angulargrad_tan']:.3f}. "
+    + "; ".join(
+      f"{v}: {'holds' if abs(f1_rows[f'angulargrad_{v}'] + 0.3) < 0.05 else 'does not hold'}"
+      for v in ("cos", "tan")
+    )
+    + f" (Adam {'does' if abs(f1_rows['adam'] - 0.2) < 0.05 else 'does not'} settle near 0.2).",
+    "",
+    f"**The published code's rule** (`reference_compat=True`) on F1: φ stays in "
+    f"[{phi_ref[0]:.4f}, {phi_ref[1]:.4f}] over the 300 steps "
+    f"({'it never leaves 0.5' if result['phi_ref_stays_half'] else 'it does move'}); final θ "
+    f"= {result['theta_ref_final']:.4f}. With the paper's rule φ ranges over "
+    f"[{phi_paper[0]:.4f}, {phi_paper[1]:.4f}].",
+    "",
+    "![toy functions](angulargrad_toy.png)",
+    "",
+    "## Rosenbrock (paper Section 6.2.1, Fig. 3)",
+    "",
+    "| optimizer | final (x, y) | final loss |",
+    "|---|---|---|",
+  ]
+  for name, xy, loss in rosen_rows:
+    lines.append(f"| {name} | ({xy[0]:.3f}, {xy[1]:.3f}) | {loss:.3g} |")
+  lines += [
+    "",
+    "The paper's Fig. 3 comes from the pytorch-optimizer visualisation (seed 2, its own "
+    "start and tuned rates); this is our own setting, the same for all four.",
+    "",
+    "![Rosenbrock](angulargrad_rosenbrock.png)",
+    "",
+  ]
+  return "\n".join(lines)
 
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
 
-  os.makedirs(RESULTS, exist_ok=True)
+def main(argv=None) -> dict:
+  harness.parser(__doc__, "the same run (it is already quick)").parse_args(argv)
+  plt = harness.pyplot()
   steps = 300
   rows = []
   fig, axes = plt.subplots(3, 3, figsize=(15, 11))
@@ -118,9 +174,7 @@ def main(argv=None) -> None:
       ax.grid(alpha=0.3)
   axes[0, 2].legend(fontsize=8)
   fig.suptitle("AngularGrad paper, Fig. 2 setting: β1=0.95, β2=0.999, lr 0.1, θ0=−1, 300 steps")
-  fig.tight_layout()
-  fig.savefig(os.path.join(RESULTS, "angulargrad_toy.png"), dpi=90)
-  plt.close(fig)
+  harness.savefig(fig, "angulargrad_toy.png", dpi=90)
 
   # The published code's rule on F1: does φ ever leave 0.5?
   ref_tx = optax_ext.angulargrad(0.1, method="cos", b1=0.95, b2=0.999, reference_compat=True)
@@ -154,69 +208,20 @@ def main(argv=None) -> None:
     "Rosenbrock, start (−1.5, 2) (black dot), minimum (1, 1) (red star), 1000 steps; "
     "Adam family lr 0.05, SGD lr 5e-4"
   )
-  fig.tight_layout()
-  fig.savefig(os.path.join(RESULTS, "angulargrad_rosenbrock.png"), dpi=90)
-  plt.close(fig)
+  harness.savefig(fig, "angulargrad_rosenbrock.png", dpi=90)
 
-  lines = [
-    "# AngularGrad",
-    "",
-    "## Toy functions F1-F3 (paper Section 5, Fig. 2)",
-    "",
-    "Command: `python -m bench.angulargrad_toy`. Setting as the paper: β1 = 0.95, "
-    "β2 = 0.999, lr 0.1, θ0 = −1, g0 = 0, 300 steps (SGD momentum 0.9), float32. "
-    f"Machine: {timing.machine_description()}.",
-    "",
-    "| function | optimizer | final θ | final loss | global minimum at |",
-    "|---|---|---|---|---|",
-  ]
-  for fname, name, x, loss, target in rows:
-    tgt = "-" if target is None else f"{target}"
-    lines.append(f"| {fname} | {name} | {x:.4f} | {loss:.4g} | {tgt} |")
-  f1_rows = {name: x for fname, name, x, _, _ in rows if fname == "F1"}
-  reached = [n for n, x in f1_rows.items() if abs(x + 0.3) < 0.05]
-  lines += [
-    "",
-    f"**Does the paper's F1 claim hold?** The paper says AngularGrad reaches F1's global "
-    f"minimum at θ = −0.3 while Adam overshoots and settles near 0.2. Here the optimizers "
-    f"within 0.05 of −0.3 after 300 steps are: {', '.join(reached) or 'none'}; Adam ends at "
-    f"θ = {f1_rows['adam']:.3f}, AngularGrad-cos at {f1_rows['angulargrad_cos']:.3f}, "
-    f"AngularGrad-tan at {f1_rows['angulargrad_tan']:.3f}. "
-    + "; ".join(
-      f"{v}: {'holds' if abs(f1_rows[f'angulargrad_{v}'] + 0.3) < 0.05 else 'does not hold'}"
-      for v in ("cos", "tan")
-    )
-    + f" (Adam {'does' if abs(f1_rows['adam'] - 0.2) < 0.05 else 'does not'} settle near 0.2).",
-    "",
-    f"**The published code's rule** (`reference_compat=True`) on F1: φ stays in "
-    f"[{phi_ref.min():.4f}, {phi_ref.max():.4f}] over the 300 steps "
-    f"({'it never leaves 0.5' if np.allclose(phi_ref, 0.5) else 'it does move'}); final θ "
-    f"= {xs_ref[-1]:.4f}. With the paper's rule φ ranges over "
-    f"[{phi_paper.min():.4f}, {phi_paper.max():.4f}].",
-    "",
-    "![toy functions](angulargrad_toy.png)",
-    "",
-    "## Rosenbrock (paper Section 6.2.1, Fig. 3)",
-    "",
-    "| optimizer | final (x, y) | final loss |",
-    "|---|---|---|",
-  ]
-  for name, xy, loss in rosen_rows:
-    lines.append(f"| {name} | ({xy[0]:.3f}, {xy[1]:.3f}) | {loss:.3g} |")
-  lines += [
-    "",
-    "The paper's Fig. 3 comes from the pytorch-optimizer visualisation (seed 2, its own "
-    "start and tuned rates); this is our own setting, the same for all four.",
-    "",
-    "![Rosenbrock](angulargrad_rosenbrock.png)",
-    "",
-    "Update speed: [angulargrad_speed.md](angulargrad_speed.md) "
-    "(`python -m bench.angulargrad_speed`).",
-    "",
-  ]
-  with open(os.path.join(RESULTS, "angulargrad.md"), "w") as fh:
-    fh.write("\n".join(lines) + "\n")
-  print("\n".join(lines))
+  result = {
+    "command": "python -m bench.angulargrad_toy",
+    "machine": harness.machine_description(),
+    "toy": [list(r) for r in rows],
+    "phi_ref": [float(phi_ref.min()), float(phi_ref.max())],
+    "phi_ref_stays_half": bool(np.allclose(phi_ref, 0.5)),
+    "theta_ref_final": float(xs_ref[-1]),
+    "phi_paper": [float(phi_paper.min()), float(phi_paper.max())],
+    "rosenbrock": [[name, [float(v) for v in xy], loss] for name, xy, loss in rosen_rows],
+  }
+  print(harness.write(STEM, result, render))
+  return result
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bench import timing
+from bench import harness
 from optax_ext import quantile
 
 
@@ -33,9 +33,9 @@ def main() -> dict[str, float]:
 
   layouts = {f"rows of {c}": [x.reshape(-1, c) for x in flat] for c in (64, 256, 2048)}
   layouts["one row per leaf"] = flat
-  res = timing.time_calls({k: (lambda v=v: counts(v, key)) for k, v in layouts.items()}, reps=9)
-  ratio = timing.ratios(res, "one row per leaf")
-  print(f"Machine: {timing.machine_description()}")
+  res = harness.time_calls({k: (lambda v=v: counts(v, key)) for k, v in layouts.items()}, reps=9)
+  ratio = harness.ratios(res, "one row per leaf")
+  print(f"Machine: {harness.machine_description()}")
   print(f"One counting pass over {n_leaves * per_leaf:,} values in {n_leaves} leaves:")
   for name, r in res.items():
     print(f"  {name:18s} {1e3 * r['median']:6.1f} ms  ({ratio[name]:.2f}x one row)")

@@ -23,32 +23,31 @@ test number:
 - a least-squares linear regression on the same splits, to show whether the MLP
   baseline was trained well.
 
+Training is the training loop's own step (``train.loop.make_train_step``) with the
+registry's ``gal+adam`` (``optax_ext.gal_chain``) and Adam.
+
 Run: ``python -m bench.gal_regression [--quick]`` (quick: 3 seeds, lr ∈ {1e-3,
 1e-2}, epochs ∈ {50, 200}).
 """
 
 from __future__ import annotations
 
-import argparse
-import functools
-import json
-import os
 import time
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from scipy import stats
 from sklearn.datasets import load_diabetes
 from sklearn.linear_model import LinearRegression
 
-import optax_ext
-from bench import timing
+from bench import harness
 from flax_models import MLP
+from train import registry
+from train.loop import init_state, make_train_step
 
-RESULTS = os.path.join(os.path.dirname(__file__), "results")
+STEM = "gal_regression"
 PAPER = {
   "baseline": {"mae": (44.3832, 0.7752), "mse": (3226.0238, 38.8293), "r2": (0.3821, 0.0074)},
   "gal": {"mae": (41.6186, 0.2989), "mse": (2961.5520, 29.4521), "r2": (0.4327, 0.0056)},
@@ -66,6 +65,10 @@ LABELS = {
   "gal_a0.01_b1": "MLP 64-32, Adam + GAL (α=0.01, β=1)",
 }
 BATCH = 32
+GRIDS = {  # (learning rates, epochs) searched per method and seed
+  "quick": ((1e-3, 1e-2), (50, 200)),
+  "full": ((3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2), (25, 50, 100, 200, 400, 800)),
+}
 
 
 def split(n, seed, frac=0.2):
@@ -74,52 +77,46 @@ def split(n, seed, frac=0.2):
   return perm[n_out:], perm[:n_out]
 
 
-@functools.lru_cache(maxsize=None)
-def make_run(method, epochs):
-  """A jitted ``(lr, seed, x, y, x_eval) -> per-epoch (eval predictions, GAL logs)``."""
-  model = MLP(features=(64, 32), out_features=1, activation=nn.relu)
+LOGS = ("used_adjusted", "remainder", "cosine")
+
+
+def _optimizer(method: str, lr: float, seed: int) -> registry.Optimizer:
+  """Adam, or the registry's ``gal+adam`` with this method's GAL settings."""
+  const = registry.make_schedule("constant", 1, 1)
   gal_hp = METHODS[method]
+  if gal_hp is None:
+    return registry.make_optimizer("adam", const, lr=lr, output_dim=1, task="regression")
+  alpha, beta = gal_hp
+  gal = registry.GalOptions(alpha=alpha, beta=beta, hidden=(128, 4), seed=seed + 1)
+  return registry.make_optimizer("gal+adam", const, lr=lr, output_dim=1, task="regression", gal=gal)
 
-  @jax.jit
-  def run(lr, seed, xj, yj, xe):
-    steps = len(xj) // BATCH
-    params = model.init(jax.random.key(seed), xj[:1])["params"]
-    base = optax.adam(lr)
-    if gal_hp is None:
-      tx = base
-    else:
-      alpha, beta = gal_hp
-      gal = optax_ext.gal(
-        1, hidden=(128, 4), alpha=alpha, beta=beta, learning_rate=lr, seed=seed + 1
-      )
-      tx = optax.chain(gal, base)
 
-    def step(carry, idx):
-      params, state = carry
-      xb, yb = xj[idx], yj[idx]
-      loss = lambda z: jnp.mean((z - yb) ** 2)
-      fwd = lambda p: model.apply({"params": p}, xb)
-      if gal_hp is None:
-        updates, state = tx.update(jax.grad(lambda p: loss(fwd(p)))(params), state, params)
-        logs = jnp.zeros(5)
-      else:
-        extra = optax_ext.gal_extra_args(fwd, params, loss)
-        updates, state = tx.update(None, state, params, **extra)
-        g = state[0]
-        value = loss(extra["outputs"]).astype(jnp.float32)
-        unchanged = (g.tentative_loss == value).astype(jnp.float32)
-        logs = jnp.stack([g.used_adjusted, g.remainder, g.cosine, unchanged, value])
-      return (optax.apply_updates(params, updates), state), logs
+def train(method, epochs, lr, seed, xj, yj, xe):
+  """Trains with ``train.loop``'s step; per-epoch eval predictions and GAL's mean logs.
 
-    def epoch(carry, e):
-      perm = jax.random.permutation(jax.random.fold_in(jax.random.key(seed + 1000), e), len(xj))
-      carry, logs = jax.lax.scan(step, carry, perm[: steps * BATCH].reshape(steps, BATCH))
-      return carry, (model.apply({"params": carry[0]}, xe)[:, 0], logs.mean(0))
-
-    _, (preds, logs) = jax.lax.scan(epoch, (params, tx.init(params)), jnp.arange(epochs))
-    return preds, logs
-
-  return run
+  Batches: a fresh permutation each epoch (the last partial batch dropped). Logs per
+  epoch: the mean over its steps of GAL's used_adjusted, remainder and cosine, of
+  whether the tentative loss equalled the loss, and of the training loss.
+  """
+  model = MLP(features=(64, 32), out_features=1, activation=nn.relu)
+  opt = _optimizer(method, lr, seed)
+  step = make_train_step(model, opt, "regression")
+  state = init_state(model, opt.tx, xj[:1], seed)
+  predict = jax.jit(lambda p, x: model.apply({"params": p}, x)[:, 0])
+  steps = len(xj) // BATCH
+  preds, logs = [], []
+  for e in range(epochs):
+    perm = jax.random.permutation(jax.random.fold_in(jax.random.key(seed + 1000), e), len(xj))
+    sums = jnp.zeros(5)
+    for idx in np.asarray(perm[: steps * BATCH]).reshape(steps, BATCH):
+      state, m = step(state, xj[idx], yj[idx])
+      if METHODS[method] is not None:
+        same = (m["diag_gal/tentative_loss"] == m["loss"]).astype(jnp.float32)
+        row = [m[f"diag_gal/{k}"] for k in LOGS] + [same, m["loss"]]
+        sums = sums + jnp.stack([jnp.asarray(v, jnp.float32) for v in row])
+    preds.append(predict(state.params, xe))
+    logs.append(sums / steps)
+  return np.asarray(jnp.stack(preds)), np.asarray(jnp.stack(logs))
 
 
 def metrics(pred, y):
@@ -139,8 +136,8 @@ def run_seed(seed, lrs, epoch_grid):
   xs = lambda a: (a - mu) / sd
   ys = lambda a: ((a - ymu) / ysd)[:, None]
   fit, val = split(len(x_tr), seed + 100)
-  run = lambda method, lr, x_, y_, xe_: make_run(method, max(epoch_grid))(
-    jnp.float32(lr), seed, jnp.asarray(xs(x_)), jnp.asarray(ys(y_)), jnp.asarray(xs(xe_))
+  run = lambda method, lr, x_, y_, xe_: train(  # noqa: E731
+    method, max(epoch_grid), lr, seed, xs(x_), ys(y_), xs(xe_)
   )
   for method in METHODS:
     best = None
@@ -169,11 +166,7 @@ def run_seed(seed, lrs, epoch_grid):
 
 
 def plot(runs, summary, path):
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
+  plt = harness.pyplot()
   names = ["linear", *METHODS]
   fig, axes = plt.subplots(1, 4, figsize=(16, 4))
   ax = axes[0]
@@ -212,68 +205,24 @@ def plot(runs, summary, path):
     if key == "remainder":
       ax.set_yscale("log")
     ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  harness.savefig(fig, path)
 
 
-def main(argv=None) -> None:
-  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("--quick", action="store_true")
-  args = ap.parse_args(argv)
-  t0 = time.perf_counter()
-  if args.quick:
-    seeds, lrs, epoch_grid = range(3), (1e-3, 1e-2), (50, 200)
-  else:
-    seeds, lrs = range(5), (3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
-    epoch_grid = (25, 50, 100, 200, 400, 800)
-  runs = []
-  for s in seeds:
-    runs.append(run_seed(s, lrs, epoch_grid))
-    print(
-      f"seed {s}: "
-      + ", ".join(f"{k} MAE {v['mae']:.2f}" for k, v in runs[-1].items())
-      + f" ({time.perf_counter() - t0:.0f} s)",
-      flush=True,
-    )
+def render(result: dict) -> str:
+  runs, summary = result["runs"], result["summary"]
   names = ["linear", *METHODS]
-  summary = {
-    n: {
-      m: (float(np.mean([r[n][m] for r in runs])), float(np.std([r[n][m] for r in runs], ddof=1)))
-      for m in ("mae", "mse", "r2")
-    }
-    for n in names
-  }
-  tests = {
-    g: {
-      m: stats.ttest_ind([r["baseline"][m] for r in runs], [r[g][m] for r in runs])
-      for m in ("mae", "mse", "r2")
-    }
-    for g in ("gal", "gal_a0.01_b1")
-  }
-  tag = "quick" if args.quick else "full"
-  os.makedirs(RESULTS, exist_ok=True)
-  png = f"gal_regression_{tag}.png"
-  plot(runs, summary, os.path.join(RESULTS, png))
-  with open(os.path.join(RESULTS, f"gal_regression_{tag}.json"), "w") as f:
-    json.dump(
-      {
-        "runs": runs,
-        "summary": summary,
-        "ttest": {
-          g: {m: [float(t.statistic), float(t.pvalue)] for m, t in tt.items()}
-          for g, tt in tests.items()
-        },
-      },
-      f,
-      indent=1,
-    )
-  wall = time.perf_counter() - t0
+  tests = {g: {m: _TTest(*v) for m, v in tt.items()} for g, tt in result["ttest"].items()}
+  quick = "--quick" in result.get("command", "")
+  lrs, epoch_grid = GRIDS["quick" if quick else "full"]
+  lrs, epoch_grid = result.get("lrs", lrs), result.get("epoch_grid", epoch_grid)
+  png = result.get("plot", f"gal_regression_{harness.tag(quick)}.png")
+  minutes = result.get("minutes")
   lines = [
     "## Diabetes regression (paper Table V)",
     "",
-    f"Command: `python -m bench.gal_regression{' --quick' if args.quick else ''}` "
-    f"({wall / 60:.1f} min on {timing.machine_description()}). {len(runs)} seeds; protocol "
+    f"Command: `{result.get('command', 'python -m bench.gal_regression')}`"
+    + (f" ({minutes:.1f} min)" if minutes else "")
+    + f". Machine: {result.get('machine', 'not recorded')}. {len(runs)} seeds; protocol "
     "in the script's docstring: random 80/20 splits, standardised features and target, "
     "Adam with batch 32, lr ∈ {"
     + ", ".join(f"{v:g}" for v in lrs)
@@ -355,10 +304,66 @@ def main(argv=None) -> None:
     + "; ".join(", ".join(f"{n} {r[n]['lr']:g}/{r[n]['epochs']}" for n in METHODS) for r in runs)
     + ".",
   ]
-  text = "\n".join(lines) + "\n"
-  with open(os.path.join(RESULTS, f"gal_regression_{tag}.md"), "w") as f:
-    f.write(text)
-  print(text)
+  return "\n".join(lines)
+
+
+class _TTest:
+  """A (statistic, p-value) pair read back from JSON."""
+
+  def __init__(self, statistic, pvalue):
+    self.statistic, self.pvalue = statistic, pvalue
+
+
+def main(argv=None) -> dict:
+  ap = harness.parser(__doc__, "3 seeds, lr in {1e-3, 1e-2}, epochs in {50, 200}")
+  args = ap.parse_args(argv)
+  t0 = time.perf_counter()
+  seeds = range(3 if args.quick else 5)
+  lrs, epoch_grid = GRIDS[harness.tag(args.quick)]
+  runs = []
+  for s in seeds:
+    runs.append(run_seed(s, lrs, epoch_grid))
+    print(
+      f"seed {s}: "
+      + ", ".join(f"{k} MAE {v['mae']:.2f}" for k, v in runs[-1].items())
+      + f" ({time.perf_counter() - t0:.0f} s)",
+      flush=True,
+    )
+  names = ["linear", *METHODS]
+  summary = {
+    n: {
+      m: (float(np.mean([r[n][m] for r in runs])), float(np.std([r[n][m] for r in runs], ddof=1)))
+      for m in ("mae", "mse", "r2")
+    }
+    for n in names
+  }
+  tests = {
+    g: {
+      m: stats.ttest_ind([r["baseline"][m] for r in runs], [r[g][m] for r in runs])
+      for m in ("mae", "mse", "r2")
+    }
+    for g in ("gal", "gal_a0.01_b1")
+  }
+  tag = harness.tag(args.quick)
+  png = f"gal_regression_{tag}.png"
+  plot(runs, summary, png)
+  result = {
+    "command": harness.command("bench.gal_regression", args.quick),
+    "machine": harness.machine_description(),
+    "lrs": list(lrs),
+    "epoch_grid": list(epoch_grid),
+    "minutes": (time.perf_counter() - t0) / 60,
+    "plot": png,
+    "runs": runs,
+    "summary": summary,
+    "ttest": {
+      g: {m: [float(t.statistic), float(t.pvalue)] for m, t in tt.items()}
+      for g, tt in tests.items()
+    },
+  }
+  md = harness.write(f"{STEM}_{tag}", result, render)
+  print(md)
+  return result
 
 
 if __name__ == "__main__":

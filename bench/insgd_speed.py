@@ -13,21 +13,17 @@ Run: ``python -m bench.insgd_speed [--quick] [--batch N]``.
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import optax_ext
-from bench import timing
+from bench import harness
 from flax_models import get_model
 from train import registry
 from train.loop import init_state, make_train_step
 
-RESULTS = os.path.join(os.path.dirname(__file__), "results")
+STEM = "insgd_speed"
 MODELS = ("insgd_cnn", "insgd_cnn_bn", "resnet20")
 METHODS = ("momentum", "insgd_l2", "insgd_l1")
 TARGET = 1.10
@@ -43,13 +39,7 @@ def time_model(model_name: str, batch: int, reps: int) -> dict:
   for name in METHODS:
     opt = registry.make_optimizer(name, const, lr=0.01)
     step = make_train_step(model, opt, "classification")
-    holder = {"state": init_state(model, opt.tx, x[:1], 0)}
-
-    def run(step=step, holder=holder):
-      holder["state"], metrics = step(holder["state"], x, y)
-      return metrics["loss"]
-
-    fns[name] = run
+    fns[name] = harness.carried(step, init_state(model, opt.tx, x[:1], 0), x, y)
 
   # The capture alone: forward pass with and without it (train mode, dropout on).
   variables = model.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, x[:1])
@@ -61,9 +51,9 @@ def time_model(model_name: str, batch: int, reps: int) -> dict:
   fns["forward"] = lambda: plain(variables, xj)
   fns["forward+capture"] = lambda: captured(variables, xj)
 
-  res = timing.time_calls(fns, reps=reps, warmup=3)
-  step_ratio = timing.ratios({k: res[k] for k in METHODS}, "momentum")
-  fwd_ratio = timing.ratios({k: res[k] for k in ("forward", "forward+capture")}, "forward")
+  res = harness.time_calls(fns, reps=reps, warmup=3)
+  step_ratio = harness.ratios({k: res[k] for k in METHODS}, "momentum")
+  fwd_ratio = harness.ratios({k: res[k] for k in ("forward", "forward+capture")}, "forward")
   out = {}
   for name, r in res.items():
     out[name] = {
@@ -75,7 +65,7 @@ def time_model(model_name: str, batch: int, reps: int) -> dict:
   return out
 
 
-def markdown(result: dict) -> str:
+def render(result: dict) -> str:
   lines = [
     "## Train-step cost",
     "",
@@ -104,15 +94,16 @@ def markdown(result: dict) -> str:
   worst = max(r[m]["ratio"] for r in result["models"].values() for m in ("insgd_l2", "insgd_l1"))
   verdict = "met" if worst <= TARGET else "NOT met"
   lines += ["", f"Largest INSGD/SGD step ratio: {worst:.3f} (target ≤ {TARGET:.2f}: {verdict})."]
+  png = (
+    result.get("plot") or f"insgd_speed_{'quick' if '--quick' in result['command'] else 'full'}.png"
+  )
+  if png:
+    lines += ["", f"![INSGD step cost]({png})"]
   return "\n".join(lines)
 
 
 def plot(result: dict, path: str) -> None:
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
+  plt = harness.pyplot()
   models = list(result["models"])
   fig, ax = plt.subplots(figsize=(7, 3.6))
   width = 0.25
@@ -132,63 +123,33 @@ def plot(result: dict, path: str) -> None:
   ax.set_ylim(0.8, max(1.3, ax.get_ylim()[1]))
   ax.set_title(f"INSGD cost, batch {result['batch']}, {jax.devices()[0].platform.upper()}")
   ax.legend(fontsize=8, loc="upper left")
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  harness.savefig(fig, path, dpi=120)
 
 
 def main(argv=None) -> dict:
-  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("--quick", action="store_true", help="batch 32 and fewer repetitions")
+  ap = harness.parser(__doc__, "batch 32 and fewer repetitions")
   ap.add_argument("--batch", type=int, default=None)
   ap.add_argument("--reps", type=int, default=None)
   args = ap.parse_args(argv)
   batch = args.batch or (32 if args.quick else 128)
   reps = args.reps or (5 if args.quick else 15)
-  tag = "quick" if args.quick else "full"
-  command = "python -m bench.insgd_speed" + (" --quick" if args.quick else "")
-  if args.batch or args.reps:
-    command += f" --batch {batch} --reps {reps}"
+  tag = harness.tag(args.quick)
+  extra = f"--batch {batch} --reps {reps}" if args.batch or args.reps else ""
   result = {
-    "machine": timing.machine_description(),
+    "machine": harness.machine_description(),
     "batch": batch,
     "reps": reps,
-    "command": command,
+    "command": harness.command("bench.insgd_speed", args.quick, extra),
     "models": {},
   }
   for name in MODELS:
     print(f"timing {name} ...", flush=True)
     result["models"][name] = time_model(name, batch, reps)
-  os.makedirs(RESULTS, exist_ok=True)
-  with open(os.path.join(RESULTS, f"insgd_speed_{tag}.json"), "w") as f:
-    json.dump(result, f, indent=1)
-  plot(result, os.path.join(RESULTS, f"insgd_speed_{tag}.png"))
-  md = markdown(result) + f"\n\n![INSGD step cost](insgd_speed_{tag}.png)\n"
-  with open(os.path.join(RESULTS, f"insgd_speed_{tag}.md"), "w") as f:
-    f.write(md)
-  assemble()
+  result["plot"] = f"insgd_speed_{tag}.png"
+  plot(result, result["plot"])
+  md = harness.write(f"{STEM}_{tag}", result, render)
   print(md)
   return result
-
-
-def assemble() -> str:
-  """Writes ``bench/results/insgd.md`` from the INSGD parts present (full runs first)."""
-  parts = ["# INSGD", ""]
-  for stem in ("insgd_speed", "insgd_train"):
-    for tag in ("full", "quick"):
-      path = os.path.join(RESULTS, f"{stem}_{tag}.md")
-      if os.path.exists(path):
-        with open(path) as f:
-          parts += [f.read().strip(), ""]
-        break
-  notes = os.path.join(RESULTS, "insgd_notes.md")  # hand-written reading of the numbers
-  if os.path.exists(notes):
-    with open(notes) as f:
-      parts += [f.read().strip(), ""]
-  text = "\n".join(parts)
-  with open(os.path.join(RESULTS, "insgd.md"), "w") as f:
-    f.write(text)
-  return text
 
 
 if __name__ == "__main__":

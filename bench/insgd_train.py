@@ -24,19 +24,17 @@ Run: ``python -m bench.insgd_train [--quick] [--train-size N] [--epochs E] [--se
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import time
 
 import numpy as np
 import optax
 
 import optax_ext
-from bench.paper_runs import compare, mean_std, optimizer
+from bench import harness
+from bench.harness import compare, mean_std, optimizer
 from train import data as data_lib
 
-RESULTS = os.path.join(os.path.dirname(__file__), "results")
+STEM = "insgd_train"
 CHANCE = 0.2  # below this final test accuracy a finite run is called collapsed
 NAMES = {"sgd": "SGD", "insgd_l1": "INSGD-ℓ1", "insgd_l2": "INSGD-ℓ2"}
 PAPER = {  # CIFAR-10 custom CNN: Table 7 (no BN, lr 0.1) and Table 6 (with BN, lr 0.25)
@@ -78,11 +76,7 @@ def _step_scales(rows) -> dict[str, float]:
 
 
 def plot(results: dict, path: str) -> None:
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
+  plt = harness.pyplot()
   fig, axes = plt.subplots(1, len(results), figsize=(5.2 * len(results), 3.8), squeeze=False)
   for ax, (lr, runs) in zip(axes[0], results.items()):
     for name, rows in runs.items():
@@ -104,51 +98,26 @@ def plot(results: dict, path: str) -> None:
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3)
   fig.suptitle("Custom 4-conv CNN on Fashion-MNIST subset: mean over seeds, band = min-max")
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  harness.savefig(fig, path, dpi=120)
 
 
-def main(argv=None) -> dict:
-  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("--quick", action="store_true")
-  ap.add_argument("--dataset", default="fashion_mnist")
-  ap.add_argument("--data-dir", default=None)
-  ap.add_argument("--train-size", type=int, default=None)
-  ap.add_argument("--test-size", type=int, default=5000)
-  ap.add_argument("--epochs", type=int, default=None)
-  ap.add_argument("--seeds", type=int, default=None)
-  ap.add_argument("--lrs", type=float, nargs="+", default=[0.1, 0.25])
-  args = ap.parse_args(argv)
-  train_size = args.train_size or (2000 if args.quick else 8000)
-  epochs = args.epochs or (2 if args.quick else 4)
-  seeds = list(range(args.seeds or (2 if args.quick else 3)))
-  ds = data_lib.load_dataset(args.dataset, args.data_dir).subset(train_size, args.test_size)
-  t0 = time.perf_counter()
-  results = {}
-  for lr in args.lrs:
-    results[str(lr)] = compare("insgd_cnn", ds, builders(lr), seeds, epochs, 128)
-  minutes = (time.perf_counter() - t0) / 60
-  tag = "quick" if args.quick else "full"
-  os.makedirs(RESULTS, exist_ok=True)
-  with open(os.path.join(RESULTS, f"insgd_train_{tag}.json"), "w") as f:
-    json.dump(results, f, indent=1, default=float)
-  png = f"insgd_train_{tag}.png"
-  plot(results, os.path.join(RESULTS, png))
-
-  command = "python -m bench.insgd_train" + (" --quick" if args.quick else "")
-  if args.train_size or args.epochs or args.seeds:
-    command += f" --train-size {train_size} --epochs {epochs} --seeds {len(seeds)}"
+def render(result: dict) -> str:
+  # Results written before the setting was recorded hold the runs alone.
+  results = result["results"] if "results" in result else result
+  s = result.get("setting", {})
+  minutes = s.get("minutes")
   lines = [
     "## Robustness without BatchNorm (paper Tables 6-7)",
     "",
-    f"Command: `{command}` ({minutes:.0f} min wall time on a shared 2-core CPU). "
-    f"{ds.name}: the first {len(ds.x_train):,} training images and {len(ds.x_test):,} test "
-    f"images, {epochs} epochs of batch 128 at a constant learning rate, {len(seeds)} seeds; "
-    "the custom 4-conv CNN without BatchNorm (dropout 0.2); momentum 0.9 and weight decay "
-    "5e-4 for all three. Reduced from the paper's protocol (CIFAR-10, 50,000 images, "
-    "200 epochs with step decay, data augmentation, 7 seeds): the data set, the training "
-    "set size, the number of epochs, the schedule and the number of seeds.",
+    f"Command: `{result.get('command', 'python -m bench.insgd_train')}`"
+    + (f" ({minutes:.0f} min wall time)" if minutes else "")
+    + f". Machine: {result.get('machine', 'not recorded')}. "
+    f"{s.get('dataset', 'Fashion-MNIST')}: the first {s.get('train_size', '?')} training "
+    f"images and {s.get('test_size', '?')} test images, {s.get('epochs', '?')} epochs of "
+    f"batch 128 at a constant learning rate, {s.get('seeds', '?')} seeds; the custom 4-conv "
+    "CNN without BatchNorm (dropout 0.2); momentum 0.9 and weight decay 5e-4 for all three. "
+    "Reduced from the paper's protocol (CIFAR-10, 50,000 images, 200 epochs with step "
+    "decay, data augmentation, 7 seeds).",
     "",
     "| lr | optimizer | final test acc. (%) | best test acc. (%) | diverged | collapsed "
     "| paper, CIFAR-10 (%) |",
@@ -156,14 +125,14 @@ def main(argv=None) -> dict:
   ]
   for lr, runs in results.items():
     for name, rows in runs.items():
-      m, s = mean_std(rows, "test_accuracy")
+      m, sd = mean_std(rows, "test_accuracy")
       finite = [r for r in rows if not r["diverged"]]
       bm, bs = mean_std(finite, "best_test_accuracy")
       div = sum(r["diverged"] for r in rows)
       col = sum(r["test_accuracy"] < CHANCE for r in finite)
       best = f"{100 * bm:.2f} ± {100 * bs:.2f}" if finite else "-"
       lines.append(
-        f"| {lr} | {NAMES[name]} | {100 * m:.2f} ± {100 * s:.2f} | {best} | "
+        f"| {lr} | {NAMES[name]} | {100 * m:.2f} ± {100 * sd:.2f} | {best} | "
         f"{div}/{len(rows)} | {col}/{len(rows)} | {PAPER.get((name, float(lr)), '-')} |"
       )
   lines += [
@@ -171,8 +140,10 @@ def main(argv=None) -> dict:
     "Mean ± sample std over seeds; a diverged run counts as 10 % in the final-accuracy "
     "mean and is left out of the best-accuracy column. The paper column at lr 0.25 is "
     "the network *with* BatchNorm (Table 6); the paper has no no-BN run at 0.25.",
-    "",
-    f"![test accuracy per epoch]({png})",
+  ]
+  if result.get("plot"):
+    lines += ["", f"![test accuracy per epoch]({result['plot']})"]
+  lines += [
     "",
     "Mean INSGD step scale 1/max(log P, ε) per kernel in the last epoch "
     "(the factor INSGD multiplies the learning rate by; SGD's is 1):",
@@ -194,14 +165,49 @@ def main(argv=None) -> dict:
       + ", ".join(f"{NAMES[n]} {b}/{len(runs[n])}" for n, b in bad.items())
       + "."
     )
-  text = "\n".join(lines) + "\n"
-  with open(os.path.join(RESULTS, f"insgd_train_{tag}.md"), "w") as f:
-    f.write(text)
-  from bench.insgd_speed import assemble
+  return "\n".join(lines)
 
-  assemble()
-  print(text)
-  return results
+
+def main(argv=None) -> dict:
+  ap = harness.parser(__doc__, "smaller subset, fewer epochs and seeds")
+  ap.add_argument("--dataset", default="fashion_mnist")
+  ap.add_argument("--data-dir", default=None)
+  ap.add_argument("--train-size", type=int, default=None)
+  ap.add_argument("--test-size", type=int, default=5000)
+  ap.add_argument("--epochs", type=int, default=None)
+  ap.add_argument("--seeds", type=int, default=None)
+  ap.add_argument("--lrs", type=float, nargs="+", default=[0.1, 0.25])
+  args = ap.parse_args(argv)
+  train_size = args.train_size or (2000 if args.quick else 8000)
+  epochs = args.epochs or (2 if args.quick else 4)
+  seeds = list(range(args.seeds or (2 if args.quick else 3)))
+  ds = data_lib.load_dataset(args.dataset, args.data_dir).subset(train_size, args.test_size)
+  t0 = time.perf_counter()
+  results = {}
+  for lr in args.lrs:
+    results[str(lr)] = compare("insgd_cnn", ds, builders(lr), seeds, epochs, 128)
+  tag = harness.tag(args.quick)
+  extra = ""
+  if args.train_size or args.epochs or args.seeds:
+    extra = f"--train-size {train_size} --epochs {epochs} --seeds {len(seeds)}"
+  result = {
+    "command": harness.command("bench.insgd_train", args.quick, extra),
+    "machine": harness.machine_description(),
+    "setting": {
+      "dataset": ds.name,
+      "train_size": len(ds.x_train),
+      "test_size": len(ds.x_test),
+      "epochs": epochs,
+      "seeds": len(seeds),
+      "minutes": (time.perf_counter() - t0) / 60,
+    },
+    "results": results,
+    "plot": f"insgd_train_{tag}.png",
+  }
+  plot(results, result["plot"])
+  md = harness.write(f"{STEM}_{tag}", result, render)
+  print(md)
+  return result
 
 
 if __name__ == "__main__":

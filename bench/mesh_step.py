@@ -10,7 +10,6 @@ Run: ``python -m bench.mesh_step [--quick]``.
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 
@@ -22,12 +21,12 @@ if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bench import timing  # noqa: E402
+from bench import harness  # noqa: E402
 from flax_models import get_model  # noqa: E402
 from train import registry, sharding  # noqa: E402
 from train.loop import init_state, make_train_step  # noqa: E402
 
-RESULTS = os.path.join(os.path.dirname(__file__), "results")
+STEM = "mesh_step"
 
 
 def collectives(hlo: str) -> dict[str, int]:
@@ -45,9 +44,32 @@ def collectives(hlo: str) -> dict[str, int]:
   return out
 
 
-def main(argv=None) -> None:
-  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("--quick", action="store_true")
+def render(result: dict) -> str:
+  lines = [
+    "## Train step on a device mesh (simulated CPU devices)",
+    "",
+    f"Command: `{result['command']}`. MNIST CNN, "
+    f"batch {result['batch']}, {result['machine']}. The 8 devices are simulated on the "
+    "same 2 cores: times show that the sharded step runs, not a speed-up. The collective "
+    "counts are read from the compiled HLO of one step; all-gathers are split into large "
+    "(≥ 1,024 elements: parameters and activations, what the model itself needs under "
+    "FSDP) and small (< 1,024: one partial value per device that XLA gathers to finish a "
+    "reduction, e.g. SP's secant sums and quantile counts, AngularGrad's φ statistics).",
+    "",
+    "| optimizer | mesh | step ms | all-reduce | all-gather large | all-gather small "
+    "| reduce-scatter |",
+    "|---|---|---|---|---|---|---|",
+  ]
+  for name, mesh_spec, ms, c in result["rows"]:
+    lines.append(
+      f"| {name} | {mesh_spec} | {ms:.1f} | {c['all-reduce']} | {c['all-gather large']} | "
+      f"{c['all-gather small']} | {c['reduce-scatter']} |"
+    )
+  return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+  ap = harness.parser(__doc__, "batch 64, fewer repetitions")
   args = ap.parse_args(argv)
   batch = 64 if args.quick else 128
   reps = 3 if args.quick else 8
@@ -70,40 +92,19 @@ def main(argv=None) -> None:
       )
       xs, ys = jax.device_put(x, b_sh), jax.device_put(y, b_sh)
       hlo = step.lower(state, xs, ys).compile().as_text()
-      holder = {"s": state}
-
-      def run(step=step, holder=holder, xs=xs, ys=ys):
-        holder["s"], m = step(holder["s"], xs, ys)
-        return m["loss"]
-
-      t = timing.time_calls({"step": run}, reps=reps, warmup=2)["step"]["median"]
+      run = harness.carried(step, state, xs, ys)
+      t = harness.time_calls({"step": run}, reps=reps, warmup=2)["step"]["median"]
       rows.append((opt_name, mesh_spec, 1e3 * t, collectives(hlo)))
       print(rows[-1], flush=True)
-  lines = [
-    "## Train step on a device mesh (simulated CPU devices)",
-    "",
-    f"Command: `python -m bench.mesh_step{' --quick' if args.quick else ''}`. MNIST CNN, "
-    f"batch {batch}, {timing.machine_description()}. The 8 devices are simulated on the "
-    "same 2 cores: times show that the sharded step runs, not a speed-up. The collective "
-    "counts are read from the compiled HLO of one step; all-gathers are split into large "
-    "(≥ 1,024 elements: parameters and activations, what the model itself needs under "
-    "FSDP) and small (< 1,024: one partial value per device that XLA gathers to finish a "
-    "reduction, e.g. SP's secant sums and quantile counts, AngularGrad's φ statistics).",
-    "",
-    "| optimizer | mesh | step ms | all-reduce | all-gather large | all-gather small "
-    "| reduce-scatter |",
-    "|---|---|---|---|---|---|---|",
-  ]
-  for name, mesh_spec, ms, c in rows:
-    lines.append(
-      f"| {name} | {mesh_spec} | {ms:.1f} | {c['all-reduce']} | {c['all-gather large']} | "
-      f"{c['all-gather small']} | {c['reduce-scatter']} |"
-    )
-  text = "\n".join(lines) + "\n"
-  os.makedirs(RESULTS, exist_ok=True)
-  with open(os.path.join(RESULTS, f"mesh_step_{'quick' if args.quick else 'full'}.md"), "w") as f:
-    f.write(text)
-  print(text)
+  result = {
+    "command": harness.command("bench.mesh_step", args.quick),
+    "machine": harness.machine_description(),
+    "batch": batch,
+    "rows": rows,
+  }
+  md = harness.write(f"{STEM}_{harness.tag(args.quick)}", result, render)
+  print(md)
+  return result
 
 
 if __name__ == "__main__":

@@ -1,13 +1,16 @@
 """SP update speed: the fast and exact quantile modes against optax.adam, in one run.
 
-On a parameter tree shaped like ResNet-50 (~25.5M values in 161 leaves) this
-times one jitted ``tx.update`` + ``apply_updates`` of ``optax.adam``,
+On a parameter tree shaped like ResNet-50 this times one jitted ``tx.update`` + ``apply_updates`` of ``optax.adam``,
 ``optax.sgd``, ``sp()`` in its default (fast) quantile mode, ``sp()`` with the
 exact quantile, the damping stage alone and ``saliency_proximal`` after adam,
 interleaved, and reports medians as ratios to adam measured in the same run.
+SP's two modes are also compiled with the CPU fusion seam off (fresh
+transformations per setting; docs/design.md, Conventions — CPU fusion seam).
 The optimizer state is first advanced through a few steps with noisy
 gradients, so the timed step starts its threshold search from a realistic
-previous threshold; the counting passes each mode took are reported. A sweep
+previous threshold, and is then carried from call to call (each call takes
+the parameters and state and returns them, donated), the gradients cycling
+through the noisy trees; the counting passes each mode took are reported. A sweep
 over ``bench.trees.scaled_tree`` from 1M to 25M parameters draws the scaling
 plot, with the naive SP (``jnp.quantile``, a sort) at the smallest size.
 
@@ -16,19 +19,16 @@ Run: ``python -m bench.sp_speed [--quick]``.
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
 import optax_ext
-from bench import timing, trees
+from bench import harness, trees
 
-RESULTS = os.path.join(os.path.dirname(__file__), "results")
+STEM = "sp_speed"
+SEAM_OFF = ("sp (fast, default)", "sp (exact)")
 
 
 def _naive_sp(lr: float, sparsity: float) -> optax.GradientTransformationExtraArgs:
@@ -88,8 +88,14 @@ def _passes(state) -> int | None:
   return found[0] if found else None
 
 
-def time_tree(params, reps: int, names=None, with_naive=False, warm_steps: int = 6) -> dict:
-  """Times each candidate on ``params`` after ``warm_steps`` noisy steps."""
+def time_tree(
+  params, reps: int, names=None, with_naive=False, warm_steps: int = 6, seam_off=()
+) -> dict:
+  """Times each candidate on ``params`` after ``warm_steps`` noisy steps, the state carried.
+
+  Candidates named in ``seam_off`` are compiled a second time with the CPU fusion seam
+  off, under the name ``"<name>, seam off"``.
+  """
   base = jax.tree.map(lambda p: p * 0.01 + 0.001, params)
   key = jax.random.key(1)
   noisy = []
@@ -104,43 +110,40 @@ def time_tree(params, reps: int, names=None, with_naive=False, warm_steps: int =
       )
     )
   fns, passes = {}, {}
-  for name, tx in candidates(with_naive).items():
-    if names is not None and name not in names:
-      continue
+  for on in (True, False):
+    with harness.seam(on):
+      for name, tx in candidates(with_naive).items():
+        if names is not None and name not in names:
+          continue
+        if not on and name not in seam_off:
+          continue
+        label = name if on else f"{name}, seam off"
 
-    @jax.jit
-    def step(p, s, g, tx=tx):
-      u, s = tx.update(g, s, p)
-      return optax.apply_updates(p, u), s
+        def step(carry, g, tx=tx):
+          p, s = carry
+          u, s = tx.update(g, s, p)
+          p = optax.apply_updates(p, u)
+          return (p, s), p
 
-    p, s = params, tx.init(params)
-    history = []
-    for g in noisy[:-1]:
-      p, s = step(p, s, g)
-      history.append(_passes(s))
-    _, s_next = step(p, s, noisy[-1])
-    passes[name] = {"timed_step": _passes(s_next), "warm_steps": history}
-    fns[name] = lambda step=step, p=p, s=s, g=noisy[-1]: step(p, s, g)
-  res = timing.time_calls(fns, reps=reps)
-  ratio = timing.ratios(res, "adam")
+        own = jax.tree.map(jnp.copy, params)
+        carry = (own, tx.init(own))
+        compiled = jax.jit(step, donate_argnums=0).lower(carry, noisy[0]).compile()
+        history = []
+        for g in noisy:
+          carry, _ = compiled(carry, g)
+          history.append(_passes(carry[1]))
+        passes[label] = {"timed_step": history[-1], "warm_steps": history[:-1]}
+        fns[label] = harness.carried(compiled, carry, lambda n: noisy[n % len(noisy)])
+  res = harness.time_calls(fns, reps=reps)
   out = {"n_params": trees.count(params), "n_leaves": len(jax.tree.leaves(params)), "methods": {}}
   for name in fns:
-    out["methods"][name] = {
-      "median_ms": 1e3 * res[name]["median"],
-      "p25_ms": 1e3 * res[name]["p25"],
-      "p75_ms": 1e3 * res[name]["p75"],
-      "ratio_to_adam": ratio[name],
-      "passes": passes[name],
-    }
+    out["methods"][name] = harness.row(res[name], res["adam"], "ratio_to_adam")
+    out["methods"][name]["passes"] = passes[name]
   return out
 
 
 def plot_scaling(rows: dict, path: str) -> None:
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
+  plt = harness.pyplot()
   sizes = sorted(rows, key=int)
   names = [n for n in rows[sizes[-1]]["methods"]]
   fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
@@ -168,9 +171,7 @@ def plot_scaling(rows: dict, path: str) -> None:
     ax.grid(alpha=0.3, which="both")
   axes[0].legend(fontsize=7)
   fig.suptitle("SP update cost vs size (dashed: 2x adam target, dotted: 5x)")
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  harness.savefig(fig, path)
 
 
 def traffic_floor(resnet50: dict) -> str:
@@ -210,8 +211,8 @@ which the backend compiles into a scalar loop (a float sum cannot be split
 across vector lanes without changing its rounding)."""
 
 
-def markdown(result: dict, quick: bool) -> str:
-  cmd = "python -m bench.sp_speed" + (" --quick" if quick else "")
+def render(result: dict) -> str:
+  cmd = result.get("command", "python -m bench.sp_speed")
   lines = [
     "## Update speed",
     "",
@@ -259,14 +260,18 @@ def markdown(result: dict, quick: bool) -> str:
 
 
 def main(argv=None) -> dict:
-  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("--quick", action="store_true", help="fewer sizes and repetitions")
+  ap = harness.parser(__doc__, "fewer sizes and repetitions")
   args = ap.parse_args(argv)
-  os.makedirs(RESULTS, exist_ok=True)
   reps = 5 if args.quick else 9
-  result = {"machine": timing.machine_description(), "reps": reps, "warm_steps": 6}
+  result = {
+    "command": harness.command("bench.sp_speed", args.quick),
+    "machine": harness.machine_description(),
+    "reps": reps,
+    "warm_steps": 6,
+    "state": "carried",
+  }
   print("timing on the ResNet-50 tree ...", flush=True)
-  result["resnet50"] = time_tree(trees.named_tree("resnet50"), reps)
+  result["resnet50"] = time_tree(trees.named_tree("resnet50"), reps, seam_off=SEAM_OFF)
   sizes = (
     [1_000_000, 5_000_000, 25_000_000]
     if args.quick
@@ -283,13 +288,8 @@ def main(argv=None) -> dict:
       names + (["sp, naive jnp.quantile"] if naive else []),
       with_naive=naive,
     )
-  plot_scaling(result["scaling"], os.path.join(RESULTS, "sp_scaling.png"))
-  tag = "quick" if args.quick else "full"
-  with open(os.path.join(RESULTS, f"sp_speed_{tag}.json"), "w") as f:
-    json.dump(result, f, indent=1)
-  md = markdown(result, args.quick)
-  with open(os.path.join(RESULTS, f"sp_speed_{tag}.md"), "w") as f:
-    f.write(md + "\n")
+  plot_scaling(result["scaling"], "sp_scaling.png")
+  md = harness.write(f"{STEM}_{harness.tag(args.quick)}", result, render)
   print(md)
   return result
 

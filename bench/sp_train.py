@@ -1,25 +1,23 @@
-"""SP paper, MNIST setting on Fashion-MNIST, and what the damping bound does.
+"""SP paper, MNIST setting on Fashion-MNIST: accuracy and pruned fraction, both tie rules.
 
-Paper (Table I, Fig. 4): its CNN (2 conv + 2 dense), batch 128, StepLR γ = 0.7
-per epoch, 15 epochs, on MNIST; reported test accuracy SP 99.1%, SP+Nesterov
-99.2%. Here on Fashion-MNIST (Debian's ``dataset-fashion-mnist``), reduced to
-fit a 2-core CPU, where one step of this CNN at batch 128 takes about a second:
-a training subset, a few epochs, 2-3 seeds; SGD, SP, SGD+Nesterov, SP+Nesterov
-(momentum 0.9) and Adam. The full protocol is one command for a GPU user:
-``python -m bench.sp_train --train-size 60000 --epochs 15 --seeds 3``.
+Paper (Table I, Fig. 4): its CNN (2 conv + 2 dense), batch 128, StepLR γ = 0.7 per
+epoch, 15 epochs, on MNIST. Here on Fashion-MNIST (Debian's ``dataset-fashion-mnist``),
+reduced to fit a shared 2-core CPU: a training subset, a few epochs, 2-3 seeds; SGD, SP
+and SP+Nesterov (momentum 0.9), SP with each tie rule (docs/design.md, SP — Ties):
+``ties="magnitude"`` (the default: exactly the asked fraction pruned, ties broken by
+|c| then position) and ``ties="all"`` (the literal rule, prune where S ≤ Q_p, which
+erases a whole tie). The full run adds SGD+Nesterov and Adam. Reported per run: test
+accuracy and the fraction of each kernel leaf at zero. The full protocol is one command
+for a GPU user: ``python -m bench.sp_train --train-size 60000 --epochs 15 --seeds 3``.
 
-The stability part trains SP (lr 0.05, sparsity 0.1) with the default bound
-``b_max`` and with no bound (``b_max=1e30``) from the same start, and plots the
-loss and the fraction of kernel weights at zero.
+The stability part trains SP (lr 0.05, sparsity 0.1) with the default bound ``b_max``
+and with no bound (``b_max=1e30``) from the same start, and plots the loss and the
+fraction of kernel weights at zero.
 
 Run: ``python -m bench.sp_train [--quick]``.
 """
 
 from __future__ import annotations
-
-import argparse
-import json
-import os
 
 import jax
 import jax.numpy as jnp
@@ -27,29 +25,48 @@ import numpy as np
 import optax
 
 import optax_ext
-from bench.paper_runs import compare, mean_std, optimizer
+from bench import harness
+from bench.harness import compare, mean_std, optimizer
 from flax_models import get_model
 from train import data as data_lib
 from train.loop import init_state, make_train_step
 
-RESULTS = os.path.join(os.path.dirname(__file__), "results")
+STEM = "sp_train"
 PAPER_MNIST = {"sp": "99.1", "sp_nesterov": "99.2"}
+TIES = ("magnitude", "all")
 
 
-def builders(gamma=0.7):
+def builders(full: bool, gamma=0.7):
   def sched(lr, spe):
     return optax.exponential_decay(lr, spe, gamma, staircase=True)
 
-  return {
-    "sgd": lambda spe: optimizer("sgd", optax.sgd(sched(0.05, spe)), 0.05),
-    "sp": lambda spe: optimizer("sp", optax_ext.sp(sched(0.05, spe), sparsity=0.1), 0.05),
-    "sgd_nesterov": lambda spe: optimizer(
+  out = {"sgd": lambda spe: optimizer("sgd", optax.sgd(sched(0.05, spe)), 0.05)}
+  for ties in TIES:
+    out[f"sp, ties={ties}"] = lambda spe, t=ties: optimizer(
+      f"sp, ties={t}", optax_ext.sp(sched(0.05, spe), sparsity=0.1, ties=t), 0.05
+    )
+  if full:
+    out["sgd_nesterov"] = lambda spe: optimizer(
       "sgd_nesterov", optax.sgd(sched(0.01, spe), momentum=0.9, nesterov=True), 0.01
-    ),
-    "sp_nesterov": lambda spe: optimizer(
-      "sp_nesterov", optax_ext.sp(sched(0.01, spe), sparsity=0.1, momentum=0.9, nesterov=True), 0.01
-    ),
-    "adam": lambda spe: optimizer("adam", optax.adam(sched(1e-3, spe)), 1e-3),
+    )
+  for ties in TIES:
+    out[f"sp_nesterov, ties={ties}"] = lambda spe, t=ties: optimizer(
+      f"sp_nesterov, ties={t}",
+      optax_ext.sp(sched(0.01, spe), sparsity=0.1, momentum=0.9, nesterov=True, ties=t),
+      0.01,
+    )
+  if full:
+    out["adam"] = lambda spe: optimizer("adam", optax.adam(sched(1e-3, spe)), 1e-3)
+  return out
+
+
+def pruned_per_leaf(params) -> dict[str, float]:
+  """Fraction of each kernel leaf (``ndim >= 2``, SP's default mask) that is exactly zero."""
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  return {
+    "/".join(str(getattr(k, "key", k)) for k in path): float(jnp.mean(x == 0))
+    for path, x in flat
+    if x.ndim >= 2
   }
 
 
@@ -86,36 +103,18 @@ def stability(ds, steps, b_maxes):
       losses.append(float(m["loss"]))
       zeros.append(kernel_sparsity(state.params))
       units.append(units_cut_off(state.params))
-    out[b_max] = (losses, zeros, units)
+    out[f"{b_max:g}"] = {"losses": losses, "kernel_zero": zeros, "units_cut_off": units}
   return out
 
 
-def main(argv=None) -> None:
-  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("--quick", action="store_true")
-  ap.add_argument("--data-dir", default=None)
-  ap.add_argument("--train-size", type=int, default=None)
-  ap.add_argument("--epochs", type=int, default=None)
-  ap.add_argument("--seeds", type=int, default=None)
-  ap.add_argument("--stability-steps", type=int, default=None)
-  args = ap.parse_args(argv)
-  train_size = args.train_size or (1536 if args.quick else 3072)
-  epochs = args.epochs or 2
-  seeds = range(args.seeds or 2)
-  n_stab = args.stability_steps or (30 if args.quick else 60)
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  ds = data_lib.load_dataset("fashion_mnist", args.data_dir).subset(train_size, 2000)
-  stab = stability(ds, n_stab, [optax_ext.spectral_proximal.DEFAULT_B_MAX, 1e30])
+def plot_stability(stab: dict, default: str) -> str:
+  plt = harness.pyplot()
   fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-  for b_max, (losses, zeros, units) in stab.items():
-    label = "no bound (b_max=1e30)" if b_max > 1e20 else f"b_max={b_max:g} (default)"
-    axes[0].plot(losses, label=label)
-    axes[1].plot(zeros, label=label)
-    axes[2].plot(units, label=label)
+  for b_max, r in stab.items():
+    label = f"b_max={b_max} (default)" if b_max == default else f"no bound (b_max={b_max})"
+    axes[0].plot(r["losses"], label=label)
+    axes[1].plot(r["kernel_zero"], label=label)
+    axes[2].plot(r["units_cut_off"], label=label)
   axes[0].set_yscale("log")
   axes[0].set_title("SP, lr 0.05, sparsity 0.1: training loss per step")
   axes[1].set_title("fraction of kernel weights at zero")
@@ -124,82 +123,140 @@ def main(argv=None) -> None:
     ax.set_xlabel("step")
     ax.grid(alpha=0.3)
     ax.legend()
-  fig.tight_layout()
-  fig.savefig(os.path.join(RESULTS, "sp_bound.png"), dpi=100)
-  plt.close(fig)
+  return harness.savefig(fig, "sp_bound.png", dpi=100)
 
-  runs = compare(
-    "mnist_cnn",
-    ds,
-    builders(),
-    seeds,
-    epochs,
-    128,
-    metric_fns={
-      "kernel_sparsity": lambda r: kernel_sparsity(r.state.params),
-      "units_cut_off": lambda r: units_cut_off(r.state.params),
-    },
-  )
-  tag = "quick" if args.quick else "full"
-  with open(os.path.join(RESULTS, f"sp_train_{tag}.json"), "w") as f:
-    json.dump(
-      {"runs": runs, "stability": {str(k): v for k, v in stab.items()}}, f, indent=1, default=float
-    )
+
+def _pct(v: float) -> str:
+  return "-" if not np.isfinite(v) else f"{100 * v:.1f}%"
+
+
+def render(result: dict) -> str:
+  s = result["setting"]
+  runs = result["runs"]
   lines = [
     "## Training check: the paper's MNIST setting on Fashion-MNIST",
     "",
-    f"Command: `python -m bench.sp_train{' --quick' if args.quick else ''}`. Reduced: "
-    f"{train_size} training and 2,000 test images of Fashion-MNIST (the paper: all of "
-    f"MNIST), {epochs} epochs (paper: 15), {len(list(seeds))} seeds; as the paper: its CNN, "
-    "batch 128, per-epoch decay γ = 0.7. Learning rates: 0.05 (SGD, SP), 0.01 with Nesterov "
-    "momentum 0.9, 1e-3 (Adam); sparsity 0.1.",
+    f"Command: `{result['command']}`. Machine: {result['machine']}. Reduced: "
+    f"{s['train_size']:,} training and {s['test_size']:,} test images of Fashion-MNIST (the "
+    f"paper: all of MNIST), {s['epochs']} epochs (paper: 15), {s['seeds']} seeds; as the "
+    "paper: its CNN, batch 128, per-epoch decay γ = 0.7. Learning rates: 0.05 (SGD, SP), "
+    "0.01 with Nesterov momentum 0.9, 1e-3 (Adam); sparsity 0.1. `ties=magnitude` is the "
+    "default rule, `ties=all` the literal one (docs/design.md, SP — Ties).",
     "",
     "| optimizer | test accuracy (%) | kernel weights at zero | hidden units cut off "
     "| paper, MNIST (%) |",
     "|---|---|---|---|---|",
   ]
   for name, rows in runs.items():
-    m, s = mean_std(rows, "test_accuracy")
+    m, sd = mean_std(rows, "test_accuracy")
     z, _ = mean_std(rows, "kernel_sparsity")
     u, _ = mean_std(rows, "units_cut_off")
-    lines.append(
-      f"| {name} | {100 * m:.2f} ± {100 * s:.2f} | {100 * z:.1f}% | {100 * u:.1f}% "
-      f"| {PAPER_MNIST.get(name, '-')} |"
-    )
-  (l_b, z_b, u_b), (l_u, z_u, u_u) = stab.values()
+    paper = PAPER_MNIST.get(name.split(",")[0], "-")
+    lines.append(f"| {name} | {100 * m:.2f} ± {100 * sd:.2f} | {_pct(z)} | {_pct(u)} | {paper} |")
+  leaves: list[str] = []
+  for rows in runs.values():
+    for r in rows:
+      for k in r.get("pruned_per_leaf") or {}:
+        if k not in leaves:
+          leaves.append(k)
+  if leaves:
+    lines += [
+      "",
+      "Fraction of each kernel leaf at zero after training (mean over seeds):",
+      "",
+      "| optimizer | " + " | ".join(f"`{k}`" for k in leaves) + " |",
+      "|---|" + "---|" * len(leaves),
+    ]
+    for name, rows in runs.items():
+      cells = []
+      for k in leaves:
+        vals = [r["pruned_per_leaf"][k] for r in rows if k in (r.get("pruned_per_leaf") or {})]
+        cells.append(_pct(float(np.mean(vals))) if vals else "-")
+      lines.append(f"| {name} | " + " | ".join(cells) + " |")
+  stab = result.get("stability")
+  if stab:
+    default = result["default_b_max"]
+    (kb, b), (ku, unb) = [(k, stab[k]) for k in stab][:2]
+    if kb != default:
+      (kb, b), (ku, unb) = (ku, unb), (kb, b)
+    n = len(b["losses"])
+    lines += [
+      "",
+      "## What the damping bound does",
+      "",
+      f"SP at lr 0.05, sparsity 0.1, {n} steps from the same start: with the default bound "
+      f"b_max = {kb} the loss goes {b['losses'][0]:.3f} → {b['losses'][-1]:.3g} (max "
+      f"{np.nanmax(b['losses']):.3g}) with {_pct(b['kernel_zero'][-1])} of kernel weights at "
+      f"zero; without a bound (b_max = {ku}) it goes {unb['losses'][0]:.3f} → "
+      f"{unb['losses'][-1]:.3g} (max {np.nanmax(unb['losses']):.3g}) with "
+      f"{_pct(unb['kernel_zero'][-1])} at zero.",
+      "",
+      "![bound](sp_bound.png)",
+    ]
   lines += [
     "",
-    "## What the damping bound does",
+    "## Ties and the pruned fraction",
     "",
-    f"SP at lr 0.05, sparsity 0.1, {n_stab} steps from the same start: with the default "
-    f"bound b_max = {optax_ext.spectral_proximal.DEFAULT_B_MAX:g} the loss goes "
-    f"{l_b[0]:.3f} → {l_b[-1]:.3g} (max {np.nanmax(l_b):.3g}) with {100 * z_b[-1]:.1f}% of "
-    f"kernel weights at zero; without a bound it goes {l_u[0]:.3f} → {l_u[-1]:.3g} (max "
-    f"{np.nanmax(l_u):.3g}) with {100 * z_u[-1]:.1f}% at zero.",
-    "",
-    "![bound](sp_bound.png)",
-    "",
-    "## Why more weights are zero than the sparsity asks for",
-    "",
-    "The saliency is S = B·u²/2·c²/2 (SPEC §2, the paper's Eq. 24-28), so a weight whose "
-    "step u is zero has S = 0 and is pruned whatever its size; when more than 10% of a "
-    "leaf has S = 0 the 10% quantile is 0 and all of them go (prune where S ≤ Q_p). A "
-    "hidden unit that no example of the batch activates gets zero gradient on every "
-    "incoming weight, so one step removes the whole unit; its output is then relu(bias) "
-    "with the small, mostly negative biases these units have, it stays dead and its "
-    "weights stay at zero. With the "
-    f"default bound {100 * u_b[-1]:.0f}% of the 128 hidden units of the first dense "
-    f"layer had every incoming weight at zero after {n_stab} steps (the column 'hidden "
-    "units cut off' above for the full runs); the convolution kernels, whose weights "
-    "always see some input, stay at about 10%. Momentum keeps u away from zero, which is "
-    "why SP+Nesterov stays near the requested sparsity. The paper reports accuracy, not "
-    "sparsity, so there is nothing to compare; a user who wants to know the sparsity "
-    "should read it off the parameters, not the `sparsity` argument.",
+    "The saliency is S = B·u²/2·c²/2 (docs/design.md, SP — Saliency proximal step; the "
+    "paper's Eq. 24-28), so a weight whose step u is zero has S = 0. A hidden unit that no "
+    "example of the batch activates gets zero gradient on every incoming weight, so all of "
+    "them tie at S = 0. Under `ties=all` (prune where S ≤ Q_p) a tie larger than the asked "
+    "fraction is erased whole, the unit is cut off and stays dead; under `ties=magnitude` "
+    "exactly the asked fraction of each leaf is pruned per step, the tie broken by |c| "
+    "and then by position. The per-leaf table above shows what each rule leaves at zero.",
   ]
-  text = "\n".join(lines) + "\n"
-  with open(os.path.join(RESULTS, f"sp_train_{tag}.md"), "w") as f:
-    f.write(text)
-  print(text)
+  return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+  ap = harness.parser(__doc__, "smaller subset, fewer steps, no SGD+Nesterov or Adam")
+  ap.add_argument("--data-dir", default=None)
+  ap.add_argument("--train-size", type=int, default=None)
+  ap.add_argument("--epochs", type=int, default=None)
+  ap.add_argument("--seeds", type=int, default=None)
+  ap.add_argument("--stability-steps", type=int, default=None)
+  args = ap.parse_args(argv)
+  train_size = args.train_size or (1536 if args.quick else 3072)
+  epochs = args.epochs or 2
+  seeds = list(range(args.seeds or 2))
+  n_stab = args.stability_steps or (30 if args.quick else 60)
+  test_size = 2000
+  ds = data_lib.load_dataset("fashion_mnist", args.data_dir).subset(train_size, test_size)
+  default = optax_ext.spectral_proximal.DEFAULT_B_MAX
+  stab = stability(ds, n_stab, [default, 1e30])
+  plot_stability(stab, f"{default:g}")
+  runs = compare(
+    "mnist_cnn",
+    ds,
+    builders(full=not args.quick),
+    seeds,
+    epochs,
+    128,
+    metric_fns={
+      "kernel_sparsity": lambda r: kernel_sparsity(r.state.params),
+      "units_cut_off": lambda r: units_cut_off(r.state.params),
+      "pruned_per_leaf": lambda r: pruned_per_leaf(r.state.params),
+    },
+  )
+  extra = []
+  if args.train_size or args.epochs or args.seeds:
+    extra = [f"--train-size {train_size} --epochs {epochs} --seeds {len(seeds)}"]
+  result = {
+    "command": harness.command("bench.sp_train", args.quick, " ".join(extra)),
+    "machine": harness.machine_description(),
+    "setting": {
+      "train_size": len(ds.x_train),
+      "test_size": len(ds.x_test),
+      "epochs": epochs,
+      "seeds": len(seeds),
+    },
+    "default_b_max": f"{default:g}",
+    "runs": runs,
+    "stability": stab,
+  }
+  md = harness.write(f"{STEM}_{harness.tag(args.quick)}", result, render)
+  print(md)
+  return result
 
 
 if __name__ == "__main__":

@@ -1,0 +1,318 @@
+"""The library every benchmark shares.
+
+- Timing: medians of repeated jitted calls, the candidates interleaved round-robin so that
+  drift on a shared machine hits all alike; ratios to a baseline of the same run.
+- Carried state: a timed call that takes the state and returns it, fed back as a training
+  loop feeds it (:func:`carried`).
+- The CPU fusion seam switched for a block of code (:func:`seam`; docs/design.md,
+  Conventions — CPU fusion seam).
+- Results: each part writes ``bench/results/<stem>.json`` and a markdown rendering of that
+  JSON (:func:`write`); ``bench/report.py`` renders ``bench/RESULTS.md`` from the JSON alone.
+- Command lines: one parser with ``--quick`` for every part (:func:`parser`).
+- The machine description written into every result, and a matplotlib set up for files.
+- The paper training checks' driver: several optimizers × seeds through the project's own
+  training loop (``train.loop.train_run``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import statistics
+import time
+from typing import Any, Callable, Iterator
+
+import jax
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS = os.path.join(HERE, "results")
+
+# --------------------------------------------------------------------------- timing
+
+
+def block(tree: Any) -> Any:
+  """Waits for every array in ``tree``."""
+  return jax.block_until_ready(tree)
+
+
+def time_calls(
+  fns: dict[str, Callable[[], Any]], reps: int = 10, warmup: int = 2
+) -> dict[str, dict[str, float]]:
+  """Times zero-argument callables, interleaved round-robin.
+
+  Each callable is called ``warmup`` times (compilation), then ``reps`` rounds
+  call each once. Returns, per name, the median, the 25th and 75th percentiles
+  and the minimum, in seconds.
+  """
+  for fn in fns.values():
+    for _ in range(warmup):
+      block(fn())
+  samples: dict[str, list[float]] = {k: [] for k in fns}
+  for _ in range(reps):
+    for name, fn in fns.items():
+      t0 = time.perf_counter()
+      block(fn())
+      samples[name].append(time.perf_counter() - t0)
+  out = {}
+  for name, s in samples.items():
+    a = np.asarray(s)
+    out[name] = {
+      "median": float(statistics.median(s)),
+      "p25": float(np.percentile(a, 25)),
+      "p75": float(np.percentile(a, 75)),
+      "min": float(a.min()),
+    }
+  return out
+
+
+def ratios(results: dict[str, dict[str, float]], baseline: str) -> dict[str, float]:
+  """Median time of each entry divided by the baseline's median."""
+  base = results[baseline]["median"]
+  return {k: v["median"] / base for k, v in results.items()}
+
+
+def row(times: dict[str, float], base: dict[str, float] | None = None, key: str = "ratio"):
+  """One result row in milliseconds, with the ratio of medians to ``base`` if given."""
+  out = {
+    "median_ms": 1e3 * times["median"],
+    "p25_ms": 1e3 * times["p25"],
+    "p75_ms": 1e3 * times["p75"],
+    "min_ms": 1e3 * times["min"],
+  }
+  if base is not None:
+    out[key] = times["median"] / base["median"]
+  return out
+
+
+def carried(step: Callable[..., Any], carry: Any, *args: Any) -> Callable[[], Any]:
+  """A zero-argument call of ``step(carry, *args) -> (carry, out)`` that feeds the carry back.
+
+  This is how a training loop calls its step: the optimizer state (and parameters) the
+  step returns are the ones the next call takes, so a step that donates its inputs, or
+  whose speed depends on the state it starts from, is timed as it runs in training.
+  ``args`` may hold a callable of the call count, for inputs that change per step.
+  """
+  holder = {"carry": carry, "n": 0}
+
+  def call():
+    xs = [a(holder["n"]) if callable(a) else a for a in args]
+    holder["carry"], out = step(holder["carry"], *xs)
+    holder["n"] += 1
+    return out
+
+  return call
+
+
+# --------------------------------------------------------------------------- the seam
+
+
+@contextlib.contextmanager
+def seam(on: bool) -> Iterator[None]:
+  """The CPU fusion seam set to ``on`` for functions traced inside the block.
+
+  ``jax.jit`` keeps the programs it has traced, so build fresh transformations and
+  jitted functions inside the block and compile them there (docs/design.md,
+  Conventions — CPU fusion seam).
+  """
+  from optax_ext import config
+
+  before = config.read("cpu_fusion")
+  config.update("cpu_fusion", bool(on))
+  try:
+    yield
+  finally:
+    config.update("cpu_fusion", before)
+
+
+def seam_label(on: bool) -> str:
+  return "seam on" if on else "seam off"
+
+
+# --------------------------------------------------------------------------- machine
+
+
+def machine_description() -> str:
+  """One line naming the processor, cores, JAX backend and malloc settings."""
+  import platform
+
+  dev = jax.devices()[0]
+  kept = "MALLOC_TRIM_THRESHOLD_" in os.environ
+  return (
+    f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+    f"jax {jax.__version__} on {dev.platform} ({dev.device_kind}); malloc "
+    + ("keeps freed memory (make bench's settings)" if kept else "default settings")
+  )
+
+
+# --------------------------------------------------------------------------- command lines
+
+
+def parser(doc: str | None, quick_help: str = "the reduced version") -> argparse.ArgumentParser:
+  """The argument parser every part starts from: its docstring's first line and ``--quick``."""
+  ap = argparse.ArgumentParser(description=(doc or "").strip().splitlines()[0] if doc else None)
+  ap.add_argument("--quick", action="store_true", help=quick_help)
+  return ap
+
+
+def tag(quick: bool) -> str:
+  return "quick" if quick else "full"
+
+
+def command(module: str, quick: bool, extra: str = "") -> str:
+  """The command line that reproduces a result, written into it."""
+  return f"python -m {module}" + (" --quick" if quick else "") + (f" {extra}" if extra else "")
+
+
+# --------------------------------------------------------------------------- results
+
+
+def _json_default(x):
+  if isinstance(x, (np.floating, np.integer)):
+    return x.item()
+  if isinstance(x, np.ndarray):
+    return x.tolist()
+  if hasattr(x, "item"):
+    return x.item()
+  return float(x)
+
+
+def write(stem: str, result: dict, render: Callable[[dict], str] | None = None) -> str:
+  """Writes ``results/<stem>.json`` and, with ``render``, ``results/<stem>.md``.
+
+  The markdown is ``render`` applied to the JSON as read back, the same function
+  ``bench/report.py`` applies, so the two never disagree. Returns the markdown.
+  """
+  os.makedirs(RESULTS, exist_ok=True)
+  path = os.path.join(RESULTS, f"{stem}.json")
+  with open(path, "w") as f:
+    json.dump(result, f, indent=1, default=_json_default)
+  if render is None:
+    return ""
+  text = render(load(stem)).strip() + "\n"
+  with open(os.path.join(RESULTS, f"{stem}.md"), "w") as f:
+    f.write(text)
+  return text
+
+
+def load(stem: str) -> dict | None:
+  """``results/<stem>.json`` as written, or None when absent."""
+  path = os.path.join(RESULTS, f"{stem}.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def pyplot():
+  """matplotlib's pyplot, drawing to files only."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  return plt
+
+
+def savefig(fig, name: str, dpi: int = 110) -> str:
+  """Saves ``fig`` as ``results/<name>`` and closes it; returns the name for a link."""
+  os.makedirs(RESULTS, exist_ok=True)
+  fig.tight_layout()
+  fig.savefig(os.path.join(RESULTS, name), dpi=dpi)
+  pyplot().close(fig)
+  return name
+
+
+def fmt_ratio(x: float | None, digits: int = 2) -> str:
+  return "-" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
+
+
+def verdict(value: float | None, target: float) -> str:
+  """A pass/fail mark for ``value <= target``."""
+  if value is None or not math.isfinite(value):
+    return "–"
+  return "✅ pass" if value <= target else "❌ miss"
+
+
+# --------------------------------------------------------------------------- paper runs
+
+
+def optimizer(name: str, tx, lr: float, needs=(), norm_order=None):
+  """An optimizer for ``train.loop.train_run``, built outside the registry."""
+  from train.registry import Optimizer
+
+  return Optimizer(name, tx, lr, frozenset(needs), norm_order)
+
+
+def compare(
+  model_name: str,
+  ds,
+  builders: dict[str, Callable[[int], Any]],
+  seeds,
+  epochs: int,
+  batch_size: int,
+  metric_fns: dict[str, Callable] | None = None,
+) -> dict[str, list[dict]]:
+  """Trains every optimizer with every seed through ``train.loop.train_run``.
+
+  Returns ``{name: [run dicts]}``. A run whose loss becomes non-finite is recorded
+  as diverged (accuracy 0.1, chance) with the step it stopped at, rather than
+  aborting the comparison.
+  """
+  from flax_models import get_model
+  from train import data as data_lib
+  from train.errors import NonFiniteLossError
+  from train.loop import train_run
+
+  out: dict[str, list[dict]] = {}
+  steps_per_epoch = data_lib.steps_per_epoch(len(ds.x_train), batch_size)
+  for name, build in builders.items():
+    for seed in seeds:
+      opt = build(steps_per_epoch)
+      model = get_model(model_name, ds.num_classes)
+      try:
+        res = train_run(
+          model, opt, ds, epochs=epochs, batch_size=batch_size, seed=seed, progress=False
+        )
+        r = {
+          "seed": seed,
+          "diverged": False,
+          "history": res.history,
+          "test_accuracy": res.final["test_accuracy"],
+          "best_test_accuracy": res.final["best_test_accuracy"],
+          "train_loss": res.final["train_loss"],
+          "sec_per_step": res.seconds_per_step,
+        }
+        for key, fn in (metric_fns or {}).items():
+          r[key] = fn(res)
+      except NonFiniteLossError as e:
+        r = {
+          "seed": seed,
+          "diverged": True,
+          "message": str(e),
+          "test_accuracy": 0.1,
+          "best_test_accuracy": float("nan"),
+          "train_loss": float("nan"),
+        }
+      out.setdefault(name, []).append(r)
+      print(
+        f"{name} seed {seed}: "
+        + ("diverged" if r["diverged"] else f"test acc {r['test_accuracy']:.4f}"),
+        flush=True,
+      )
+  return out
+
+
+def mean_std(rows, key) -> tuple[float, float]:
+  """Mean and sample standard deviation of ``key`` over rows where it is finite."""
+  vals = [
+    r[key]
+    for r in rows
+    if r.get(key) is not None and not (isinstance(r[key], float) and math.isnan(r[key]))
+  ]
+  if not vals:
+    return float("nan"), float("nan")
+  return float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
