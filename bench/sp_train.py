@@ -130,6 +130,32 @@ def _pct(v: float) -> str:
   return "-" if not np.isfinite(v) else f"{100 * v:.1f}%"
 
 
+def _leaf_table(runs: dict) -> list[str]:
+  """Markdown lines: the fraction of each kernel leaf at zero, per optimizer."""
+  leaves: list[str] = []
+  for rows in runs.values():
+    for r in rows:
+      for k in r.get("pruned_per_leaf") or {}:
+        if k not in leaves:
+          leaves.append(k)
+  if not leaves:
+    return []
+  lines = [
+    "",
+    "Fraction of each kernel leaf at zero after training (mean over seeds):",
+    "",
+    "| optimizer | " + " | ".join(f"`{k}`" for k in leaves) + " |",
+    "|---|" + "---|" * len(leaves),
+  ]
+  for name, rows in runs.items():
+    cells = []
+    for k in leaves:
+      vals = [r["pruned_per_leaf"][k] for r in rows if k in (r.get("pruned_per_leaf") or {})]
+      cells.append(_pct(float(np.mean(vals))) if vals else "-")
+    lines.append(f"| {name} | " + " | ".join(cells) + " |")
+  return lines
+
+
 def render(result: dict) -> str:
   s = result["setting"]
   runs = result["runs"]
@@ -153,26 +179,7 @@ def render(result: dict) -> str:
     u, _ = mean_std(rows, "units_cut_off")
     paper = PAPER_MNIST.get(name.split(",")[0], "-")
     lines.append(f"| {name} | {100 * m:.2f} ± {100 * sd:.2f} | {_pct(z)} | {_pct(u)} | {paper} |")
-  leaves: list[str] = []
-  for rows in runs.values():
-    for r in rows:
-      for k in r.get("pruned_per_leaf") or {}:
-        if k not in leaves:
-          leaves.append(k)
-  if leaves:
-    lines += [
-      "",
-      "Fraction of each kernel leaf at zero after training (mean over seeds):",
-      "",
-      "| optimizer | " + " | ".join(f"`{k}`" for k in leaves) + " |",
-      "|---|" + "---|" * len(leaves),
-    ]
-    for name, rows in runs.items():
-      cells = []
-      for k in leaves:
-        vals = [r["pruned_per_leaf"][k] for r in rows if k in (r.get("pruned_per_leaf") or {})]
-        cells.append(_pct(float(np.mean(vals))) if vals else "-")
-      lines.append(f"| {name} | " + " | ".join(cells) + " |")
+  lines += _leaf_table(runs)
   stab = result.get("stability")
   if stab:
     default = result["default_b_max"]
