@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint bench-quick bench fuzz clean
+.PHONY: demo test test-all lint bench-quick bench fuzz clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,8 +16,13 @@ install: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(PY) -m train --demo
 
+# Two workers, each test file on one of them: compiling dominates and XLA
+# compiles on one thread. The slow tier runs in make test-all.
 test: $(VENV)/.installed lint
-	XLA_FLAGS="--xla_force_host_platform_device_count=8" $(PY) -m pytest -q
+	XLA_FLAGS="--xla_force_host_platform_device_count=8" $(PY) -m pytest -q -n 2 --dist loadfile -m "not slow"
+
+test-all: $(VENV)/.installed lint
+	XLA_FLAGS="--xla_force_host_platform_device_count=8" $(PY) -m pytest -q -n 2 --dist loadfile
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check optax_ext flax_models train tests bench

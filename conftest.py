@@ -5,8 +5,18 @@ flag only affects the CPU platform.
 """
 
 import jax
+import pytest
 
 jax.config.update("jax_num_cpu_devices", 8)
+
+
+@pytest.fixture(scope="module")
+def fast_compile():
+  """Unoptimised XLA for a module whose small programs compile several times faster so."""
+  previous = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", previous)
 
 
 def pytest_terminal_summary(terminalreporter):

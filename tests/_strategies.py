@@ -257,13 +257,18 @@ def run_case(case, steps=3):
   extra = _extra(case, params)
   for _ in range(steps):
     updates, state = step(grads, state, params, extra)
-    chex.assert_trees_all_equal_shapes_and_dtypes(updates, params)
-    chex.assert_tree_all_finite(updates)
-    chex.assert_trees_all_equal_structs(state, first)
-    chex.assert_trees_all_equal_shapes_and_dtypes(state, first)
+    _check_step(updates, params, state, first)
     params = optax.apply_updates(params, updates)
   if case["magnitude"] < 1e15:  # larger gradients overflow g² in second moments (inf, as optax)
     _check_state_finite(state.inner_state, params)
+
+
+def _check_step(updates, params, state, first):
+  """Updates finite and shaped like the parameters; the state keeps its structure and types."""
+  chex.assert_trees_all_equal_shapes_and_dtypes(updates, params)
+  chex.assert_tree_all_finite(updates)
+  chex.assert_trees_all_equal_structs(state, first)
+  chex.assert_trees_all_equal_shapes_and_dtypes(state, first)
 
 
 def _run_gal(case, steps):
@@ -282,10 +287,7 @@ def _run_gal(case, steps):
   first = state
   for _ in range(steps):
     updates, state = step(state, params, x, y)
-    chex.assert_trees_all_equal_shapes_and_dtypes(updates, params)
-    chex.assert_tree_all_finite(updates)
-    chex.assert_trees_all_equal_structs(state, first)
-    chex.assert_trees_all_equal_shapes_and_dtypes(state, first)
+    _check_step(updates, params, state, first)
     params = optax.apply_updates(params, updates)
   _check_state_finite(state.inner_state, params)
 

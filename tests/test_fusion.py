@@ -241,7 +241,7 @@ def test_sp_fast_mode_writes_only_the_updates():
   "construct, plain",
   [
     ("negated_difference", lambda a, b: a - b),
-    ("recomputed", lambda fn: (lambda value: lambda: value)(fn())),
+    ("recomputed", lambda fn, inputs=(): (lambda value: lambda: value)(fn())),
   ],
 )
 def test_each_construct_keeps_arrays_out_of_the_sp_program(monkeypatch, construct, plain):
@@ -399,7 +399,12 @@ def _assert_same_values(a, b):
     np.testing.assert_array_equal(x, y, strict=True)
 
 
-_DTYPES = ["float32", "bfloat16", "float16", "float64"]
+_DTYPES = [
+  "float32",
+  "bfloat16",
+  pytest.param("float16", marks=pytest.mark.slow),
+  pytest.param("float64", marks=pytest.mark.slow),
+]
 
 
 @pytest.mark.parametrize("dtype", _DTYPES)

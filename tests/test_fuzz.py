@@ -14,7 +14,7 @@ from tests import _strategies as strategies
 
 CASES = collections.Counter()  # family -> cases run (read by conftest's summary)
 FUZZ = settings(
-  max_examples=12,
+  max_examples=8,
   deadline=None,
   suppress_health_check=list(HealthCheck),
   derandomize=True,
@@ -22,7 +22,7 @@ FUZZ = settings(
   phases=(Phase.explicit, Phase.generate),  # make fuzz shrinks; here a failure is reported as drawn
 )
 # Each SP case compiles its own counting search (seconds each); make fuzz runs thousands.
-FUZZ_SP = settings(FUZZ, max_examples=6)
+FUZZ_SP = settings(FUZZ, max_examples=3)
 
 
 def _run(case):

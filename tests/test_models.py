@@ -22,13 +22,7 @@ from flax_models import get_model
 KEYS = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compile():
-  """Unoptimised XLA compiles these small networks several times faster."""
-  previous = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 def _abstract(model, shape, dtype=jnp.float32, train=False):

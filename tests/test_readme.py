@@ -25,13 +25,7 @@ LINES = [TEXT.count("\n", 0, m.start(1)) for m in MATCHES]  # 0-based line of ea
 FLAGS = doctest.NORMALIZE_WHITESPACE
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compile():
-  """Unoptimised XLA compiles the examples' small programs several times faster."""
-  previous = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 @pytest.fixture(scope="module")
