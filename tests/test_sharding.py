@@ -34,7 +34,16 @@ def test_parse_mesh_and_rule():
   assert sharding.leaf_spec((1001, 99), 4, min_shard_size=1) == jax.sharding.PartitionSpec()
 
 
-@pytest.mark.parametrize("name", sorted(registry.REGISTRY) + ["gal+sgd"])
+# optax's own baselines and the variants that share another method's program
+# (tan with cos, l1 with l2) run in the slow tier (make test-all).
+_SHARED = {"adam", "adamw", "momentum", "nesterov", "angulargrad_tan", "insgd_l1"}
+
+
+def _tiered(names):
+  return [pytest.param(n, marks=pytest.mark.slow) if n in _SHARED else n for n in names]
+
+
+@pytest.mark.parametrize("name", _tiered(sorted(registry.REGISTRY) + ["gal+sgd"]))
 def test_sharded_training_matches_one_device(digits, name):
   # No BatchNorm here: a conv bias in front of BatchNorm has an exactly-zero gradient,
   # whose rounding noise (which differs with the reduction order) Adam-like methods
@@ -104,9 +113,11 @@ def test_gather_detection_sees_a_gathered_parameter():
 
 
 @pytest.mark.parametrize(
-  "name", ["sgd", "momentum", "adam", "angulargrad_cos", "angulargrad_tan", "insgd", "sp",
-           "sp_exact"]
-)  # fmt: skip
+  "name",
+  _tiered(
+    ["sgd", "momentum", "adam", "angulargrad_cos", "angulargrad_tan", "insgd", "sp", "sp_exact"]
+  ),
+)
 def test_no_update_gathers_a_parameter(name):
   mesh = sharding.make_mesh({"data": 1, "fsdp": 8})
   params = _mnist_cnn_tree()

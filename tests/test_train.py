@@ -145,7 +145,19 @@ def test_optimizer_names():
     _opt("gal+nope")
 
 
-@pytest.mark.parametrize("name", sorted(registry.REGISTRY) + ["gal+sgd", "gal+adam"])
+# Variants that share another entry's program (adamw with adam, nesterov with
+# momentum, tan with cos, l1 with l2, GAL before Adam with GAL before SGD) run
+# in the slow tier (make test-all).
+_SHARED = {"adamw", "nesterov", "angulargrad_tan", "insgd_l1", "gal+adam"}
+
+
+@pytest.mark.parametrize(
+  "name",
+  [
+    pytest.param(n, marks=pytest.mark.slow) if n in _SHARED else n
+    for n in sorted(registry.REGISTRY) + ["gal+sgd", "gal+adam"]
+  ],
+)
 def test_every_registered_optimizer_learns(digits, name):
   """Integration: the step supplies what each optimizer needs (input power, GAL args).
 
