@@ -17,12 +17,13 @@ demo: $(VENV)/.installed
 	$(PY) -m train --demo
 
 # Two workers, each test file on one of them: compiling dominates and XLA
-# compiles on one thread. The slow tier runs in make test-all.
+# compiles on one thread. The slow tier, and every hypothesis example of the
+# property tests (tests/_strategies.py, examples), run in make test-all.
 test: $(VENV)/.installed lint
 	XLA_FLAGS="--xla_force_host_platform_device_count=8" $(PY) -m pytest -q -n 2 --dist loadfile -m "not slow"
 
 test-all: $(VENV)/.installed lint
-	XLA_FLAGS="--xla_force_host_platform_device_count=8" $(PY) -m pytest -q -n 2 --dist loadfile
+	OPTAX_EXT_THOROUGH=1 XLA_FLAGS="--xla_force_host_platform_device_count=8" $(PY) -m pytest -q -n 2 --dist loadfile
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check optax_ext flax_models train tests bench

@@ -74,10 +74,11 @@ def quantile_lower(x: jax.Array, q: jax.Array) -> jax.Array:
   """``jnp.quantile(x, q, method="lower")`` of ``to_domain(x)``, by counting.
 
   Examples:
-    >>> import jax.numpy as jnp
+    >>> import jax, jax.numpy as jnp
     >>> from optax_ext import quantile
     >>> x = jnp.array([3.0, 0.5, 0.0, 7.0, 2.0])
-    >>> float(quantile.quantile_lower(x, 0.5)), float(jnp.quantile(x, 0.5, method="lower"))
+    >>> lower = jax.jit(quantile.quantile_lower)
+    >>> float(lower(x, 0.5)), float(jnp.quantile(x, 0.5, method="lower"))
     (2.0, 2.0)
   """
   d = to_domain(x)

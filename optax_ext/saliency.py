@@ -246,12 +246,12 @@ def saliency_proximal(
     A :class:`optax.GradientTransformationExtraArgs`; ``update`` needs ``params``.
 
   Examples:
-    >>> import jax.numpy as jnp, optax
+    >>> import jax, jax.numpy as jnp, optax
     >>> import optax_ext
     >>> tx = optax.chain(optax.sgd(0.1), optax_ext.saliency_proximal(sparsity=0.25))
     >>> params = {'w': jnp.array([[1.0, 0.1], [2.0, -1.0]]), 'b': jnp.ones(2)}
     >>> grads = {'w': jnp.ones((2, 2)), 'b': jnp.ones(2)}
-    >>> updates, state = tx.update(grads, tx.init(params), params)
+    >>> updates, state = jax.jit(tx.update)(grads, tx.init(params), params)
     >>> print(optax.apply_updates(params, updates)['w'])  # the least salient entry -> 0
     [[ 0.9  0. ]
      [ 1.9 -1.1]]

@@ -137,8 +137,9 @@ def sp(
     >>> params = {'w': jnp.array([[0.5, -0.3], [0.2, 0.9]])}
     >>> tx = optax_ext.sp(learning_rate=0.1, sparsity=0.0)
     >>> state = tx.init(params)
+    >>> update = jax.jit(tx.update)  # one compiled program, not one per operation
     >>> for _ in range(3):
-    ...   updates, state = tx.update(jax.grad(f)(params), state, params)
+    ...   updates, state = update(jax.grad(f)(params), state, params)
     ...   params = optax.apply_updates(params, updates)
     ...   print(f"{f(params):.4f}")
     1.6576

@@ -15,6 +15,7 @@ fields documented as NaN where they do not apply.
 """
 
 import functools
+import os
 
 import chex
 import jax
@@ -27,6 +28,15 @@ import optax_ext
 from optax_ext.insgd import InputPower
 
 F32, BF16, F16 = jnp.float32, jnp.bfloat16, jnp.float16
+
+
+def examples(thorough: int) -> int:
+  """Hypothesis examples for a property test: all of them in ``make test-all``
+  (``OPTAX_EXT_THOROUGH=1``), a third in ``make test``, where compiling each drawn
+  shape dominates the suite's time."""
+  return thorough if os.environ.get("OPTAX_EXT_THOROUGH") else max(2, thorough // 3)
+
+
 # Trees as (path -> shape, dtype when mixed): scalars, empty and one-element
 # leaves, kernels of rank 2 and 4, nested dicts.
 TREES = {

@@ -8,13 +8,18 @@ end of the test session.
 
 import collections
 
+import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 
 from tests import _strategies as strategies
 
+# Each case checks shapes, dtypes and finiteness: unoptimised XLA compiles each drawn
+# program several times faster.
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
 CASES = collections.Counter()  # family -> cases run (read by conftest's summary)
 FUZZ = settings(
-  max_examples=8,
+  max_examples=strategies.examples(8),
   deadline=None,
   suppress_health_check=list(HealthCheck),
   derandomize=True,
@@ -22,7 +27,7 @@ FUZZ = settings(
   phases=(Phase.explicit, Phase.generate),  # make fuzz shrinks; here a failure is reported as drawn
 )
 # Each SP case compiles its own counting search (seconds each); make fuzz runs thousands.
-FUZZ_SP = settings(FUZZ, max_examples=3)
+FUZZ_SP = settings(FUZZ, max_examples=strategies.examples(3))
 
 
 def _run(case):

@@ -3,12 +3,17 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from optax_ext import _quantile_search
 from optax_ext import quantile as q_lib
+from tests._strategies import examples
+
+# Counting on integer keys: unoptimised XLA gives the same selections, compiled faster.
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 def np_domain(x):
@@ -76,7 +81,7 @@ def _fast(x, kth, allowed, warm, step, density):
   return q_lib.select([[x]], kth, allowed, warm=warm, step=step, density=density)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(
   x=saliencies(),
   p=st.floats(0.0, 0.99),
@@ -124,7 +129,7 @@ def _tied(values, tie_values, kth, allowed):
   return q_lib.select([[entries]], kth, allowed)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(data=with_ties(), p=st.floats(0.0, 0.99), tol=st.sampled_from([0.0, 0.004, 0.1]))
 def test_with_tie_values_selects_a_prefix_of_the_lexsort_order(data, p, tol):
   values, tie_values = data
@@ -216,7 +221,7 @@ def test_positions_are_row_major_flat_indices():
   np.testing.assert_array_equal(q_lib.positions((), 7), 7)
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=examples(30), deadline=None)
 @given(x=saliencies(), key_frac=st.floats(0.0, 1.0))
 def test_counts_of_raw_values_and_of_functions_equal_those_of_the_domain_image(x, key_frac):
   # The count reads raw values and may take a function instead of an array:

@@ -58,21 +58,20 @@ def _flat(tree, prefix=""):
     yield prefix, np.asarray(tree)
 
 
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+  """Checkpoints of one uninterrupted run, saved only at its end: checkpointing
+  must not change the result."""
+  ref = tmp_path_factory.mktemp("ref")
+  subprocess.run(_cmd(ref), check=True, env=_env(), cwd=ROOT, capture_output=True, timeout=300)
+  return ref / RUN / "checkpoints"
+
+
 @pytest.mark.parametrize("kill_after_checkpoints,every", [(1, 40), (3, 1)])
-def test_sigkill_then_resume_is_bit_identical(tmp_path, kill_after_checkpoints, every):
+def test_sigkill_then_resume_is_bit_identical(tmp_path, reference, kill_after_checkpoints, every):
   """every=40: killed between checkpoints; every=1: saving every step, so the kill
   very likely lands inside a write."""
-  ref = tmp_path / "ref"
-  # The reference run saves only at its end: checkpointing must not change the result.
-  subprocess.run(
-    _cmd(ref),
-    check=True,
-    env=_env(),
-    cwd=ROOT,
-    capture_output=True,
-    timeout=300,
-  )
-  ref_dir = ref / RUN / "checkpoints"
+  ref_dir = reference
   final = _steps(ref_dir)[-1]
 
   out = tmp_path / "killed"

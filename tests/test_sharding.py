@@ -34,9 +34,19 @@ def test_parse_mesh_and_rule():
   assert sharding.leaf_spec((1001, 99), 4, min_shard_size=1) == jax.sharding.PartitionSpec()
 
 
-# optax's own baselines and the variants that share another method's program
-# (tan with cos, l1 with l2) run in the slow tier (make test-all).
-_SHARED = {"adam", "adamw", "momentum", "nesterov", "angulargrad_tan", "insgd_l1"}
+# optax's own baselines and the variants that share most of another method's program
+# (tan with cos, l1 with l2, SP+Nesterov and exact SP with SP) run in the slow tier
+# (make test-all).
+_SHARED = {
+  "adam",
+  "adamw",
+  "momentum",
+  "nesterov",
+  "angulargrad_tan",
+  "insgd_l1",
+  "sp_nesterov",
+  "sp_exact",
+}
 
 
 def _tiered(names):
