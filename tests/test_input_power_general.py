@@ -240,4 +240,6 @@ def test_linen_variables_and_nnx_models_are_told_apart():
   with pytest.raises(ValueError, match="capture_input_power\\(model, \\*args\\)"):
     optax_ext.capture_input_power(nn.Dense(2).apply, jnp.ones((1, 2)), jnp.ones((1, 2)))
   with pytest.raises(ValueError, match="norm_order"):
-    optax_ext.capture_input_power(nnx.Linear(2, 2, rngs=nnx.Rngs(0)), jnp.ones((1, 2)), norm_order=3)
+    optax_ext.capture_input_power(
+      nnx.Linear(2, 2, rngs=nnx.Rngs(0)), jnp.ones((1, 2)), norm_order=3
+    )
