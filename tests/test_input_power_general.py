@@ -18,6 +18,8 @@ from flax import nnx
 import optax_ext
 from tests.test_input_power import CASES, numpy_patch_power
 
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
 
 def np_power(x, contracted, q):
   x = np.asarray(x, np.float64)
