@@ -245,3 +245,15 @@ def test_linen_variables_and_nnx_models_are_told_apart():
     optax_ext.capture_input_power(
       nnx.Linear(2, 2, rngs=nnx.Rngs(0)), jnp.ones((1, 2)), norm_order=3
     )
+
+
+def test_inputs_given_by_name():
+  x = _x((2, 3, 4))
+  want = np_power(x, (2,), 2)
+  dense = nn.DenseGeneral(5)
+  variables = dense.init(jax.random.key(0), x)
+  _, power = optax_ext.capture_input_power(dense.apply, variables, inputs=x)
+  np.testing.assert_allclose(power.powers["kernel"], want, rtol=1e-5)
+  linear = nnx.Linear(4, 5, rngs=nnx.Rngs(0))
+  _, power = optax_ext.capture_input_power(linear, inputs=x)
+  np.testing.assert_allclose(power.powers["kernel"], want, rtol=1e-5)
