@@ -13,6 +13,10 @@ acts only when ``train=True``; BatchNorm keeps its running statistics in the
 ``'batch_stats'`` collection (pass ``mutable=['batch_stats']`` when training)
 and uses them when ``train=False``. Every module has a ``dtype`` field, the
 computation dtype; parameters stay float32.
+
+Flax NNX: :class:`NnxMnistCNN` is the MNIST CNN as an ``nnx.Module``
+(``model(x, train=False)``), and :func:`load_linen_params` copies a linen
+model's parameters into the NNX model of the same layers.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import flax.linen as nn
 from flax_models.cnn import InsgdCNN, MnistCNN
 from flax_models.mlp import MLP
 from flax_models.mobilenet import InvertedResidual, MobileNetV2
+from flax_models.nnx_cnn import NnxMnistCNN, load_linen_params
 from flax_models.resnet import (
   BasicBlock,
   BottleneckBlock,
@@ -95,10 +100,12 @@ __all__ = [
   "MODEL_NAMES",
   "MnistCNN",
   "MobileNetV2",
+  "NnxMnistCNN",
   "ResNet",
   "ResNet1",
   "ResNet18",
   "ResNet20",
   "ResNet50",
   "get_model",
+  "load_linen_params",
 ]
