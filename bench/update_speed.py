@@ -112,8 +112,13 @@ def large_copies(program: str, min_elements: int = 1024) -> int:
   return count
 
 
-def _compiled_step(tx, extra, params, grads):
-  """``step((params, state), grads) -> ((params, state), params)``, compiled now, donated."""
+def _compiled_step(tx, extra, params, grads, donate=True):
+  """``step((params, state), grads) -> ((params, state), params)``, compiled now.
+
+  Donated (``donate=True``) as a training loop that keeps one copy of its state calls
+  it; not donated, every call writes fresh buffers and XLA adds no copy to keep an
+  input readable after its buffer is overwritten (bench/donation_copies.py).
+  """
 
   def step(carry, g):
     p, s = carry
@@ -122,14 +127,17 @@ def _compiled_step(tx, extra, params, grads):
     return (p, s), p
 
   carry = (params, tx.init(params))
-  compiled = jax.jit(step, donate_argnums=0).lower(carry, grads).compile()
+  compiled = jax.jit(step, donate_argnums=0 if donate else ()).lower(carry, grads).compile()
   return compiled, compiled.as_text()
 
 
-def time_tree(params, reps: int, names=None, seams=(True, False)) -> dict:
-  """Times every candidate on ``params`` under each seam setting, the state carried."""
-  grads = noisy_grads(params, N_GRADS)
-  fns, programs = {}, {}
+NOT_DONATED = " | seam on, not donated"
+
+
+def _variants(params, seams, names, undonated):
+  """``key -> (tx, extra, donate)``: every candidate under each seam setting, donated,
+  and the ``undonated`` ones (with Adam as their baseline) once more, seam on, not donated."""
+  out = {}
   for on in seams:
     with harness.seam(on):
       for name, (tx, extra) in candidates(params).items():
@@ -138,13 +146,26 @@ def time_tree(params, reps: int, names=None, seams=(True, False)) -> dict:
         if name in BASELINES and on != seams[0]:
           continue  # optax's own programs do not depend on the seam
         key = name if name in BASELINES else f"{name} | {harness.seam_label(on)}"
-        own = jax.tree.map(jnp.copy, params)  # donated: each candidate its own buffers
-        step, text = _compiled_step(tx, extra, own, grads[0])
-        carry = (own, tx.init(own))
-        for i in range(2):  # two steps first: every method on its steady-state branch
-          carry, _ = step(carry, grads[i % N_GRADS])
-        fns[key] = harness.carried(step, carry, lambda n: grads[n % N_GRADS])
-        programs[key] = text
+        out[key] = (tx, extra, True)
+        if on and (name in undonated or (name == "adam" and undonated)):
+          out[name + NOT_DONATED] = (tx, extra, False)
+  return out
+
+
+def time_tree(params, reps: int, names=None, seams=(True, False), undonated=()) -> dict:
+  """Times every candidate on ``params`` under each seam setting, the state carried."""
+  grads = noisy_grads(params, N_GRADS)
+  fns, programs = {}, {}
+  for key, (tx, extra, donate) in _variants(params, seams, names, undonated).items():
+    # The seam is read when the update is traced: inside the setting it was built under.
+    with harness.seam(not key.endswith("seam off")):
+      own = jax.tree.map(jnp.copy, params)  # donated: each candidate its own buffers
+      step, text = _compiled_step(tx, extra, own, grads[0], donate)
+      carry = (own, tx.init(own))
+      for i in range(2):  # two steps first: every method on its steady-state branch
+        carry, _ = step(carry, grads[i % N_GRADS])
+    fns[key] = harness.carried(step, carry, lambda n: grads[n % N_GRADS])
+    programs[key] = text
   copy = jax.jit(lambda t: jax.tree.map(lambda x: x + 0, t))
   fns["copy"] = lambda: copy(params)
   res = harness.time_calls(fns, reps=reps)
@@ -160,11 +181,13 @@ def time_tree(params, reps: int, names=None, seams=(True, False)) -> dict:
     if key == "copy":
       continue
     name = key.split(" | ")[0]
-    r = harness.row(res[key], res["adam"], "ratio_to_adam")
+    base = res["adam" + NOT_DONATED] if key.endswith(NOT_DONATED) else res["adam"]
+    r = harness.row(res[key], base, "ratio_to_adam")
     r["copies"] = res[key]["median"] / copy_s
     r["min_traffic_copies"] = TRAFFIC[name] / 2
     r["copy_instructions"] = large_copies(programs[key])
-    if " | " in key:
+    r["donated"] = not key.endswith(NOT_DONATED)
+    if " | " in key and r["donated"]:
       r["method"], r["seam"] = name, key.endswith("seam on")
       other = key.replace("seam on", "seam off") if r["seam"] else None
       if other in programs:
@@ -217,8 +240,8 @@ def seam_table(result: dict) -> list[str]:
         methods.append(m["method"])
   head = "| method | " + " | ".join(f"{t} on | {t} off" for t in trees_)
   lines = [
-    head + " | target (resnet50, on) | met |",
-    "|---|" + "---|---|" * len(trees_) + "---|---|",
+    head + " | resnet50 on, not donated | target (resnet50, on) | met |",
+    "|---|" + "---|---|" * len(trees_) + "---|---|---|",
   ]
   for name in methods:
     cells = []
@@ -226,6 +249,8 @@ def seam_table(result: dict) -> list[str]:
       for on in ("on", "off"):
         m = r["methods"].get(f"{name} | seam {on}")
         cells.append(harness.fmt_ratio(m["ratio_to_adam"] if m else None))
+    undonated = trees_.get("resnet50", {}).get("methods", {}).get(name + NOT_DONATED)
+    cells.append(harness.fmt_ratio(undonated["ratio_to_adam"] if undonated else None))
     target = TARGETS.get(name)
     r50 = trees_.get("resnet50", {}).get("methods", {}).get(f"{name} | seam on")
     got = r50["ratio_to_adam"] if r50 else None
@@ -246,7 +271,13 @@ def render(result: dict) -> str:
     "training; gradients cycle through "
     f"{result.get('n_grads', N_GRADS)} noisy trees. Ratios: median / `optax.adam`'s median "
     "in the same run. *Seam on/off*: the CPU fusion seam (`optax_ext.config` "
-    "`cpu_fusion`), the methods compiled afresh under each setting.",
+    "`cpu_fusion`), the methods compiled afresh under each setting. *Not donated*: the "
+    "same step, seam on, compiled without donating its inputs, against Adam compiled so "
+    "too: each call writes fresh buffers, so XLA adds no copy to keep an input readable "
+    "after an in-place write (the copy instructions in the tables below; "
+    "`python -m bench.donation_copies`). XLA on CPU writes the outputs of a multi-output "
+    "loop (the seam's one-pass update) into fresh buffers, never into a donated input's, "
+    "so under donation each state array that loop writes costs one more copy.",
     "",
     "### Ratio × adam, seam on and off",
     "",
@@ -302,7 +333,8 @@ def main(argv=None) -> dict:
   }
   for name in tree_names:
     print(f"timing updates on {name} ...", flush=True)
-    result["trees"][name] = time_tree(trees.named_tree(name), reps)
+    undonated = tuple(TARGETS) if name == "resnet50" else ()
+    result["trees"][name] = time_tree(trees.named_tree(name), reps, undonated=undonated)
   result["state_bytes_tree"] = "resnet50"
   result["state_bytes_per_param"] = state_bytes_per_param(trees.named_tree("resnet50"))
   if not args.no_scaling:
