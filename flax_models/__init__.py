@@ -13,8 +13,13 @@ acts only when ``train=True``; BatchNorm keeps its running statistics in the
 ``'batch_stats'`` collection (pass ``mutable=['batch_stats']`` when training)
 and uses them when ``train=False``. Every module has a ``dtype`` field, the
 computation dtype; parameters stay float32. The transformer LM takes int tokens
-``(batch, T)`` and returns logits ``(batch, T, vocab)``; it also exists in Flax NNX
-(:func:`get_nnx_model`), its parameters named as in linen.
+``(batch, T)`` and returns logits ``(batch, T, vocab)``.
+
+Flax NNX: :class:`NnxMnistCNN` is the MNIST CNN and :class:`TransformerLMNNX` the
+transformer LM as ``nnx.Module`` s (``model(x, train=False)``; :func:`get_nnx_model`
+builds those registered by name); :func:`load_linen_params` copies a linen model's
+parameters into the NNX model of the same layers, :func:`linen_params` reads them
+back out of a model named as its linen twin.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import flax.linen as nn
 from flax_models.cnn import InsgdCNN, MnistCNN
 from flax_models.mlp import MLP
 from flax_models.mobilenet import InvertedResidual, MobileNetV2
+from flax_models.nnx_cnn import NnxMnistCNN, load_linen_params
 from flax_models.resnet import (
   BasicBlock,
   BottleneckBlock,
@@ -35,12 +41,7 @@ from flax_models.resnet import (
   ResNet20,
   ResNet50,
 )
-from flax_models.transformer import (
-  TransformerLM,
-  TransformerLMNNX,
-  linen_params,
-  load_linen_params,
-)
+from flax_models.transformer import TransformerLM, TransformerLMNNX, linen_params
 
 # name -> (constructor, keyword arguments it fixes, keyword naming the output width).
 # Keyword arguments given to get_model override the fixed ones.
@@ -130,6 +131,7 @@ __all__ = [
   "MnistCNN",
   "NNX_MODEL_NAMES",
   "MobileNetV2",
+  "NnxMnistCNN",
   "ResNet",
   "ResNet1",
   "ResNet18",

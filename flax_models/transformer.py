@@ -17,7 +17,7 @@ GELU MLP, a final LayerNorm and an untied output layer. No dropout: at the sizes
 project trains on one CPU the model underfits.
 
 Both APIs name every parameter alike, so ``nnx.state(model, nnx.Param)`` as a pure
-dict *is* the linen ``params`` tree: :func:`load_linen_params` and
+dict *is* the linen ``params`` tree: :func:`flax_models.load_linen_params` and
 :func:`linen_params` move weights between them unchanged. The attention projections
 are ``nn.MultiHeadDotProductAttention`` / ``nnx.MultiHeadAttention`` (``DenseGeneral``
 / ``LinearGeneral`` kernels), the MLP and the output layer ``Dense`` / ``Linear``.
@@ -28,7 +28,6 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -37,7 +36,6 @@ __all__ = [
   "TransformerLM",
   "TransformerLMNNX",
   "linen_params",
-  "load_linen_params",
   "sinusoidal_positions",
 ]
 
@@ -223,19 +221,3 @@ def linen_params(model: nnx.Module) -> dict:
   """An NNX model's ``nnx.Param`` values as a pure nested dict: for a model whose
   parameters are named as its linen twin's, that twin's ``params``."""
   return nnx.state(model, nnx.Param).to_pure_dict()
-
-
-def load_linen_params(model: nnx.Module, params: Any) -> nnx.Module:
-  """Writes a linen ``params`` tree into ``model``'s ``nnx.Param`` variables, in place.
-
-  Raises:
-    ValueError: if the trees' structures or any array's shape differ (names both).
-  """
-  state = nnx.state(model, nnx.Param)
-  want = jax.tree.map(jnp.shape, state.to_pure_dict())
-  got = jax.tree.map(jnp.shape, dict(params))
-  if want != got:
-    raise ValueError(f"parameter trees differ: the NNX model has {want}, given {got}")
-  nnx.replace_by_pure_dict(state, params)
-  nnx.update(model, state)
-  return model

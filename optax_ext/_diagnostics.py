@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import jax
+from flax import nnx
 
 _REGISTRY: dict[type, tuple[str, Callable[[Any], dict[str, jax.Array]]]] = {}
 
@@ -50,7 +51,8 @@ def diagnostics(state: Any) -> dict[str, jax.Array]:
   """Returns the diagnostics of every optax_ext method found in ``state``.
 
   Args:
-    state: An optimizer state, as returned by ``tx.init`` or ``tx.update``.
+    state: An optimizer state, as returned by ``tx.init`` or ``tx.update``,
+      or ``nnx.Optimizer``'s ``opt_state``.
 
   Returns:
     A flat dict of scalar arrays; empty if ``state`` holds no optax_ext method.
@@ -66,7 +68,7 @@ def diagnostics(state: Any) -> dict[str, jax.Array]:
     ['angulargrad/phi_at_floor', 'angulargrad/phi_max', 'angulargrad/phi_mean', 'angulargrad/phi_min']
   """
   found: list = []
-  _walk(state, found)
+  _walk(nnx.as_pure(state), found)  # NNX wraps each array of the state in a Variable
   counts: dict[str, int] = {}
   for (prefix, _), _node in found:
     counts[prefix] = counts.get(prefix, 0) + 1

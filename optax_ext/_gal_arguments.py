@@ -7,6 +7,7 @@ import numbers
 from typing import Any, Callable
 
 import jax
+from flax import nnx
 
 from optax_ext import _checks
 
@@ -56,16 +57,28 @@ def gal_extra_args(
   params: Any,
   loss_fn: Callable[[jax.Array], jax.Array],
   has_aux: bool = False,
+  wrt: Any = nnx.Param,
 ):
   """Runs the model forward once and returns GAL's extra arguments.
 
+  Linen (or any function of a parameter tree):
+  ``gal_extra_args(lambda p: model.apply({'params': p}, x), params, loss_fn)``.
+  Flax NNX: ``gal_extra_args(lambda m: m(x), model, loss_fn)``; the model's
+  ``wrt`` parameters are differentiated, and its other state (BatchNorm
+  statistics, RNG counts) is updated in place, as by a plain call. The VJP
+  then maps to the tree ``nnx.Optimizer(model, tx, wrt=wrt).update(model,
+  None, **extra)`` hands to the transform.
+
   Args:
     model_fn: ``params -> outputs`` (or ``params -> (outputs, aux)`` with
-      ``has_aux``, e.g. BatchNorm's updated ``batch_stats``).
+      ``has_aux``, e.g. BatchNorm's updated ``batch_stats``); for NNX,
+      ``model -> outputs``.
     params: The parameters to differentiate (for ``optax.lookahead``, the fast
-      parameters).
+      parameters), or an NNX module.
     loss_fn: ``outputs -> batch-mean loss``.
     has_aux: Whether ``model_fn`` also returns auxiliary data.
+    wrt: NNX only: the filter of the parameters, as given to
+      ``nnx.Optimizer`` (default ``nnx.Param``).
 
   Returns:
     ``dict(outputs=z, loss_fn=loss_fn, outputs_vjp=vjp)`` for
@@ -81,8 +94,34 @@ def gal_extra_args(
     >>> sorted(extra), extra['outputs'].shape
     (['loss_fn', 'outputs', 'outputs_vjp'], (2, 4))
   """
+  if isinstance(params, nnx.Module):
+    model_fn, params, apply_state = _nnx_forward(model_fn, params, has_aux, wrt)
+    z, vjp, (aux, state) = jax.vjp(model_fn, params, has_aux=True)
+    apply_state(state)
+    extra = {"outputs": z, "loss_fn": loss_fn, "outputs_vjp": vjp}
+    return (extra, aux) if has_aux else extra
   if has_aux:
     z, vjp, aux = jax.vjp(model_fn, params, has_aux=True)
     return {"outputs": z, "loss_fn": loss_fn, "outputs_vjp": vjp}, aux
   z, vjp = jax.vjp(model_fn, params)
   return {"outputs": z, "loss_fn": loss_fn, "outputs_vjp": vjp}
+
+
+def _nnx_forward(model_fn, model: nnx.Module, has_aux: bool, wrt: Any):
+  """An NNX model as a function of its plain ``wrt`` arrays.
+
+  Returns ``(forward, params, apply_state)``: ``forward(params)`` runs
+  ``model_fn`` on a copy of the model holding ``params`` and returns
+  ``(outputs, (aux, other_state))``; ``apply_state`` writes that other state
+  (what the call changed besides the parameters) back into ``model``.
+  """
+  graphdef, params, rest = nnx.split(model, wrt, ...)
+  rest = nnx.as_pure(rest)  # plain arrays: the copy's variables are made inside the trace
+
+  def forward(p):
+    copy = nnx.merge(graphdef, p, rest)
+    out = model_fn(copy)
+    z, aux = out if has_aux else (out, None)
+    return z, (aux, nnx.as_pure(nnx.split(copy, wrt, ...)[2]))
+
+  return forward, nnx.as_pure(params), lambda state: nnx.update(model, state)

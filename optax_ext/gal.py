@@ -136,6 +136,8 @@ def gal(
   - ``updates=None`` (recommended): the stage back-propagates the chosen
     cotangent once and hands the parameter gradient to the rest of the chain,
     so a GAL step costs one forward and one backward pass, like a plain step.
+    An ``updates`` tree without leaves means the same: ``nnx.Optimizer``'s
+    ``update(model, None, **extra)`` hands the transform an empty ``State``.
   - ``updates`` = the vanilla parameter gradient: the stage adds
     :math:`\mathrm{VJP}(\tilde v)` when the adjusted gradient is used (zero
     otherwise). That is a second backward pass on every step, so slower; use
@@ -253,7 +255,7 @@ def gal(
       state.regressor_params
     )
     use = tentative <= loss0  # False when either is NaN
-    if updates is None:
+    if updates is None or not jax.tree.leaves(updates):  # nnx.Optimizer turns None into {}
       (param_grads,) = outputs_vjp(as_outputs(jnp.where(use, g, nab)))
     else:
       # VJP is linear: vanilla + VJP(ṽ) = VJP(g). The extra pass runs every step
