@@ -26,6 +26,7 @@ from typing import Any, Callable, NamedTuple, Optional, Protocol
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import optax
 
 __all__ = [
@@ -157,7 +158,8 @@ class NnxApi:
 
   def init(self, rngs, x0):
     del rngs, x0
-    return self.params_tmpl.to_pure_dict(), self.rest_tmpl.to_pure_dict()
+    copy = lambda t: jax.tree.map(jnp.copy, t.to_pure_dict())  # a step donates its state
+    return copy(self.params_tmpl), copy(self.rest_tmpl)
 
   def apply(self, params, model_state, x, key):
     del key  # no dropout stream in the NNX models
