@@ -209,14 +209,17 @@ def _render_vocab(result: dict) -> list[str]:
       f"{r['regressor_params'] / r['head_params']:.2f} | {r['model_params']:,} |"
     )
   width = result["config"]["vocab"]["width"]
+  per_token = GAL_HIDDEN[0] + GAL_HIDDEN[-1] + 1
   lines += [
     "",
-    f"The regressor's first and last layers are vocabulary-wide ({GAL_HIDDEN[0]} + "
-    f"{GAL_HIDDEN[-1]} + 1 parameters per token against the output layer's {width} + 1), so "
-    "it grows with the vocabulary exactly as the output layer does and is never small beside "
-    "it: the ratio in the table holds at every size. What grows faster than the rest of the "
-    "step is GAL's per-token work on vocabulary-wide rows (the regressor on every position, "
-    "the loss at the tentative outputs).",
+    f"Where the regressor stops being small: its first and last layers are vocabulary-wide "
+    f"({per_token} parameters per token, hidden widths {GAL_HIDDEN}) as the output layer is "
+    f"(width + 1 per token, {width + 1} here), so beside the output layer it stays near "
+    f"{per_token}/(width + 1) at every vocabulary size, {per_token / (width + 1):.2f} at this "
+    f"width: never small here. It is under a tenth of the output layer only for a model "
+    f"wider than {10 * per_token - 1:,}, whatever the vocabulary. Its per-token work (the "
+    "regressor at every position, the loss at the tentative outputs) grows with the "
+    "vocabulary as the output layer's does.",
   ]
   if result.get("plot"):
     lines += ["", f"![GAL against the vocabulary]({result['plot']})"]
