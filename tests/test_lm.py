@@ -223,3 +223,13 @@ def test_cli_trains_the_lm(tmp_path, capsys):
 def test_get_model_builds_the_lm():
   model = get_model("transformer_lm", 256, **TINY)
   assert model.vocab_size == 256 and model.context == 16
+
+
+def test_gal_on_language_uses_the_classification_regressor():
+  """GAL's default regressor for next-byte logits: 256 → 100 → 32 → 16 → 256."""
+  opt = registry.make_optimizer(
+    "gal+adamw", registry.make_schedule("constant", 1, 1), output_dim=256, task="language"
+  )
+  state = opt.tx.init({"w": jnp.zeros(3)})
+  shapes = [p["kernel"].shape for p in state[0].regressor_params.values()]
+  assert shapes == [(256, 100), (100, 32), (32, 16), (16, 256)]
