@@ -37,7 +37,7 @@ def _einsum_equation(module: nn.Einsum, args: tuple, kwargs: dict) -> Optional[s
 
 def layer_power(module: nn.Module, args: tuple, kwargs: dict, q: int):
   """``(power, None)`` for one call of a known layer, or ``(None, why it has none)``."""
-  x = lax.stop_gradient(args[0])
+  x = lax.stop_gradient(args[0] if args else kwargs["inputs"])
   kind = type(module)
   if kind is nn.Dense:
     return maths.contraction_power(x, (x.ndim - 1,), q), None
@@ -82,7 +82,8 @@ def capture_linen(
     module = context.module
     path = tuple(module.path)
     kinds.setdefault(path, type(module))
-    if context.method_name == "__call__" and call_args and type(module) in KNOWN:
+    called = call_args or "inputs" in call_kwargs
+    if context.method_name == "__call__" and called and type(module) in KNOWN:
       power, why = layer_power(module, call_args, call_kwargs, norm_order)
       if power is None:
         unsupported[path] = why

@@ -65,7 +65,7 @@ class _Recorder:
 
 def layer_power(module: nnx.Module, args: tuple, kwargs: dict, q: int):
   """``(power, None)`` for one call of a known layer, or ``(None, why it has none)``."""
-  x = lax.stop_gradient(args[0])
+  x = lax.stop_gradient(args[0] if args else kwargs["inputs"])
   kind = type(module)
   if kind is nnx.Linear:
     return maths.contraction_power(x, (x.ndim - 1,), q), None
@@ -97,7 +97,7 @@ def _wrap(call):
   @functools.wraps(call)
   def recording_call(self, *args, **kwargs):
     recorder = _recorder.get()
-    if recorder is not None and args:
+    if recorder is not None and (args or "inputs" in kwargs):
       recorder.record(self, args, kwargs)
     return call(self, *args, **kwargs)
 

@@ -127,6 +127,8 @@ def capture_input_power(
   if isinstance(apply_fn, nnx.Module):
     outputs, powers = capture_nnx(apply_fn, args, apply_kwargs, norm_order, wrt)
   else:
+    if "variables" in apply_kwargs:  # given by name, as the linen signature allows
+      args = (apply_kwargs.pop("variables"), *args)
     if not args:
       raise ValueError("capture_input_power(apply_fn, variables, *args) needs the variables")
     outputs, powers = capture_linen(apply_fn, args[0], args[1:], apply_kwargs, norm_order)

@@ -254,7 +254,7 @@ def test_power_is_under_stop_gradient_and_one_forward_pass():
 class WithUnknownLayers(nn.Module):
   @nn.compact
   def __call__(self, x):
-    x = nn.Einsum((3, 4), "bi,ij->bj")(x)
+    x = nn.Einsum((3, 4), "bi,ij->bij")(x).sum(1)  # no contracted axis: no input vector
     x = x * self.param("gain", nn.initializers.ones, (4,))
     x = nn.LayerNorm()(x)
     return nn.Dense(2)(x)

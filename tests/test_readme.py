@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import nnx
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 TEXT = README.read_text()
@@ -132,13 +133,13 @@ def test_insgd_step(ns):
   )
 
 
-def test_gal_step(ns):
-  """GAL — Definition, with the regressor's initial parameters, for the README's step."""
-  model, x, xent = ns["model"], ns["x"], ns["xent"]
-  params = ns["params"]
-  reg = jax.tree.map(lambda a: np.asarray(a, np.float64), ns["gal_tx"].init(params)[0])
-  reg = reg.regressor_params
-  z, vjp = jax.jit(lambda p: jax.vjp(lambda q: model.apply({"params": q}, x), p))(params)
+def _gal_expected(forward, params, reg, xent, diag):
+  """GAL — Definition, for one step from ``params`` with the regressor's initial parameters.
+
+  ``forward`` maps the parameters to the outputs; checks the step's diagnostics
+  ``diag`` and returns the expected update, ``-lr`` times the chosen cotangent's VJP.
+  """
+  z, vjp = jax.jit(lambda p: jax.vjp(forward, p))(params)
   zn = np.asarray(z, np.float64)
   nabla = np.asarray(jax.grad(xent)(z), np.float64)
 
@@ -157,14 +158,71 @@ def test_gal_step(ns):
   used = tentative <= loss(zn)
   cot = g if used else nabla
   (grad,) = vjp(jnp.asarray(cot, jnp.float32))
-  diag = {k: float(v) for k, v in ns["optax_ext"].diagnostics(ns["gal_state"]).items()}
+  diag = {k: float(v) for k, v in diag.items()}
   assert diag["gal/used_adjusted"] == float(used)
   np.testing.assert_allclose(diag["gal/tentative_loss"], tentative, rtol=1e-5)
   cosine = np.sum(v_t * nabla) / (np.linalg.norm(v_t) * np.linalg.norm(nabla))
   np.testing.assert_allclose(diag["gal/cosine"], cosine, rtol=1e-4, atol=1e-5)
-  for got, want in zip(jax.tree.leaves(ns["updates"]), jax.tree.leaves(grad)):
-    np.testing.assert_allclose(got, -0.05 * np.asarray(want), rtol=1e-4, atol=1e-8)
+  return jax.tree.map(lambda a: -0.05 * np.asarray(a), grad)
+
+
+def _regressor(ns, params):
+  reg = jax.tree.map(lambda a: np.asarray(a, np.float64), ns["gal_tx"].init(params)[0])
+  return reg.regressor_params
+
+
+def test_gal_step(ns):
+  model, x, xent = ns["model"], ns["x"], ns["xent"]
+  params = ns["params"]
+  want = _gal_expected(
+    lambda p: model.apply({"params": p}, x),
+    params,
+    _regressor(ns, params),
+    xent,
+    ns["optax_ext"].diagnostics(ns["gal_state"]),
+  )
+  for got, w in zip(jax.tree.leaves(ns["updates"]), jax.tree.leaves(want)):
+    np.testing.assert_allclose(got, w, rtol=1e-4, atol=1e-8)
   for got, p, u in zip(
     jax.tree.leaves(ns["new_params"]), jax.tree.leaves(params), jax.tree.leaves(ns["updates"])
   ):
     np.testing.assert_array_equal(got, optax.apply_updates(p, u))
+
+
+def _nnx_start(ns):
+  """The README's NNX model as built, and its parameters as plain arrays."""
+  model = ns["NnxMnistCNN"](10, image_shape=(28, 28, 1), rngs=nnx.Rngs(0))
+  return model, nnx.as_pure(nnx.state(model, nnx.Param))
+
+
+def test_nnx_insgd_step(ns):
+  x, xent = ns["x"], ns["xent"]
+  model, p0 = _nnx_start(ns)
+  grads = nnx.as_pure(nnx.grad(lambda m: xent(m(x)))(model))
+  p1 = nnx.as_pure(nnx.state(ns["nnx_model"], nnx.Param))
+  # As for linen: 3x3 patches of ones, m_1 = 9, the kernel's step divided by log 9.
+  np.testing.assert_allclose(
+    p1["conv1"]["kernel"],
+    p0["conv1"]["kernel"] - 0.05 * grads["conv1"]["kernel"] / np.log(9.0),
+    rtol=1e-5,
+    atol=1e-7,
+  )
+  np.testing.assert_allclose(
+    p1["conv1"]["bias"], p0["conv1"]["bias"] - 0.05 * grads["conv1"]["bias"], rtol=1e-5, atol=1e-7
+  )
+
+
+def test_nnx_gal_step(ns):
+  x, xent = ns["x"], ns["xent"]
+  model, p0 = _nnx_start(ns)
+  graphdef, _, rest = nnx.split(model, nnx.Param, ...)
+  want = _gal_expected(
+    lambda p: nnx.merge(graphdef, p, nnx.as_pure(rest))(x),
+    p0,
+    _regressor(ns, p0),
+    xent,
+    ns["optax_ext"].diagnostics(ns["gal_optimizer"].opt_state),
+  )
+  p1 = nnx.as_pure(nnx.state(ns["gal_model"], nnx.Param))
+  for got, p, u in zip(jax.tree.leaves(p1), jax.tree.leaves(p0), jax.tree.leaves(want)):
+    np.testing.assert_allclose(got, p + u, rtol=1e-5, atol=1e-7)
