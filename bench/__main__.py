@@ -30,6 +30,7 @@ PARTS = {
   "sp_rosenbrock": "SP's momentum rule on Rosenbrock: the enlargement cap on and off",
   "insgd_train": "INSGD paper: robustness to large learning rates without BatchNorm",
   "gal_regression": "GAL paper: diabetes regression (Table V)",
+  "lm_step": "every method on the transformer LM: step cost, GAL against the vocabulary, bits/byte",
 }
 
 

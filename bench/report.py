@@ -38,6 +38,7 @@ SECTIONS = [
   ("INSGD: speed", "insgd_speed", ["insgd_speed_full", "insgd_speed_quick"]),
   ("GAL: paper checks", "gal_regression", ["gal_regression_full", "gal_regression_quick"]),
   ("GAL: speed", "gal_speed", ["gal_speed_full", "gal_speed_quick"]),
+  ("Transformer LM: every method", "lm_step", ["lm_step_full", "lm_step_quick"]),
 ]
 
 

@@ -1,4 +1,4 @@
-"""Flax (linen) models that the optax_ext papers train.
+"""Flax models that the optax_ext papers train, and a small transformer language model.
 
 Every model is initialised and called as::
 
@@ -12,16 +12,19 @@ flattens anything larger. Outputs are ``(batch, num_classes)`` logits (or
 acts only when ``train=True``; BatchNorm keeps its running statistics in the
 ``'batch_stats'`` collection (pass ``mutable=['batch_stats']`` when training)
 and uses them when ``train=False``. Every module has a ``dtype`` field, the
-computation dtype; parameters stay float32.
+computation dtype; parameters stay float32. The transformer LM takes int tokens
+``(batch, T)`` and returns logits ``(batch, T, vocab)``.
 
-Flax NNX: :class:`NnxMnistCNN` is the MNIST CNN as an ``nnx.Module``
-(``model(x, train=False)``), and :func:`load_linen_params` copies a linen
-model's parameters into the NNX model of the same layers.
+Flax NNX: :class:`NnxMnistCNN` is the MNIST CNN and :class:`TransformerLMNNX` the
+transformer LM as ``nnx.Module`` s (``model(x, train=False)``; :func:`get_nnx_model`
+builds those registered by name); :func:`load_linen_params` copies a linen model's
+parameters into the NNX model of the same layers, :func:`linen_params` reads them
+back out of a model named as its linen twin.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import flax.linen as nn
 
@@ -38,6 +41,7 @@ from flax_models.resnet import (
   ResNet20,
   ResNet50,
 )
+from flax_models.transformer import TransformerLM, TransformerLMNNX, linen_params
 
 # name -> (constructor, keyword arguments it fixes, keyword naming the output width).
 # Keyword arguments given to get_model override the fixed ones.
@@ -54,9 +58,14 @@ _REGISTRY: dict[str, tuple[Callable[..., nn.Module], dict, str]] = {
   "mobilenetv2": (MobileNetV2, {}, "num_classes"),
   "mobilenetv2_cifar": (MobileNetV2, {"cifar_stem": True}, "num_classes"),
   "mlp": (MLP, {}, "out_features"),
+  "transformer_lm": (TransformerLM, {}, "vocab_size"),
 }
+# The models that also exist in Flax NNX, parameters named as their linen twin's.
+_NNX_REGISTRY: dict[str, Callable[..., Any]] = {"transformer_lm": TransformerLMNNX}
 #: Every name :func:`get_model` accepts.
 MODEL_NAMES = tuple(_REGISTRY)
+#: Every name :func:`get_nnx_model` accepts.
+NNX_MODEL_NAMES = tuple(_NNX_REGISTRY)
 
 
 def get_model(name: str, num_classes: int, **kwargs) -> nn.Module:
@@ -67,7 +76,9 @@ def get_model(name: str, num_classes: int, **kwargs) -> nn.Module:
       / ``insgd_cnn_bn`` (INSGD Table 2 without / with BatchNorm),
       ``resnet20`` / ``resnet20_nobn`` (INSGD Tables 1 and 7),
       ``resnet18``, ``resnet18_cifar``, ``resnet50``, ``resnet50_cifar``,
-      ``mobilenetv2``, ``mobilenetv2_cifar`` and ``mlp`` (64-32 by default).
+      ``mobilenetv2``, ``mobilenetv2_cifar``, ``mlp`` (64-32 by default) and
+      ``transformer_lm`` (a byte-level decoder-only transformer; ``num_classes`` is
+      its vocabulary).
     num_classes: Output width: classes, or 1 for scalar regression (the MLP's
       ``out_features``).
     **kwargs: Further fields of the model (``dtype``, ``dropout_rate``,
@@ -91,6 +102,25 @@ def get_model(name: str, num_classes: int, **kwargs) -> nn.Module:
   return constructor(**{**fixed, width: num_classes, **kwargs})
 
 
+def get_nnx_model(name: str, num_classes: int, seed: int = 0, **kwargs) -> Any:
+  """Builds the Flax NNX version of a model by name, initialised from ``seed``.
+
+  Its parameters are named as the linen model's (:func:`get_model`), so
+  :func:`load_linen_params` moves weights between the two.
+
+  Raises:
+    ValueError: For a name with no NNX version (the message lists those that have one).
+  """
+  from flax import nnx
+
+  if name not in _NNX_REGISTRY:
+    raise ValueError(
+      f"model {name!r} has no Flax NNX version; with NNX: {', '.join(NNX_MODEL_NAMES)}"
+    )
+  width = _REGISTRY[name][2]
+  return _NNX_REGISTRY[name](**{width: num_classes, **kwargs}, rngs=nnx.Rngs(seed))
+
+
 __all__ = [
   "BasicBlock",
   "BottleneckBlock",
@@ -99,6 +129,7 @@ __all__ = [
   "MLP",
   "MODEL_NAMES",
   "MnistCNN",
+  "NNX_MODEL_NAMES",
   "MobileNetV2",
   "NnxMnistCNN",
   "ResNet",
@@ -106,6 +137,10 @@ __all__ = [
   "ResNet18",
   "ResNet20",
   "ResNet50",
+  "TransformerLM",
+  "TransformerLMNNX",
   "get_model",
+  "get_nnx_model",
+  "linen_params",
   "load_linen_params",
 ]

@@ -1,7 +1,9 @@
 """Jitted training of Flax models with optax and optax_ext optimizers.
 
-Modules: :mod:`train.data` (data sets), :mod:`train.registry` (optimizers and
-schedules by name), :mod:`train.loop` (train step, evaluation, the loop),
+Modules: :mod:`train.data` (data sets), :mod:`train.text` (byte-level text),
+:mod:`train.registry` (optimizers and schedules by name), :mod:`train.steps` (what a
+step runs per model API, linen or NNX, and per optimizer need), :mod:`train.loop`
+(train step, evaluation, the loop),
 :mod:`train.checkpoint` (Orbax), :mod:`train.report` (tables, files, plots),
 :mod:`train.cli` (``python -m train``).
 """

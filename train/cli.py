@@ -7,6 +7,8 @@ Examples::
       --optimizers sgd nesterov sp sp_nesterov adam --epochs 15 --batch-size 128 \\
       --schedule exp --gamma 0.7
   python -m train --model mlp --dataset diabetes --optimizers adam gal+adam --epochs 200
+  python -m train --model transformer_lm --dataset text --optimizers adamw angulargrad_cos \
+      sp insgd_l2 gal+adamw --epochs 1 --train-size 2048 --api nnx
 """
 
 from __future__ import annotations
@@ -84,6 +86,19 @@ def build_parser() -> argparse.ArgumentParser:
     help=f"model: {', '.join(MODEL_NAMES)} (default: mnist_cnn, or mlp for regression data)",
   )
   p.add_argument("--dataset", default="digits", help=f"data set: {', '.join(DATASET_NAMES)}")
+  p.add_argument(
+    "--api",
+    choices=("linen", "nnx"),
+    default="linen",
+    help="run the model in Flax linen, or in Flax NNX through nnx.Optimizer "
+    "(models with an NNX version: transformer_lm)",
+  )
+  p.add_argument(
+    "--context", type=_positive_int, default=128, help="text: bytes per training window"
+  )
+  p.add_argument("--width", type=_positive_int, default=128, help="transformer_lm: model width")
+  p.add_argument("--depth", type=_positive_int, default=2, help="transformer_lm: blocks")
+  p.add_argument("--heads", type=_positive_int, default=4, help="transformer_lm: attention heads")
   p.add_argument("--data-dir", default=None, help="directory of IDX files or of TFDS data")
   p.add_argument(
     "--optimizers",
@@ -176,13 +191,30 @@ def _apply_demo_defaults(args: argparse.Namespace) -> None:
   args.overwrite = args.overwrite or not args.resume
 
 
-def _load_model(args, ds):
-  """The model's name and module (default: an MLP for regression, the paper CNN otherwise)."""
-  from flax_models import get_model
+_DEFAULT_MODELS = {"regression": "mlp", "classification": "mnist_cnn", "language": "transformer_lm"}
 
-  model_name = args.model or ("mlp" if ds.task == "regression" else "mnist_cnn")
+
+def _load_model(args, ds):
+  """The model's name and module (default: an MLP for regression, the transformer LM
+  for text, the paper CNN otherwise), in linen or NNX as ``--api`` says."""
+  from flax_models import get_model, get_nnx_model
+
+  model_name = args.model or _DEFAULT_MODELS[ds.task]
+  is_lm = model_name == "transformer_lm"
+  if is_lm != (ds.task == "language"):
+    raise UsageError(
+      f"model {model_name!r} cannot train on {ds.name!r}: transformer_lm takes the text "
+      "data sets (text, text:PATH) and they take only transformer_lm"
+    )
+  kwargs = (
+    dict(width=args.width, depth=args.depth, heads=args.heads, context=args.context)
+    if is_lm
+    else {}
+  )
   try:
-    return model_name, get_model(model_name, ds.num_classes)
+    if args.api == "nnx":
+      return model_name, get_nnx_model(model_name, ds.num_classes, seed=args.seed, **kwargs)
+    return model_name, get_model(model_name, ds.num_classes, **kwargs)
   except ValueError as e:
     raise UsageError(str(e)) from None
 
@@ -291,7 +323,7 @@ def run(args: argparse.Namespace) -> int:
     from train import sharding
 
     mesh = sharding.make_mesh(sharding.parse_mesh(args.mesh))
-  ds = data_lib.load_dataset(args.dataset, args.data_dir, seed=args.seed)
+  ds = data_lib.load_dataset(args.dataset, args.data_dir, seed=args.seed, context=args.context)
   if args.train_size or args.test_size:
     ds = ds.subset(args.train_size, args.test_size)
   model_name, model = _load_model(args, ds)

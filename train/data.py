@@ -10,6 +10,8 @@ Sources:
   where Debian's ``dataset-fashion-mnist`` package installs it.
 - ``tfds:<name>``: any image-classification data set a user already has in
   TensorFlow Datasets, read through ``tfds.data_source`` (no TensorFlow needed).
+- ``text`` / ``text:PATH``: bytes for next-byte prediction, the Python standard
+  library's sources or any file or folder (:mod:`train.text`).
 
 Every split is deterministic given the seed; images are scaled to [0, 1] and
 standardised with the training split's per-channel mean and standard deviation;
@@ -37,7 +39,7 @@ IDX_FILES = {
   "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
   "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
-DATASET_NAMES = ("digits", "diabetes", "fashion_mnist", "mnist", "tfds:<name>")
+DATASET_NAMES = ("digits", "diabetes", "fashion_mnist", "mnist", "tfds:<name>", "text", "text:PATH")
 
 
 @dataclasses.dataclass
@@ -46,12 +48,15 @@ class Dataset:
 
   Attributes:
     name: The data set's name as given on the command line.
-    task: ``"classification"`` or ``"regression"``.
+    task: ``"classification"``, ``"regression"`` or ``"language"`` (next-token
+      prediction: inputs and targets are int32 token windows of shape (n, T)).
     x_train, y_train, x_test, y_test: Arrays; images are NHWC float32, labels
       int32, regression targets float32 of shape (n, 1) (standardised).
-    num_classes: Number of classes (1 output for regression).
+    num_classes: Number of classes (1 output for regression, the vocabulary for
+      language).
     target_scale: For regression, the training target's standard deviation,
       so errors can be reported in the original units.
+    x_val, y_val: A validation split, where the source has one (``text``).
   """
 
   name: str
@@ -62,6 +67,8 @@ class Dataset:
   y_test: np.ndarray
   num_classes: int
   target_scale: float = 1.0
+  x_val: np.ndarray | None = None
+  y_val: np.ndarray | None = None
 
   @property
   def input_shape(self) -> tuple[int, ...]:
@@ -234,8 +241,13 @@ def load_tfds(name: str, data_dir: str | None = None) -> Dataset:
   return Dataset(f"tfds:{name}", "classification", x_tr, y_tr, x_te, y_te, num_classes)
 
 
-def load_dataset(name: str, data_dir: str | None = None, seed: int = 0) -> Dataset:
-  """Loads a data set by name (see the module docstring for the names)."""
+def load_dataset(
+  name: str, data_dir: str | None = None, seed: int = 0, context: int = 128
+) -> Dataset:
+  """Loads a data set by name (see the module docstring for the names).
+
+  ``context`` is the window length of the text data sets.
+  """
   if name == "digits":
     return load_digits(seed)
   if name == "diabetes":
@@ -244,6 +256,10 @@ def load_dataset(name: str, data_dir: str | None = None, seed: int = 0) -> Datas
     return load_idx_dataset(name, data_dir)
   if name.startswith("tfds:") and len(name) > 5:
     return load_tfds(name[5:], data_dir)
+  if name == "text" or name.startswith("text:"):
+    from train.text import load_text
+
+    return load_text(name, context)
   raise UsageError(f"unknown data set {name!r}; known: {', '.join(DATASET_NAMES)}")
 
 

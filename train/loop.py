@@ -2,7 +2,8 @@
 
 One train step is one forward and one backward pass whatever the optimizer:
 INSGD's input power is captured in the same forward pass, and GAL back-
-propagates its chosen output cotangent once (see :mod:`optax_ext.gal`).
+propagates its chosen output cotangent once (see :mod:`optax_ext.gal`). What
+varies by optimizer and by model API (linen or NNX) lives in :mod:`train.steps`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import time
 from typing import Any, Callable, Optional
 
 import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,6 +21,7 @@ import optax
 
 from optax_ext import diagnostics
 from train import data as data_lib
+from train import steps
 from train.errors import NonFiniteLossError
 from train.registry import Optimizer
 
@@ -42,100 +43,48 @@ class TrainState:
 
 
 def loss_function(task: str) -> Callable[[jax.Array, jax.Array], jax.Array]:
-  """Batch-mean loss: cross-entropy on integer labels, or mean squared error."""
-  if task == "classification":
+  """Mean loss: cross-entropy on integer labels (per example, or per token for
+  language), or mean squared error."""
+  if task in ("classification", "language"):
     return lambda z, y: optax.softmax_cross_entropy_with_integer_labels(z, y).mean()
   return lambda z, y: jnp.mean(jnp.square(z - y))
 
 
-def init_state(model: nn.Module, tx: optax.GradientTransformation, x0: np.ndarray, seed: int):
-  """Initialises parameters, batch statistics and the optimizer state."""
+def init_state(model: Any, tx: optax.GradientTransformation, x0: np.ndarray, seed: int):
+  """Initialises parameters, batch statistics and the optimizer state.
+
+  ``model`` is a linen module or an NNX module (:func:`train.steps.make_api`); an
+  NNX module arrives initialised, so ``seed`` then only seeds the step randomness.
+  """
+  api = steps.make_api(model)
   key = jax.random.key(seed)
   k_params, k_drop, k_run = jax.random.split(key, 3)
-  variables = model.init({"params": k_params, "dropout": k_drop}, jnp.asarray(x0), train=False)
-  params = variables["params"]
-  batch_stats = variables.get("batch_stats", {})
+  params, model_state = api.init({"params": k_params, "dropout": k_drop}, jnp.asarray(x0))
   # Raw uint32 key data keeps checkpoints free of typed-key dtypes.
   return TrainState(
     step=jnp.zeros([], jnp.int32),
     params=params,
-    batch_stats=batch_stats,
-    opt_state=tx.init(params),
+    batch_stats=model_state,
+    opt_state=api.init_opt(tx, params),
     key=jax.random.key_data(k_run),
   )
 
 
-def _apply(model: nn.Module, params, batch_stats, x, key):
-  """A training forward pass: ``(outputs, mutated)``, BatchNorm statistics updated if any."""
-  variables = {"params": params}
-  if batch_stats:
-    variables["batch_stats"] = batch_stats
-    return model.apply(variables, x, train=True, rngs={"dropout": key}, mutable=["batch_stats"])
-  return model.apply(variables, x, train=True, rngs={"dropout": key}), {}
-
-
-def _capture_apply(model: nn.Module, params, batch_stats, x, key, norm_order):
-  """As :func:`_apply`, also recording INSGD's input power: ``((outputs, mutated), power)``."""
-  import optax_ext
-
-  variables = {"params": params}
-  kwargs = dict(train=True, rngs={"dropout": key})
-  if batch_stats:
-    variables["batch_stats"] = batch_stats
-    kwargs["mutable"] = ["batch_stats"]
-  out, power = optax_ext.capture_input_power(
-    model.apply, variables, x, norm_order=norm_order, **kwargs
-  )
-  return (out if batch_stats else (out, {})), power
-
-
-def _gal_pass(model, opt, state, x, y, key, loss_of):
-  """GAL's forward pass: ``(loss, outputs, batch_stats, None, extra)``.
-
-  The backward pass runs inside GAL's update, once, on the chosen cotangent.
-  """
-  import optax_ext
-
-  def forward(params):
-    z, mutated = _apply(model, params, state.batch_stats, x, key)
-    return z, mutated.get("batch_stats", state.batch_stats)
-
-  extra, new_bs = optax_ext.gal_extra_args(
-    forward, state.params, lambda z: loss_of(z, y), has_aux=True
-  )
-  z = extra["outputs"]
-  return loss_of(z, y), z, new_bs, None, extra
-
-
-def _gradient_pass(model, opt, state, x, y, key, loss_of):
-  """One forward and backward pass: ``(loss, outputs, batch_stats, grads, extra)``."""
-  capture = "input_power" in opt.needs
-
-  def loss_fn(params):
-    if capture:
-      (z, mutated), power = _capture_apply(model, params, state.batch_stats, x, key, opt.norm_order)
-    else:
-      (z, mutated), power = _apply(model, params, state.batch_stats, x, key), None
-    new_bs = mutated.get("batch_stats", state.batch_stats) if mutated else state.batch_stats
-    return loss_of(z, y), (z, new_bs, power)
-
-  (loss, (z, new_bs, power)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  return loss, z, new_bs, grads, ({"input_power": power} if capture else {})
-
-
-def _step_metrics(task: str, loss, z, y, opt_state) -> dict:
-  """Loss, accuracy for classification, and the methods' own signals (``diag_*``)."""
+def _step_metrics(task: str, loss, z, y, optax_state) -> dict:
+  """Loss, accuracy (and bits per byte for language), and the methods' own signals."""
   metrics = {"loss": loss}
-  if task == "classification":
+  if task in ("classification", "language"):
     metrics["accuracy"] = jnp.mean(jnp.argmax(z, -1) == y)
+  if task == "language":
+    metrics["bits_per_byte"] = loss / math.log(2)
   metrics.update(
-    {f"diag_{k}": jnp.asarray(v, jnp.float32) for k, v in diagnostics(opt_state).items()}
+    {f"diag_{k}": jnp.asarray(v, jnp.float32) for k, v in diagnostics(optax_state).items()}
   )
   return metrics
 
 
 def make_train_step(
-  model: nn.Module,
+  model: Any,
   opt: Optimizer,
   task: str,
   augment: bool = False,
@@ -148,24 +97,22 @@ def make_train_step(
   the step keeps the state's layout from one step to the next.
   """
   loss_of = loss_function(task)
-  forward_backward = _gal_pass if "gal" in opt.needs else _gradient_pass
+  api = steps.make_api(model)
+  need = steps.need_of(opt.needs, opt.norm_order)
 
   def step_fn(state: TrainState, x, y):
     key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
     k_aug, k_drop = jax.random.split(key)
     if augment:
       x = data_lib.augment_batch(k_aug, x)
-    loss, z, new_bs, grads, extra = forward_backward(model, opt, state, x, y, k_drop, loss_of)
-    if "value" in opt.needs:
-      extra["value"] = loss
-    updates, opt_state = opt.tx.update(grads, state.opt_state, state.params, **extra)
-    new_state = state.replace(
-      step=state.step + 1,
-      params=optax.apply_updates(state.params, updates),
-      batch_stats=new_bs,
-      opt_state=opt_state,
+    p = need(api, state.params, state.batch_stats, x, k_drop, lambda z: loss_of(z, y))
+    params, opt_state, optax_state = api.update(
+      opt.tx, p.grads, state.opt_state, state.params, p.extra
     )
-    return new_state, _step_metrics(task, loss, z, y, opt_state)
+    new_state = state.replace(
+      step=state.step + 1, params=params, batch_stats=p.model_state, opt_state=opt_state
+    )
+    return new_state, _step_metrics(task, p.loss, p.outputs, y, optax_state)
 
   if state_sharding is None:
     return jax.jit(step_fn, donate_argnums=0)
@@ -177,17 +124,17 @@ def make_train_step(
   )
 
 
-def make_eval_step(model: nn.Module, task: str):
-  """Builds ``eval_step(state, x, y, n_valid) -> sums`` (jitted)."""
+def make_eval_step(model: Any, task: str):
+  """Builds ``eval_step(state, x, y, n_valid) -> sums`` (jitted); rows past ``n_valid``
+  are padding."""
+  api = steps.make_api(model)
 
   @jax.jit
   def eval_step(state: TrainState, x, y, n_valid):
-    variables = {"params": state.params}
-    if state.batch_stats:
-      variables["batch_stats"] = state.batch_stats
-    z = model.apply(variables, x, train=False)
+    z = api.predict(state.params, state.batch_stats, x)
     valid = jnp.arange(x.shape[0]) < n_valid
-    if task == "classification":
+    if task in ("classification", "language"):
+      valid = valid.reshape((-1,) + (1,) * (y.ndim - 1))  # every token of a valid row
       losses = optax.softmax_cross_entropy_with_integer_labels(z, y)
       correct = (jnp.argmax(z, -1) == y) & valid
       return {"loss": jnp.sum(jnp.where(valid, losses, 0.0)), "correct": jnp.sum(correct)}
@@ -201,20 +148,32 @@ def make_eval_step(model: nn.Module, task: str):
   return eval_step
 
 
-def evaluate(eval_step, state, ds: data_lib.Dataset, batch_size: int) -> dict[str, float]:
-  """Test-set metrics: loss and accuracy, or MAE, MSE and R² in target units."""
+def evaluate(
+  eval_step, state, ds: data_lib.Dataset, batch_size: int, split: str = "test"
+) -> dict[str, float]:
+  """Metrics on the test split (or ``split="val"``): loss and accuracy (and bits per
+  byte for language, every position of every window counted), or MAE, MSE and R²
+  in target units. Keys are prefixed ``test_`` either way."""
+  x, y = (ds.x_val, ds.y_val) if split == "val" else (ds.x_test, ds.y_test)
   totals: dict[str, float] = {}
   n = 0
-  for xb, yb, nv in data_lib.eval_batches(ds.x_test, ds.y_test, batch_size):
+  for xb, yb, nv in data_lib.eval_batches(x, y, batch_size):
     out = eval_step(state, xb, yb, nv)
     for k, v in out.items():
       totals[k] = totals.get(k, 0.0) + float(v)
     n += nv
+  if ds.task == "language":
+    n *= y.shape[1]
+    return {
+      "test_loss": totals["loss"] / n,
+      "test_bits_per_byte": totals["loss"] / n / math.log(2),
+      "test_accuracy": totals["correct"] / n,
+    }
   if ds.task == "classification":
     return {"test_loss": totals["loss"] / n, "test_accuracy": totals["correct"] / n}
   scale = ds.target_scale
   mse = totals["sq"] / n
-  var = float(np.var(ds.y_test))
+  var = float(np.var(y))
   return {
     "test_loss": totals["loss"] / n,
     "test_mae": totals["abs"] / n * scale,
@@ -304,7 +263,7 @@ def _final_metrics(history: list[dict[str, float]], task: str) -> dict[str, floa
 
 
 def train_run(
-  model: nn.Module,
+  model: Any,
   opt: Optimizer,
   ds: data_lib.Dataset,
   *,

@@ -133,9 +133,7 @@ class GalOptions:
 
   alpha: float = 1e-3
   beta: float = 1e-3
-  hidden: Optional[tuple[int, ...]] = (
-    None  # None: (100, 32, 16) classification, (128, 4) regression
-  )
+  hidden: Optional[tuple[int, ...]] = None  # None: (128, 4) for regression, else (100, 32, 16)
   seed: int = 0
 
 
@@ -185,7 +183,8 @@ def make_optimizer(
     schedule: Maps the base learning rate to a float or an optax schedule.
     lr: A learning rate for every optimizer that ``spec`` does not set itself.
     output_dim: The model's output width (GAL's regressor output).
-    task: ``"classification"`` or ``"regression"`` (GAL's default widths).
+    task: ``"classification"``, ``"regression"`` or ``"language"`` (GAL's default
+      widths: (128, 4) for regression, (100, 32, 16) otherwise).
     gal: Settings of a GAL stage.
     plateau: A reduce-on-plateau transformation to chain last, if any.
 
@@ -206,7 +205,7 @@ def make_optimizer(
       raise UsageError(f"gal+{base_name}: GAL cannot be combined with an input-power optimizer")
     from optax_ext.gal import gal_chain
 
-    hidden = gal.hidden or ((100, 32, 16) if task == "classification" else (128, 4))
+    hidden = gal.hidden or ((128, 4) if task == "regression" else (100, 32, 16))
     # One learning rate (or schedule) for GAL's tentative step and the optimizer after it.
     tx = gal_chain(
       entry.build, rate, output_dim, hidden=hidden, alpha=gal.alpha, beta=gal.beta, seed=gal.seed

@@ -21,7 +21,20 @@ def _fmt(v, pct=False) -> str:
 
 def table(results: Sequence[RunResult], task: str) -> str:
   """A plain-text table, one row per optimizer."""
-  if task == "classification":
+  if task == "language":
+    head = ["optimizer", "test bits/byte", "test acc", "test loss", "final train loss", "ms/step"]
+    rows = [
+      [
+        r.name,
+        _fmt(r.final.get("test_bits_per_byte")),
+        _fmt(r.final.get("test_accuracy"), True),
+        _fmt(r.final.get("test_loss")),
+        _fmt(r.final.get("train_loss")),
+        _fmt(1e3 * r.seconds_per_step),
+      ]
+      for r in results
+    ]
+  elif task == "classification":
     head = ["optimizer", "final test acc", "best test acc", "final train loss", "ms/step"]
     rows = [
       [
@@ -91,9 +104,10 @@ def plot_curves(results: Sequence[RunResult], task: str, path: str, title: str =
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  metric, label = (
-    ("test_accuracy", "test accuracy") if task == "classification" else ("test_mae", "test MAE")
-  )
+  metric, label = {
+    "classification": ("test_accuracy", "test accuracy"),
+    "language": ("test_bits_per_byte", "test bits per byte"),
+  }.get(task, ("test_mae", "test MAE"))
   fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
   cmap = plt.get_cmap("tab20" if len(results) > 10 else "tab10")
   styles = ["-", "--", "-.", ":"]
