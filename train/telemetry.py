@@ -159,7 +159,8 @@ class StepLog:
   def _resolve(self, p: _Pending) -> dict:
     sums = np.asarray(p.sums, dtype=np.float64)
     record = {"step": p.step, "epoch": p.epoch, "time": p.time}
-    record.update({_record_key(k): float(v) / p.count for k, v in zip(self._keys, sums)})
+    means = {_record_key(k): float(v) / p.count for k, v in zip(self._keys, sums)}
+    record.update(sorted(means.items(), key=lambda kv: not kv[0].startswith("train/")))
     if self.lrs is not None and 0 < p.step <= len(self.lrs):
       record["train/lr"] = float(self.lrs[p.step - 1])
     self._epoch_sums = sums if self._epoch_sums is None else self._epoch_sums + sums
