@@ -232,7 +232,10 @@ class RunWriter:
     with open(path, "w") as f:
       f.writelines(json.dumps(r) + "\n" for r in kept)
     self._jsonl = open(path, "a", buffering=1)
-    self._events = FileWriter(self.directory, flush_secs=self.flush_secs)
+    # The file name holds the time in seconds: the step resumed from keeps a file from
+    # an earlier start in the same second from being overwritten.
+    suffix = f".from{start_step}"
+    self._events = FileWriter(self.directory, flush_secs=self.flush_secs, filename_suffix=suffix)
     if start_step:
       start = SessionLog(status=SessionLog.START)
       self._events.add_event(Event(step=start_step + 1, session_log=start, wall_time=time.time()))
