@@ -63,25 +63,12 @@ _TITLES = {
   "cosine": "cosine(adjustment, output gradient)",
   "tentative_loss": "tentative loss",
 }
-_RANK = {  # headline signals first; the rest in this order, unknown ones last
+# Headline signals first, then the rest in this order; unknown signals last.
+_RANK = {
   s: i
   for i, s in enumerate(
-    (
-      "phi_mean",
-      "diagonal_fraction",
-      "pruned_total",
-      "step_scale",
-      "used_adjusted",
-      "remainder",
-      "pruned",
-      "binv_min",
-      "threshold",
-      "log_power",
-      "phi_at_floor",
-      "cosine",
-      "tentative_loss",
-      "quantile_passes",
-    )
+    "phi_mean diagonal_fraction pruned_total step_scale used_adjusted remainder pruned binv_min "
+    "threshold log_power phi_at_floor cosine tentative_loss quantile_passes".split()
   )
 }
 
@@ -327,29 +314,44 @@ def heatmap_matrix(records: Sequence[dict], keys: Sequence[str]) -> tuple[np.nda
   return steps, m.reshape(len(keys), len(rows))
 
 
-def _draw_heatmap(fig, ax, records, panel: Panel) -> str:
-  """Draws the leaves × steps map; returns a note on the leaves left out (always 0 or NaN)."""
-  import matplotlib.colors as mcolors
+class _Map(NamedTuple):
+  """A heatmap panel's data: the leaves that are ever nonzero, × steps."""
 
+  steps: np.ndarray
+  values: np.ndarray
+  labels: list[str]
+  dropped: int
+
+
+def _map_of(records, panel: Panel) -> _Map:
   steps, m = heatmap_matrix(records, panel.keys)
   keep = np.flatnonzero(np.any(np.isfinite(m) & (m != 0), axis=1))
   keep = keep if keep.size else np.arange(len(m))
-  m, labels = m[keep], [panel.labels[i] for i in keep]
-  norm = None
+  return _Map(steps, m[keep], [panel.labels[i] for i in keep], len(m) - len(keep))
+
+
+def _map_height(rows: int) -> float:
+  return min(5.0, 1.4 + 0.11 * rows)
+
+
+def _draw_heatmap(fig, ax, data: _Map) -> None:
+  """Leaves × steps, the first leaf on top; log colours where positive values span decades."""
+  import matplotlib.colors as mcolors
+
+  m, norm = data.values, None
   if _spans_decades(np.where(m > 0, m, np.nan)):  # zeros (a leaf left alone) show grey
     positive = m[m > 0]
     norm = mcolors.LogNorm(positive.min(), positive.max())
     m = np.where(m > 0, m, np.nan)
   cmap = _pyplot().get_cmap("viridis").with_extremes(bad="0.85")
   mesh = ax.pcolormesh(
-    _edges(steps), np.arange(len(m) + 1) - 0.5, np.ma.masked_invalid(m), cmap=cmap, norm=norm
+    _edges(data.steps), np.arange(len(m) + 1) - 0.5, np.ma.masked_invalid(m), cmap=cmap, norm=norm
   )
-  ax.set_ylim(len(m) - 0.5, -0.5)  # the first leaf on top
-  ticks = np.arange(0, len(m), max(1, math.ceil(len(m) / 16)))
-  ax.set_yticks(ticks, [labels[i] for i in ticks], fontsize=6)
+  ax.set_ylim(len(m) - 0.5, -0.5)
+  fits = int((_map_height(len(m)) - 0.9) * 10)  # about ten 6-point labels per inch
+  ticks = np.arange(0, len(m), max(1, math.ceil(len(m) / fits)))
+  ax.set_yticks(ticks, [data.labels[i] for i in ticks], fontsize=6)
   fig.colorbar(mesh, ax=ax, pad=0.01, fraction=0.03)
-  dropped = len(panel.keys) - len(m)
-  return f"; {dropped} always 0 left out" if dropped else ""
 
 
 def diagnostics_figure(name: str, records: Sequence[dict]):
@@ -361,7 +363,8 @@ def diagnostics_figure(name: str, records: Sequence[dict]):
   lines = [p for p in panels if p.kind == "lines"]
   maps = [p for p in panels if p.kind == "heatmap"]
   line_rows = -(-len(lines) // 2)
-  heights = [2.4] * line_rows + [min(5.0, 1.6 + 0.05 * len(p.keys)) for p in maps]
+  data = [_map_of(records, p) for p in maps]
+  heights = [2.4] * line_rows + [_map_height(len(d.labels)) for d in data]
   fig = plt.figure(figsize=(12, sum(heights) + 0.8))
   grid = fig.add_gridspec(len(heights), 2, height_ratios=heights)
   axes = []
@@ -369,9 +372,10 @@ def diagnostics_figure(name: str, records: Sequence[dict]):
     axes.append(fig.add_subplot(grid[i // 2, i % 2]))
     _draw_lines(axes[-1], records, p)
   notes = [""] * len(lines)
-  for i, p in enumerate(maps):
+  for i, d in enumerate(data):
     axes.append(fig.add_subplot(grid[line_rows + i, :]))
-    notes.append(_draw_heatmap(fig, axes[-1], records, p))
+    _draw_heatmap(fig, axes[-1], d)
+    notes.append(f"; {d.dropped} always 0 left out" if d.dropped else "")
   steps = series(records, "train/loss")[0]
   for ax, p, note in zip(axes, lines + maps, notes):
     ax.set_title(p.title.replace(" leaves)", f" leaves{note})"), fontsize=9)
@@ -383,5 +387,5 @@ def diagnostics_figure(name: str, records: Sequence[dict]):
   axes[-1].set_xlabel("step", fontsize=8)
   more = f"; {len(left_out)} more signals in steps.jsonl and TensorBoard" if left_out else ""
   fig.suptitle(f"{name}: optimizer diagnostics, means over each logged window{more}", fontsize=11)
-  fig.tight_layout()
+  fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))
   return fig
