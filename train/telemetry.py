@@ -1,4 +1,4 @@
-"""Per-step training telemetry: window means on device, fetched one window late, written out.
+"""Per-step training telemetry: window means summed on device, read when they arrive, written out.
 
 Every ``log_every`` steps the training loop closes a *window* and logs the mean of
 each step metric over it: the loss, the accuracy, and every optimizer diagnostic
@@ -9,9 +9,10 @@ The means are kept on the device and never stall the step:
   with one jitted call that donates the sum (one dispatch per step, whatever the
   number of diagnostics);
 - closing a window starts the sum's device-to-host copy
-  (``jax.Array.copy_to_host_async``) and reads the *previous* window's sum, whose
-  copy finished while the last ``log_every`` steps ran; only a checkpoint or an
-  evaluation, which wait for the device anyway, read the newest window at once.
+  (``jax.Array.copy_to_host_async``) and reads the earlier windows whose sums have
+  arrived (``jax.Array.is_ready``), usually the previous one; it waits only when
+  :data:`MAX_IN_FLIGHT` windows are still in flight, or for a checkpoint or an
+  evaluation, which wait for the device anyway.
 
 The epoch means the history keeps are the step-weighted means of the epoch's
 windows, so no second sum runs on the device. Records go to
@@ -41,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
+  "MAX_IN_FLIGHT",
   "POINTS_PER_RUN",
   "RunWriter",
   "StepLog",
@@ -51,6 +53,7 @@ __all__ = [
 ]
 
 POINTS_PER_RUN = 300  # the default --log-every aims at about this many logged windows
+MAX_IN_FLIGHT = 4  # closed windows not yet read before the oldest is waited for
 META = ("step", "epoch", "time")
 JSONL, CSV = "steps.jsonl", "steps.csv"
 
@@ -142,9 +145,11 @@ class StepLog:
   def close_window(self, step: int, wait: bool = False) -> list[dict]:
     """Ends the window at ``step`` and writes every window whose sum has arrived.
 
-    Without ``wait`` the window just closed stays in flight until the next call;
-    with it, that window is read too (a blocking read: for checkpoints and
-    evaluations, which wait for the device anyway). Returns the records written.
+    Without ``wait``, windows still in flight stay so (``jax.Array.is_ready``),
+    unless more than :data:`MAX_IN_FLIGHT` are: then the oldest is read, which
+    bounds how far the host runs ahead. With ``wait``, every window is read,
+    the one just closed included (for checkpoints and evaluations, which wait
+    for the device anyway). Returns the records written, oldest first.
     """
     if self._window is not None:
       self._window.copy_to_host_async()
@@ -152,8 +157,12 @@ class StepLog:
       pending = _Pending(step, step / self.steps_per_epoch, now, self._count, self._window)
       self._pending.append(pending)
       self._window, self._count = None, 0
-    ready = self._pending if wait else self._pending[:-1]
-    self._pending = [] if wait else self._pending[-1:]
+    n = 0
+    while n < len(self._pending) and (
+      wait or len(self._pending) - n > MAX_IN_FLIGHT or self._pending[n].sums.is_ready()
+    ):
+      n += 1
+    ready, self._pending = self._pending[:n], self._pending[n:]
     return [self._resolve(p) for p in ready]
 
   def _resolve(self, p: _Pending) -> dict:
