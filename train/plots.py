@@ -290,12 +290,14 @@ def _draw_lines(ax, records, panel: Panel) -> None:
     else:
       ax.plot(s, v, label=label, linewidth=1.2, marker="o" if len(v) <= 30 else None, markersize=3)
     values.append(v)
-  if _spans_decades(np.concatenate(values)):
-    ax.set_yscale("log")
-  elif set(panel.labels) <= _FRACTIONS:
-    ax.set_ylim(-0.03, 1.03)
   if len(panel.keys) > 1:
     ax.legend(fontsize=7, loc="best")
+  if _spans_decades(np.concatenate(values)):
+    ax.set_yscale("log")
+    return
+  ax.ticklabel_format(axis="y", useOffset=False)  # a flat line reads as its value
+  if set(panel.labels) <= _FRACTIONS:
+    ax.set_ylim(-0.03, 1.03)
 
 
 def _edges(centres: np.ndarray) -> np.ndarray:
@@ -365,7 +367,7 @@ def diagnostics_figure(name: str, records: Sequence[dict]):
   line_rows = -(-len(lines) // 2)
   data = [_map_of(records, p) for p in maps]
   heights = [2.4] * line_rows + [_map_height(len(d.labels)) for d in data]
-  fig = plt.figure(figsize=(12, sum(heights) + 0.8))
+  fig = plt.figure(figsize=(12, sum(heights) + 0.5))
   grid = fig.add_gridspec(len(heights), 2, height_ratios=heights)
   axes = []
   for i, p in enumerate(lines):
