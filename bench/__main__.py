@@ -20,6 +20,7 @@ PARTS = {
   "update_speed": "optimizer-update speed of every method against optax baselines",
   "donation_copies": "copies XLA adds to each update when the carried state is donated",
   "train_step": "full train-step cost of every method against the SGD step",
+  "telemetry_overhead": "train step with per-step logging on against off",
   "mesh_step": "train step on 1-8 simulated devices, with the collectives it holds",
   "angulargrad_speed": "AngularGrad update speed and bandwidth against adam",
   "angulargrad_toy": "AngularGrad paper: toy functions F1-F3 and Rosenbrock",

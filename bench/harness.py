@@ -39,15 +39,10 @@ def block(tree: Any) -> Any:
   return jax.block_until_ready(tree)
 
 
-def time_calls(
+def sample_calls(
   fns: dict[str, Callable[[], Any]], reps: int = 10, warmup: int = 2
-) -> dict[str, dict[str, float]]:
-  """Times zero-argument callables, interleaved round-robin.
-
-  Each callable is called ``warmup`` times (compilation), then ``reps`` rounds
-  call each once. Returns, per name, the median, the 25th and 75th percentiles
-  and the minimum, in seconds.
-  """
+) -> dict[str, list[float]]:
+  """The seconds of every timed call, per name, in round order (see :func:`time_calls`)."""
   for fn in fns.values():
     for _ in range(warmup):
       block(fn())
@@ -57,16 +52,41 @@ def time_calls(
       t0 = time.perf_counter()
       block(fn())
       samples[name].append(time.perf_counter() - t0)
-  out = {}
-  for name, s in samples.items():
-    a = np.asarray(s)
-    out[name] = {
-      "median": float(statistics.median(s)),
-      "p25": float(np.percentile(a, 25)),
-      "p75": float(np.percentile(a, 75)),
-      "min": float(a.min()),
-    }
-  return out
+  return samples
+
+
+def summarise(samples: list[float]) -> dict[str, float]:
+  """Median, 25th and 75th percentiles and minimum of a list of samples."""
+  a = np.asarray(samples)
+  return {
+    "median": float(statistics.median(samples)),
+    "p25": float(np.percentile(a, 25)),
+    "p75": float(np.percentile(a, 75)),
+    "min": float(a.min()),
+  }
+
+
+def time_calls(
+  fns: dict[str, Callable[[], Any]], reps: int = 10, warmup: int = 2
+) -> dict[str, dict[str, float]]:
+  """Times zero-argument callables, interleaved round-robin.
+
+  Each callable is called ``warmup`` times (compilation), then ``reps`` rounds
+  call each once. Returns, per name, the median, the 25th and 75th percentiles
+  and the minimum, in seconds.
+  """
+  return {k: summarise(s) for k, s in sample_calls(fns, reps, warmup).items()}
+
+
+def paired_ratios(samples: dict[str, list[float]], baseline: str) -> dict[str, dict[str, float]]:
+  """Per name, the summary of its time ÷ the baseline's time *in the same round*.
+
+  The calls of one round run back to back, so a drift in machine load that
+  spans rounds cancels out of each round's ratio; the median of those ratios
+  resolves smaller differences than the ratio of the two medians.
+  """
+  base = np.asarray(samples[baseline])
+  return {k: summarise(list(np.asarray(s) / base)) for k, s in samples.items()}
 
 
 def ratios(results: dict[str, dict[str, float]], baseline: str) -> dict[str, float]:

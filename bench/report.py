@@ -28,6 +28,11 @@ SECTIONS = [
   ),
   ("Copies added by donating the carried state", "donation_copies", ["donation_copies"]),
   ("Train-step cost, seam on and off", "train_step", ["train_step_full", "train_step_quick"]),
+  (
+    "Training telemetry: logging overhead",
+    "telemetry_overhead",
+    ["telemetry_overhead_full", "telemetry_overhead_quick"],
+  ),
   ("Device mesh", "mesh_step", ["mesh_step_full", "mesh_step_quick"]),
   ("AngularGrad: paper checks", "angulargrad_toy", ["angulargrad_toy"]),
   ("AngularGrad: update speed", "angulargrad_speed", ["angulargrad_speed"]),

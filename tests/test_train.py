@@ -258,6 +258,8 @@ def test_cli_help_documents_every_option(capsys):
     "--out",
     "--resume",
     "--checkpoint-every",
+    "--log-every",
+    "--eval-every",
     "--demo",
   ):
     assert opt in out
@@ -287,6 +289,11 @@ def test_cli_end_to_end_and_refuses_to_overwrite(tmp_path, capsys):
   assert [r["optimizer"] for r in summary["results"]] == ["sgd@0.01", "adam"]
   assert os.path.exists(tmp_path / "curves.png")
   assert os.path.exists(tmp_path / "adam" / "metrics.csv")
+  steps = [json.loads(line) for line in open(tmp_path / "adam" / "steps.jsonl")]
+  assert [r["step"] for r in steps if "test/mae" in r] == [11, 22]  # 354 // 32 steps per epoch
+  assert len([r for r in steps if "train/loss" in r]) == 22  # a short run logs every step
+  assert len(list((tmp_path / "adam").glob("events.out.tfevents.*"))) == 1
+  assert f"tensorboard --logdir {tmp_path}" in out.out
   rc, out = _cli(argv, capsys)
   assert rc == 2 and "--resume" in out.err
   rc, out = _cli(argv + ["--resume"], capsys)

@@ -152,6 +152,20 @@ def build_parser() -> argparse.ArgumentParser:
     action="store_true",
     help="discard earlier checkpoints in --out instead of refusing to start",
   )
+  p.add_argument(
+    "--log-every",
+    type=_positive_int,
+    default=None,
+    help="log the mean of the step metrics, diagnostics and learning rate over every N steps "
+    "to <out>/<optimizer>/steps.jsonl, steps.csv and TensorBoard event files "
+    "(default: about 300 points per run)",
+  )
+  p.add_argument(
+    "--eval-every",
+    type=_positive_int,
+    default=None,
+    help="also evaluate every N steps (default: at the end of each epoch only)",
+  )
   p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
   p.add_argument(
     "--mesh",
@@ -264,12 +278,15 @@ def _claim_checkpoints(args, out: str, opts) -> None:
 
 def _train_one(args, model, o, ds, out: str, mesh):
   """Trains one optimizer with checkpoints and writes its run files and diagnostics plot."""
-  from train import report
+  import jax
+
+  from train import report, telemetry
   from train.checkpoint import Checkpointer
   from train.loop import train_run
 
   run_dir = _run_dir(out, o.name)
   ckpt = Checkpointer(os.path.join(run_dir, "checkpoints"), every=args.checkpoint_every)
+  writer = telemetry.RunWriter(run_dir) if jax.process_index() == 0 else None
   try:
     res = train_run(
       model,
@@ -280,10 +297,16 @@ def _train_one(args, model, o, ds, out: str, mesh):
       seed=args.seed,
       checkpointer=ckpt,
       progress=not args.no_progress,
+      log_every=args.log_every,
+      eval_every=args.eval_every or 0,
+      writer=writer,
       mesh=mesh,
     )
   finally:
     ckpt.close()
+    if writer is not None:
+      writer.close()
+  res.log = telemetry.read_records(run_dir) or res.log  # the whole run, also when resumed
   report.write_run(res, run_dir)
   diag_png = report.plot_diagnostics(res, os.path.join(run_dir, "diagnostics.png"))
   if diag_png:
@@ -307,6 +330,7 @@ def _report(args, results, ds, model_name: str, out: str) -> None:
   print(report.table(results, ds.task))
   print(f"\nmetrics: {os.path.join(out, 'results.json')} (and .csv); per-run files under {out}/")
   print(f"plot: {png}")
+  print(f"TensorBoard: tensorboard --logdir {out}")
 
 
 def run(args: argparse.Namespace) -> int:

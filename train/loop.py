@@ -21,7 +21,7 @@ import optax
 
 from optax_ext import diagnostics
 from train import data as data_lib
-from train import steps
+from train import steps, telemetry
 from train.errors import NonFiniteLossError
 from train.registry import Optimizer
 
@@ -192,6 +192,7 @@ class RunResult:
   seconds_per_step: float
   steps: int
   state: Optional[TrainState] = None
+  log: list[dict[str, float]] = dataclasses.field(default_factory=list)  # telemetry records
 
 
 class _StepClock:
@@ -212,24 +213,6 @@ class _StepClock:
 
   def per_step(self) -> float:
     return self.seconds / self.steps if self.steps else float("nan")
-
-
-class _EpochMeans:
-  """Sums the step metrics on device; ``pop`` returns their means and starts again."""
-
-  def __init__(self):
-    self.sums: dict[str, Any] = {}
-    self.count = 0
-
-  def add(self, metrics: dict) -> None:
-    for k, v in metrics.items():
-      self.sums[k] = self.sums.get(k, 0.0) + v  # stays on device until popped
-    self.count += 1
-
-  def pop(self) -> dict[str, float]:
-    means = {f"train_{k}": float(v) / self.count for k, v in self.sums.items()}
-    self.sums, self.count = {}, 0
-    return means
 
 
 def _start(model, opt, ds, seed: int, checkpointer, mesh, batch_size: int):
@@ -262,6 +245,16 @@ def _final_metrics(history: list[dict[str, float]], task: str) -> dict[str, floa
   return final
 
 
+def _show(records: list[dict], bar, name: str, checkpointer) -> None:
+  """Shows the newest window's loss; raises on a window whose mean loss is not finite."""
+  for r in records:
+    if not math.isfinite(r["train/loss"]):
+      bar.close()
+      raise _non_finite(name, r["train/loss"], r["step"], checkpointer)
+  if records:
+    bar.set_postfix(loss=f"{records[-1]['train/loss']:.4f}")
+
+
 def train_run(
   model: Any,
   opt: Optimizer,
@@ -272,7 +265,9 @@ def train_run(
   seed: int,
   checkpointer=None,
   progress: bool = True,
-  log_every: int = 10,
+  log_every: Optional[int] = None,
+  eval_every: int = 0,
+  writer: Optional[telemetry.RunWriter] = None,
   on_epoch: Optional[Callable[[dict], None]] = None,
   mesh: Any = None,
 ) -> RunResult:
@@ -281,6 +276,10 @@ def train_run(
   Args:
     checkpointer: A :class:`train.checkpoint.Checkpointer`, or None. When it
       holds a checkpoint of this run, training resumes from it.
+    log_every: Steps per logged window (:mod:`train.telemetry`); None for
+      :func:`train.telemetry.default_log_every`.
+    eval_every: Also evaluate every this many steps (0: at the end of each epoch only).
+    writer: A :class:`train.telemetry.RunWriter` for the records, or None.
     mesh: A ``jax.sharding.Mesh`` with axes ``data`` and ``fsdp``, or None for
       one device (see :mod:`train.sharding`).
 
@@ -292,6 +291,7 @@ def train_run(
 
   spe = data_lib.steps_per_epoch(len(ds.x_train), batch_size)
   total = epochs * spe
+  log_every = log_every or telemetry.default_log_every(total)
   state, history, state_sh, batch_sh = _start(model, opt, ds, seed, checkpointer, mesh, batch_size)
   start = int(state.step)
   train_step = make_train_step(
@@ -299,36 +299,45 @@ def train_run(
   )
   eval_step = make_eval_step(model, ds.task)
   bar = tqdm(total=total, initial=start, desc=opt.name, disable=not progress, leave=True)
-  clock, means = _StepClock(), _EpochMeans()
+  clock = _StepClock()
+  lrs = telemetry.learning_rates(opt.learning_rate, total)
+  log = telemetry.StepLog(spe, lrs, writer.begin(start) if writer is not None else None)
   for step, xb, yb in data_lib.batches(ds.x_train, ds.y_train, batch_size, seed, start):
     if step >= total:
       break
     if batch_sh is not None:
       xb, yb = jax.device_put(xb, batch_sh), jax.device_put(yb, batch_sh)
     state, metrics = train_step(state, xb, yb)
-    means.add(metrics)
+    log.add(metrics)
     done = step + 1
     end_of_epoch = done % spe == 0 or done == total
-    if done % log_every == 0 or end_of_epoch:
-      loss_now = float(metrics["loss"])
+    saving = checkpointer is not None and checkpointer.should_save(done, total)
+    evaluating = end_of_epoch or (eval_every > 0 and done % eval_every == 0)
+    if done % log_every == 0 or end_of_epoch or saving:
+      records = log.close_window(done, wait=saving or evaluating)
       clock.tick(done)
-      if not math.isfinite(loss_now):
-        bar.close()
-        raise _non_finite(opt.name, loss_now, done, checkpointer)
-      bar.set_postfix(loss=f"{loss_now:.4f}")
+      _show(records, bar, opt.name, checkpointer)
     bar.update(1)
-    if end_of_epoch:
-      record = {"epoch": done / spe, "step": done, **means.pop()}
-      record.update(evaluate(eval_step, state, ds, batch_size))
-      history.append(record)
-      if on_epoch is not None:
-        on_epoch(record)
+    if evaluating:
+      scores = evaluate(eval_step, state, ds, batch_size)
+      log.log_eval(done, scores)
+      if end_of_epoch:
+        record = {"epoch": done / spe, "step": done, **log.epoch_means(), **scores}
+        history.append(record)
+        if on_epoch is not None:
+          on_epoch(record)
       clock.pause()  # evaluation time is not step time
-    if checkpointer is not None and checkpointer.should_save(done, total):
+    if saving:
       checkpointer.save(done, state, history)
   bar.close()
   if checkpointer is not None:
     checkpointer.wait()
   return RunResult(
-    opt.name, history, _final_metrics(history, ds.task), clock.per_step(), total, state
+    opt.name,
+    history,
+    _final_metrics(history, ds.task),
+    clock.per_step(),
+    total,
+    state,
+    log.records,
   )

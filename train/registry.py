@@ -146,6 +146,7 @@ class Optimizer:
   lr: float
   needs: frozenset
   norm_order: Optional[int]
+  learning_rate: Optional[optax.ScalarOrSchedule] = None  # the rate or schedule, for logging
 
 
 def parse_name(spec: str) -> tuple[str, Optional[float]]:
@@ -216,7 +217,7 @@ def make_optimizer(
   if plateau is not None:
     tx = optax.chain(tx, plateau)
     needs.add("value")
-  return Optimizer(spec, tx, base_lr, frozenset(needs), entry.norm_order)
+  return Optimizer(spec, tx, base_lr, frozenset(needs), entry.norm_order, rate)
 
 
 SCHEDULES = ("constant", "exp", "multistep", "cosine", "plateau")

@@ -8,9 +8,9 @@ import math
 import os
 from typing import Sequence
 
-import numpy as np
-
 from train.loop import RunResult
+
+__all__ = ["plot_curves", "plot_diagnostics", "table", "write_run", "write_summary"]
 
 
 def _fmt(v, pct=False) -> str:
@@ -98,75 +98,15 @@ def write_summary(results: Sequence[RunResult], directory: str, config: dict) ->
 
 
 def plot_curves(results: Sequence[RunResult], task: str, path: str, title: str = "") -> str:
-  """One PNG: training loss and the test metric per epoch, one line per optimizer."""
-  import matplotlib
+  """``curves.png``: loss, test metric and learning rate against steps (:mod:`train.plots`)."""
+  from train import plots
 
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  metric, label = {
-    "classification": ("test_accuracy", "test accuracy"),
-    "language": ("test_bits_per_byte", "test bits per byte"),
-  }.get(task, ("test_mae", "test MAE"))
-  fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-  cmap = plt.get_cmap("tab20" if len(results) > 10 else "tab10")
-  styles = ["-", "--", "-.", ":"]
-  for i, r in enumerate(results):
-    if not r.history:
-      continue
-    ep = [h["epoch"] for h in r.history]
-    kw = dict(color=cmap(i % cmap.N), linestyle=styles[(i // 10) % 4], marker="o", markersize=3)
-    axes[0].plot(ep, [h["train_loss"] for h in r.history], label=r.name, **kw)
-    axes[1].plot(ep, [h[metric] for h in r.history], label=r.name, **kw)
-  axes[0].set_yscale("log")
-  axes[0].set_title("training loss (epoch mean)")
-  axes[1].set_title(label)
-  for ax in axes:
-    ax.set_xlabel("epoch")
-    ax.grid(alpha=0.3)
-  axes[1].legend(fontsize=8, loc="best", ncol=2 if len(results) > 6 else 1)
-  if title:
-    fig.suptitle(title)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
-
-
-def diagnostic_keys(result: RunResult) -> list[str]:
-  """The optimizer-diagnostic columns recorded in a run's history."""
-  return sorted({k for h in result.history for k in h if k.startswith("train_diag_")})
+  return plots.save(plots.curves_figure(results, task, title), path, dpi=110)
 
 
 def plot_diagnostics(result: RunResult, path: str) -> str | None:
-  """One PNG of the optimizer's own signals per epoch (epoch means); None if none."""
+  """``diagnostics.png``: at most eight panels of the optimizer's signals; None if it logs none."""
+  from train import plots
 
-  def informative(key):  # drop leaves a method leaves alone (all 0, or all NaN)
-    vals = np.array([h.get(key, np.nan) for h in result.history], dtype=float)
-    return not (np.all(np.isnan(vals)) or np.all(vals == 0))
-
-  keys = [k for k in diagnostic_keys(result) if informative(k)]
-  if not keys:
-    return None
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  cols = min(4, len(keys))
-  rows = -(-len(keys) // cols)
-  fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.8 * rows), squeeze=False)
-  ep = [h["epoch"] for h in result.history]
-  for ax, key in zip(axes.flat, keys):
-    ax.plot(ep, [h.get(key, float("nan")) for h in result.history], marker="o", markersize=3)
-    ax.set_title(key[len("train_diag_") :], fontsize=9)
-    ax.set_xlabel("epoch", fontsize=8)
-    ax.tick_params(labelsize=7)
-    ax.grid(alpha=0.3)
-  for ax in list(axes.flat)[len(keys) :]:
-    ax.axis("off")
-  fig.suptitle(f"{result.name}: optimizer diagnostics (epoch means)")
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return path
+  fig = plots.diagnostics_figure(result.name, plots.records_of(result))
+  return None if fig is None else plots.save(fig, path, dpi=100)
