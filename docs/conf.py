@@ -8,10 +8,16 @@ and ``bench/RESULTS.md`` are sources. MathJax is copied from the
 maths without a network and opens from the file system.
 """
 
+import importlib
 import importlib.util
+import inspect
 import pathlib
+import pkgutil
 import shutil
 import sys
+
+from sphinx.pycode import ModuleAnalyzer
+from sphinx.util.nodes import make_refnode
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -54,10 +60,10 @@ nitpick_ignore_regex = [
 ]
 autodoc_typehints = "none"
 autodoc_member_order = "bysource"
-autodoc_default_options = {"members": True, "show-inheritance": False}
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 napoleon_use_rtype = False
+napoleon_use_ivar = True  # Attributes sections as fields: dataclass members stay single
 autosummary_generate = False
 
 html_theme = "furo"
@@ -101,7 +107,113 @@ def _write_entry_page(app, exc):
   (pathlib.Path(app.outdir) / "index.html").write_text(page)
 
 
+PACKAGES = ("optax_ext", "flax_models", "train")
+API_PLACEHOLDER = "<!-- the reference is generated here by docs/conf.py -->"
+
+
+def public_modules():
+  """The importable modules of PACKAGES with no ``_``-prefixed part, packages first."""
+  names = []
+  for package in PACKAGES:
+    names.append(package)
+    for info in pkgutil.walk_packages([str(ROOT / package)], prefix=package + "."):
+      if not any(part.startswith("_") for part in info.name.split(".")):
+        names.append(info.name)
+  return names
+
+
+def _reexported(package, module):
+  """Names of ``module.__all__`` that its package re-exports: documented at the package."""
+  top = importlib.import_module(package)
+  return {
+    name
+    for name in getattr(module, "__all__", ())
+    if name in getattr(top, "__all__", ()) and getattr(top, name) is getattr(module, name)
+  }
+
+
+def _attribute_doc(package, name):
+  """The ``#:`` comment or docstring of a module-level ``name`` in any module of ``package``.
+
+  Constants and ``functools.partial`` models are documented where a package
+  re-exports them, while their comment sits in the module that defines them.
+  """
+  modules = [package] + [
+    info.name for info in pkgutil.walk_packages([str(ROOT / package)], prefix=package + ".")
+  ]
+  for module in modules:
+    docs = ModuleAnalyzer.for_module(module).find_attr_docs()
+    if ("", name) in docs:
+      return [line for line in docs["", name] if line is not None]
+  raise ValueError(f"{package}: {name} has no docstring (tests/test_docs.py says where)")
+
+
+def _directive(qualified, obj):
+  """The directive for one public object: autodoc's, or ``py:data`` with its source comment."""
+  if inspect.isclass(obj):
+    linen = any(base.__module__ == "flax.linen.module" for base in obj.__mro__)
+    plain = issubclass(obj, tuple) or linen  # fields: in the docstring's Attributes
+    return f".. autoclass:: {qualified}" + ("" if plain else "\n   :members:\n   :undoc-members:")
+  if inspect.isroutine(obj):
+    return f".. autofunction:: {qualified}"
+  doc = _attribute_doc(qualified.split(".")[0], qualified.rpartition(".")[2])
+  module, _, name = qualified.rpartition(".")
+  return "\n".join(
+    [f".. py:data:: {name}", f"   :module: {module}", "", *("   " + line for line in doc)]
+  )
+
+
+def api_reference():
+  """MyST for every public module: its docstring and each name of its ``__all__``.
+
+  A name that the package re-exports is documented once, under the package
+  (``optax_ext.sp``, as users write it). Modules without ``__all__`` (the
+  command line's internals) show their docstring only. A module that shares
+  its name with a function of the package (``optax_ext.sp``) is not indexed,
+  so that ``optax_ext.sp`` names the function.
+  """
+  out = []
+  for name in public_modules():
+    module = importlib.import_module(name)
+    package, (parent, _, last) = name.split(".")[0], name.rpartition(".")
+    again = _reexported(package, module) if name != package else set()
+    public = [n for n in getattr(module, "__all__", ()) if n not in again]
+    public = [n for n in public if not inspect.ismodule(getattr(module, n))]
+    shadowed = bool(parent) and not inspect.ismodule(getattr(importlib.import_module(parent), last))
+    lines = [f".. automodule:: {name}\n   :no-members:" + ("\n   :no-index:" if shadowed else "")]
+    lines += [_directive(f"{name}.{n}", getattr(module, n)) for n in public]
+    out += [f"## `{name}`", "", "```{eval-rst}", "\n\n".join(lines), "```", ""]
+    if again:
+      names = ", ".join(f"{{obj}}`{package}.{n}`" for n in sorted(again))
+      out += [f"Documented under `{package}`: {names}.", ""]
+  return "\n".join(out)
+
+
+def _package_level(app, env, node, contnode):
+  """Resolves a name that a module's docstring cites as its own but its package documents.
+
+  ``:func:`sp``` in ``optax_ext.spectral_proximal`` means ``optax_ext.sp``: the
+  reference is tried as ``<package>.<name>`` for each package.
+  """
+  if node.get("refdomain") != "py":
+    return None
+  target = node["reftarget"].rpartition(".")[2]
+  objects = env.get_domain("py").objects
+  for package in PACKAGES:
+    entry = objects.get(f"{package}.{target}")
+    if entry is not None:
+      return make_refnode(app.builder, node["refdoc"], entry.docname, entry.node_id, contnode)
+  return None
+
+
+def _fill_api(app, docname, source):
+  if docname == "docs/api":
+    source[0] = source[0].replace(API_PLACEHOLDER, api_reference())
+
+
 def setup(app):
   _mathjax_source()  # fail at the start, not after the build
   app.connect("build-finished", _copy_mathjax)
   app.connect("build-finished", _write_entry_page)
+  app.connect("source-read", _fill_api)
+  app.connect("missing-reference", _package_level)
