@@ -11,6 +11,7 @@ maths without a network and opens from the file system.
 import importlib
 import importlib.util
 import inspect
+import os
 import pathlib
 import pkgutil
 import shutil
@@ -206,14 +207,34 @@ def _package_level(app, env, node, contnode):
   return None
 
 
-def _fill_api(app, docname, source):
+HELP_PLACEHOLDER = "<!-- python -m train --help is written here by docs/conf.py -->"
+
+
+def cli_help():
+  """``python -m train --help``, as the parser prints it, in a code block."""
+  from train.cli import build_parser
+
+  os.environ["COLUMNS"] = "100"  # argparse wraps to the terminal's width
+  return "```text\n" + build_parser().format_help().rstrip() + "\n```"
+
+
+def _fill_generated(app, docname, source):
+  """Writes the generated parts into the pages that hold their placeholders."""
   if docname == "docs/api":
     source[0] = source[0].replace(API_PLACEHOLDER, api_reference())
+  if docname == "docs/training":
+    source[0] = source[0].replace(HELP_PLACEHOLDER, cli_help())
+
+
+def _always_regenerate(app, env, added, changed, removed):
+  """The generated pages are read again on every build: their source is the code."""
+  return ["docs/api", "docs/training"]
 
 
 def setup(app):
   _mathjax_source()  # fail at the start, not after the build
   app.connect("build-finished", _copy_mathjax)
   app.connect("build-finished", _write_entry_page)
-  app.connect("source-read", _fill_api)
+  app.connect("source-read", _fill_generated)
+  app.connect("env-get-outdated", _always_regenerate)
   app.connect("missing-reference", _package_level)
