@@ -29,7 +29,6 @@ copyright = "the optax_ext authors, Apache-2.0"  # noqa: A001 (Sphinx's name)
 
 extensions = [
   "sphinx.ext.autodoc",
-  "sphinx.ext.autosummary",
   "sphinx.ext.napoleon",
   "sphinx.ext.mathjax",
   "myst_parser",
@@ -65,7 +64,6 @@ napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 napoleon_use_rtype = False
 napoleon_use_ivar = True  # Attributes sections as fields: dataclass members stay single
-autosummary_generate = False
 
 html_theme = "furo"
 html_title = "optax_ext"
