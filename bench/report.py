@@ -48,8 +48,20 @@ SECTIONS = [
 
 
 def _demote(text: str) -> str:
-  """Shifts every markdown heading one level down so parts nest under ours."""
-  return "\n".join("#" + line if line.startswith("#") else line for line in text.splitlines())
+  """Nests a part's markdown headings under our ``##`` section heading.
+
+  Every heading moves one level down, and none lies more than one level below
+  the heading before it (a part may start at ``###``): the documentation site
+  renders RESULTS.md and refuses headings that skip a level.
+  """
+  lines, above = [], 2
+  for line in text.splitlines():
+    match = re.match(r"(#+) ", line)
+    if match:
+      level = min(len(match.group(1)) + 1, above + 1)
+      line, above = "#" * level + line[len(match.group(1)) :], level
+    lines.append(line)
+  return "\n".join(lines)
 
 
 def _relink(text: str) -> str:
