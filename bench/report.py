@@ -104,6 +104,11 @@ def fuzz() -> list[str]:
     return ["No fuzz result yet: `make fuzz` writes `bench/results/fuzz.json`."]
   seconds = r.get("seconds")
   lines = [
+    f"Command: `{r.get('command', 'make fuzz')}`"
+    + (f". Machine: {r['machine']}" if r.get("machine") else "")
+    + ". Random (pytree × transform × valid hyperparameters × dtype) cases from "
+    "tests/_strategies.py, shrinking on, three jitted steps each.",
+    "",
     f"Cases: {r.get('cases', '?')}, failures: {r.get('failures', '?')}"
     + (f", {seconds:.0f} s" if isinstance(seconds, (int, float)) and math.isfinite(seconds) else "")
     + ".",
