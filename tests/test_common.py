@@ -24,6 +24,10 @@ from jax.flatten_util import ravel_pytree
 from jax.sharding import NamedSharding, PartitionSpec
 
 import optax_ext
+
+# Properties of values and structures, not of speed: unoptimised XLA compiles the many
+# small programs here several times faster and computes the same values.
+pytestmark = pytest.mark.usefixtures("fast_compile")
 from optax_ext.insgd import InputPower
 
 # ---------------------------------------------------------------------------
