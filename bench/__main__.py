@@ -21,6 +21,7 @@ PARTS = {
   "donation_copies": "copies XLA adds to each update when the carried state is donated",
   "train_step": "full train-step cost of every method against the SGD step",
   "mesh_step": "train step on 1-8 simulated devices, with the collectives it holds",
+  "multihost_step": "train step as 1 process x 8 devices and 2 processes x 4, cross-process collectives",
   "angulargrad_speed": "AngularGrad update speed and bandwidth against adam",
   "angulargrad_toy": "AngularGrad paper: toy functions F1-F3 and Rosenbrock",
   "sp_speed": "SP quantile modes and scaling against adam",

@@ -117,6 +117,8 @@ def _worker(args) -> None:
       hlo = step.lower(state, xs, ys).compile().as_text()
       collectives[f"{name} | {spec}"] = cross_process(hlo, process_of)
       calls[f"{name} | {spec}"] = harness.carried(step, state, xs, ys)
+      if jax.process_index() == 0:
+        print(f"{args.processes} x {args.devices}: {name} | {spec} compiled", flush=True)
   times = harness.time_calls(calls, reps=args.reps, warmup=2)
   feed_times = harness.time_calls(feeds, reps=20, warmup=2)
   if jax.process_index() == 0:
@@ -162,12 +164,13 @@ def _table(result: dict) -> list[str]:
   one, two = result["layouts"]["1x8"], result["layouts"]["2x4"]
   lines = [
     "| optimizer | mesh | 1 × 8 step ms | 2 × 4 step ms | 2 × 4 / 1 × 8 | cross-process "
-    "collectives (2 × 4) | their elements | added over SGD |",
-    "|---|---|---|---|---|---|---|---|",
+    "collectives (2 × 4) | their elements | added over SGD: collectives | elements |",
+    "|---|---|---|---|---|---|---|---|---|",
   ]
   for spec in result["meshes"]:
     base = two["collectives"][f"sgd | {spec}"]
     base_n = sum(len(v) for v in base.values())
+    base_e = sum(sum(v) for v in base.values())
     for name in result["methods"]:
       key = f"{name} | {spec}"
       t1, t2 = one["times"][key]["median"], two["times"][key]["median"]
@@ -177,7 +180,7 @@ def _table(result: dict) -> list[str]:
       elems = sum(sum(v) for v in c.values())
       lines.append(
         f"| {name} | {spec} | {1e3 * t1:.1f} | {1e3 * t2:.1f} | {t2 / t1:.2f}× | {kinds} | "
-        f"{elems:,} | {n - base_n:+d} |"
+        f"{elems:,} | {n - base_n:+d} | {elems - base_e:+,} |"
       )
   return lines
 
@@ -200,8 +203,10 @@ def render(result: dict) -> str:
       "in-process collectives, not a network. Medians over interleaved rounds within each "
       "layout. Cross-process collectives are read from the compiled 2 × 4 program: every "
       "collective whose device group holds devices of both processes, with the total "
-      "element count of their results; 'added over SGD' counts those beyond SGD's own "
-      "(the gradient reduction) on the same mesh.",
+      "element count of their results; 'added over SGD' is what the method holds beyond "
+      "SGD's own (the gradient reduction) on the same mesh. XLA combines reductions into "
+      "one tuple all-reduce where it can, so a method's scalars may travel inside SGD's "
+      "collective: then only the element count grows.",
       "",
       *_table(result),
       "",

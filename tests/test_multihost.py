@@ -224,8 +224,23 @@ def test_checkpoint_restores_onto_other_meshes(fast_pair, tmp_path):
   _launch(tmp_path, "a", _args(name, epochs=1) + ["--out", out], 2, 4)
   _launch(tmp_path, "b", _args(name, epochs=2) + ["--out", out, "--resume"], 1, 8)
   _launch(tmp_path, "c", _args(name, epochs=3, mesh="data=2") + ["--out", out, "--resume"], 1, 2)
+  _assert_continued(ref, out, name, same_order=2)
+
+
+@pytest.mark.slow
+def test_two_processes_resume_a_one_process_checkpoint(fast_pair, tmp_path):
+  """The other way: 1 x 2 devices, then every process of a 2 x 4 run reads its part."""
+  ref, out, name = fast_pair[0], str(tmp_path / "resumed"), "insgd_l2"
+  _launch(tmp_path, "a", _args(name, epochs=1, mesh="data=2") + ["--out", out], 1, 2)
+  _launch(tmp_path, "b", _args(name, epochs=3) + ["--out", out, "--resume"], 2, 4)
+  _assert_continued(ref, out, name, same_order=0)
+
+
+def _assert_continued(ref: str, out: str, name: str, same_order: int) -> None:
+  """``out``, resumed across layouts, ends where ``ref`` ends; its first ``same_order``
+  steps ran on layouts that reduce as ``ref``'s does."""
   la, lb = _losses(ref, name), _losses(out, name)
-  np.testing.assert_allclose(la[:2], lb[:2], rtol=0, atol=1e-6)
+  np.testing.assert_allclose(la[:same_order], lb[:same_order], rtol=0, atol=1e-6)
   np.testing.assert_allclose(la, lb, rtol=0, atol=1e-5)
   sa, sb = _final_state(ref, name), _final_state(out, name)
   assert int(sb["step"]) == STEPS
@@ -233,6 +248,22 @@ def test_checkpoint_restores_onto_other_meshes(fast_pair, tmp_path):
     np.testing.assert_allclose(x, y, rtol=0, atol=1e-5)
   for x, y in zip(jax.tree.leaves(sa), jax.tree.leaves(sb)):
     np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+  "extra, message",
+  [
+    (["--coordinator", "127.0.0.1:1", "--num-processes", "2"], "go together"),
+    (["--coordinator", "nohost", "--num-processes", "2", "--process-id", "0"], "HOST:PORT"),
+    (["--coordinator", "127.0.0.1:1", "--num-processes", "2", "--process-id", "2"], "0..1"),
+    (["--distributed", "--heartbeat-timeout", "0"], "at least 1 s"),
+  ],
+)
+def test_bad_launch_options_fail_before_joining(capsys, extra, message):
+  from train.cli import main
+
+  assert main(_args("sgd") + extra) == 2
+  assert message in capsys.readouterr().err
 
 
 def _kill_mid_run(tmp_path, victim: int) -> tuple[str, float]:
