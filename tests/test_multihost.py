@@ -158,7 +158,8 @@ def _assert_same_run(a, b, optimizer: str, tol: float) -> None:
   # The optimizer state's real values too, relative to their size: Gloo's sum across
   # the two processes and XLA's within one may round the last bit apart (INSGD's input
   # power, of order 100, by one ulp). Integer leaves are left out: SP's threshold search
-  # keeps its step in float32 ulps, which moves by ulps when the threshold does.
+  # keeps its step as an int32 key distance, which moves by some units when the
+  # threshold moves by an ulp.
   for x, y in zip(jax.tree.leaves(sa), jax.tree.leaves(sb)):
     if np.issubdtype(x.dtype, np.floating):
       np.testing.assert_allclose(x, y, rtol=tol, atol=tol)
