@@ -22,6 +22,7 @@ PARTS = {
   "train_step": "full train-step cost of every method against the SGD step",
   "telemetry_overhead": "train step with per-step logging on against off",
   "mesh_step": "train step on 1-8 simulated devices, with the collectives it holds",
+  "multihost_step": "train step as 1 process x 8 devices and 2 processes x 4, cross-process collectives",
   "angulargrad_speed": "AngularGrad update speed and bandwidth against adam",
   "angulargrad_toy": "AngularGrad paper: toy functions F1-F3 and Rosenbrock",
   "sp_speed": "SP quantile modes and scaling against adam",

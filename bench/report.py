@@ -34,6 +34,7 @@ SECTIONS = [
     ["telemetry_overhead_full", "telemetry_overhead_quick"],
   ),
   ("Device mesh", "mesh_step", ["mesh_step_full", "mesh_step_quick"]),
+  ("Several processes", "multihost_step", ["multihost_step_full", "multihost_step_quick"]),
   ("AngularGrad: paper checks", "angulargrad_toy", ["angulargrad_toy"]),
   ("AngularGrad: update speed", "angulargrad_speed", ["angulargrad_speed"]),
   ("SP: Fashion-MNIST check, tie rules", "sp_train", ["sp_train_full", "sp_train_quick"]),

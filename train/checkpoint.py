@@ -8,6 +8,15 @@ namespace first (``.removing-<step>``, atomic), then deleted, so a process
 killed while deleting never leaves a half-deleted step that looks like a
 checkpoint; leftovers are cleared when the next ``Checkpointer`` opens the
 directory.
+
+On several processes every process calls :meth:`Checkpointer.save` and
+:meth:`Checkpointer.restore_latest`: each writes and reads the shards its
+devices hold, Orbax's primary (process 0) writes the metadata and the history,
+and the directory must be one that every process sees (a shared file system or
+a bucket). The files record the global arrays, not the mesh, so a checkpoint
+restores onto any mesh and process count: the restore reads into the layout of
+the ``like`` state it is given. Removing old steps is process 0's, between
+barriers.
 """
 
 from __future__ import annotations
@@ -18,6 +27,8 @@ from typing import Any, Optional
 
 import jax
 import orbax.checkpoint as ocp
+
+from train import distributed
 
 __all__ = ["Checkpointer"]
 
@@ -40,9 +51,11 @@ class Checkpointer:
     self.every = every
     self.keep = keep
     os.makedirs(self.directory, exist_ok=True)
-    for name in os.listdir(self.directory):
-      if name.startswith(_REMOVING):
-        shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+    if distributed.is_primary():
+      for name in os.listdir(self.directory):
+        if name.startswith(_REMOVING):
+          shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+    distributed.barrier("checkpointer-open")
     # Retention is ours (see _prune), so orbax keeps every step it writes.
     options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False)
     self._manager = ocp.CheckpointManager(self.directory, options=options)
@@ -66,7 +79,7 @@ class Checkpointer:
   def _prune(self) -> None:
     """Removes all but the newest ``keep`` steps: rename out of sight, then delete."""
     old = sorted(self._manager.all_steps())[: -self.keep]
-    for step in old:
+    for step in old if distributed.is_primary() else ():
       path = os.path.join(self.directory, str(step))
       if not os.path.isdir(path):
         continue
@@ -75,6 +88,7 @@ class Checkpointer:
       os.replace(path, hidden)
       shutil.rmtree(hidden, ignore_errors=True)
     if old:
+      distributed.barrier("checkpointer-prune")
       self._manager.reload()
 
   def restore_latest(self, like: Any) -> Optional[tuple[Any, list[dict]]]:

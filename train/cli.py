@@ -62,6 +62,7 @@ def _positive_float(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
+  from train import distributed
   from train.data import DATASET_NAMES
   from train.registry import SCHEDULES, known_names
 
@@ -174,11 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     help="shard over a device mesh: the batch over all devices, parameters and "
     "optimizer state FSDP-style over the fsdp axis (see train/sharding.py)",
   )
-  p.add_argument(
-    "--distributed",
-    action="store_true",
-    help="call jax.distributed.initialize() first (multi-host runs)",
-  )
+  distributed.add_options(p)
   p.add_argument("--gal-alpha", type=_positive_float, default=1e-3, help="GAL's alpha")
   p.add_argument("--gal-beta", type=_positive_float, default=1e-3, help="GAL's beta")
   p.add_argument(
@@ -266,6 +263,8 @@ def _build_optimizers(args, ds, spe: int) -> list:
 
 def _claim_checkpoints(args, out: str, opts) -> None:
   """Refuses to mix a new run with old checkpoints unless --resume or --overwrite says how."""
+  from train import distributed
+
   for o in opts:
     ckpt_dir = os.path.join(_run_dir(out, o.name), "checkpoints")
     if os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir) and not args.resume:
@@ -273,20 +272,20 @@ def _claim_checkpoints(args, out: str, opts) -> None:
         raise UsageError(
           f"{ckpt_dir} already holds checkpoints: pass --resume to continue or --overwrite to discard"
         )
-      shutil.rmtree(ckpt_dir)
+      if distributed.is_primary():
+        shutil.rmtree(ckpt_dir)
+  distributed.barrier("claim-checkpoints")
 
 
 def _train_one(args, model, o, ds, out: str, mesh):
   """Trains one optimizer with checkpoints and writes its run files and diagnostics plot."""
-  import jax
-
-  from train import report, telemetry
+  from train import distributed, report, telemetry
   from train.checkpoint import Checkpointer
   from train.loop import train_run
 
   run_dir = _run_dir(out, o.name)
   ckpt = Checkpointer(os.path.join(run_dir, "checkpoints"), every=args.checkpoint_every)
-  writer = telemetry.RunWriter(run_dir) if jax.process_index() == 0 else None
+  writer = telemetry.RunWriter(run_dir) if distributed.is_primary() else None
   try:
     res = train_run(
       model,
@@ -296,7 +295,7 @@ def _train_one(args, model, o, ds, out: str, mesh):
       batch_size=args.batch_size,
       seed=args.seed,
       checkpointer=ckpt,
-      progress=not args.no_progress,
+      progress=not args.no_progress and distributed.is_primary(),
       log_every=args.log_every,
       eval_every=args.eval_every or 0,
       writer=writer,
@@ -306,6 +305,8 @@ def _train_one(args, model, o, ds, out: str, mesh):
     ckpt.close()
     if writer is not None:
       writer.close()
+  if not distributed.is_primary():  # process 0 writes the run's files
+    return res
   res.log = telemetry.read_records(run_dir) or res.log  # the whole run, also when resumed
   report.write_run(res, run_dir)
   diag_png = report.plot_diagnostics(res, os.path.join(run_dir, "diagnostics.png"))
@@ -333,6 +334,16 @@ def _report(args, results, ds, model_name: str, out: str) -> None:
   print(f"TensorBoard: tensorboard --logdir {out}")
 
 
+def _devices_note(mesh) -> str:
+  import jax
+
+  if mesh is None:
+    return ""
+  per = f" on {jax.process_count()} processes" if jax.process_count() > 1 else ""
+  sizes = ",".join(f"{k}={v}" for k, v in mesh.shape.items())
+  return f", mesh {sizes} ({mesh.devices.size} devices{per})"
+
+
 def run(args: argparse.Namespace) -> int:
   import jax
 
@@ -340,13 +351,10 @@ def run(args: argparse.Namespace) -> int:
 
   if args.demo:
     _apply_demo_defaults(args)
-  if args.distributed:
-    jax.distributed.initialize()
-  mesh = None
-  if args.mesh:
-    from train import sharding
+  from train import distributed
 
-    mesh = sharding.make_mesh(sharding.parse_mesh(args.mesh))
+  distributed.join(args)
+  mesh = distributed.mesh_of(args.mesh)
   ds = data_lib.load_dataset(args.dataset, args.data_dir, seed=args.seed, context=args.context)
   if args.train_size or args.test_size:
     ds = ds.subset(args.train_size, args.test_size)
@@ -359,13 +367,17 @@ def run(args: argparse.Namespace) -> int:
   spe = data_lib.steps_per_epoch(len(ds.x_train), args.batch_size)
   opts = _build_optimizers(args, ds, spe)
   _claim_checkpoints(args, out, opts)
-  print(
-    f"{model_name} on {ds.name}: {len(ds.x_train)} train / {len(ds.x_test)} test, "
-    f"{args.epochs} epochs x {spe} steps, batch {args.batch_size}, {jax.devices()[0].platform}",
-    flush=True,
-  )
+  primary = jax.process_index() == 0
+  if primary:
+    print(
+      f"{model_name} on {ds.name}: {len(ds.x_train)} train / {len(ds.x_test)} test, "
+      f"{args.epochs} epochs x {spe} steps, batch {args.batch_size}, "
+      f"{jax.devices()[0].platform}{_devices_note(mesh)}",
+      flush=True,
+    )
   results = [_train_one(args, model, o, ds, out, mesh) for o in opts]
-  _report(args, results, ds, model_name, out)
+  if primary:
+    _report(args, results, ds, model_name, out)
   return 0
 
 
@@ -379,3 +391,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   except KeyboardInterrupt:
     sys.stderr.write("interrupted: completed checkpoints are kept; rerun with --resume\n")
     return 130
+  except Exception as e:  # on several processes, a peer's death surfaces here
+    from train.distributed import lost_peer
+
+    message = lost_peer(e)
+    if message is None:
+      raise
+    sys.stderr.write(f"error: {message}\n")
+    return 1

@@ -299,12 +299,19 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
 
 
 def batches(
-  x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, start_step: int = 0
+  x: np.ndarray,
+  y: np.ndarray,
+  batch_size: int,
+  seed: int,
+  start_step: int = 0,
+  rows: slice = slice(None),
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
   """Yields ``(step, x_batch, y_batch)`` forever, starting at ``start_step``.
 
   Batches depend only on (seed, step), so a resumed run sees exactly the data
-  an uninterrupted run would.
+  an uninterrupted run would. ``rows`` picks a part of every batch, and only that
+  part is gathered: one process's share on several hosts
+  (:func:`train.distributed.process_rows`).
   """
   if len(x) < batch_size:
     raise UsageError(f"batch size {batch_size} exceeds the {len(x)} training examples")
@@ -313,7 +320,7 @@ def batches(
   while True:
     epoch, pos = divmod(step, spe)
     perm = epoch_permutation(len(x), seed, epoch)
-    idx = perm[pos * batch_size : (pos + 1) * batch_size]
+    idx = perm[pos * batch_size : (pos + 1) * batch_size][rows]
     yield step, x[idx], y[idx]
     step += 1
 

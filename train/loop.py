@@ -21,7 +21,7 @@ import optax
 
 from optax_ext import diagnostics
 from train import data as data_lib
-from train import steps, telemetry
+from train import distributed, steps, telemetry
 from train.errors import NonFiniteLossError
 from train.registry import Optimizer
 
@@ -135,9 +135,10 @@ def make_train_step(
   )
 
 
-def make_eval_step(model: Any, task: str):
+def make_eval_step(model: Any, task: str, batch_sharding: Any = None):
   """Builds ``eval_step(state, x, y, n_valid) -> sums`` (jitted); rows past ``n_valid``
-  are padding."""
+  are padding. With ``batch_sharding`` each process puts only its rows of ``x`` and
+  ``y`` on the mesh (:func:`train.distributed.feed_eval`) and the sums are global."""
   api = steps.make_api(model)
 
   @jax.jit
@@ -156,7 +157,9 @@ def make_eval_step(model: Any, task: str):
       "sq": jnp.sum(jnp.where(valid, err**2, 0.0)),
     }
 
-  return eval_step
+  if batch_sharding is None:
+    return eval_step
+  return distributed.feed_eval(eval_step, batch_sharding)
 
 
 def evaluate(
@@ -227,20 +230,24 @@ class _StepClock:
 
 
 def _start(model, opt, ds, seed: int, checkpointer, mesh, batch_size: int):
-  """The state to train from (restored if a checkpoint exists), its history and shardings."""
+  """The state to train from (restored if a checkpoint exists), its history and shardings.
+
+  On a mesh the state is laid out first, so a checkpoint is read straight into
+  this run's layout, whatever mesh or process count wrote it."""
   state = init_state(model, opt.tx, ds.x_train[:1], seed)
+  state_sh = batch_sh = None
+  if mesh is not None:
+    from train import sharding
+
+    sharding.check_batch(batch_size, mesh)
+    state_sh, batch_sh = sharding.state_shardings(mesh, state), sharding.batch_sharding(mesh)
+    state = distributed.put_replicas(state, state_sh)
   history: list[dict[str, float]] = []
   if checkpointer is not None:
     restored = checkpointer.restore_latest(state)
     if restored is not None:
       state, history = restored
-  if mesh is None:
-    return state, history, None, None
-  from train import sharding
-
-  sharding.check_batch(batch_size, mesh)
-  state_sh = sharding.state_shardings(mesh, state)
-  return jax.device_put(state, state_sh), history, state_sh, sharding.batch_sharding(mesh)
+  return state, history, state_sh, batch_sh
 
 
 def _non_finite(name: str, loss: float, done: int, checkpointer) -> NonFiniteLossError:
@@ -308,16 +315,17 @@ def train_run(
   train_step = make_train_step(
     model, opt, ds.task, augment=ds.augment, state_sharding=state_sh, batch_sharding=batch_sh
   )
-  eval_step = make_eval_step(model, ds.task)
+  eval_step = make_eval_step(model, ds.task, batch_sh)
   bar = tqdm(total=total, initial=start, desc=opt.name, disable=not progress, leave=True)
   clock = _StepClock()
   lrs = telemetry.learning_rates(opt.learning_rate, total)
   log = telemetry.StepLog(spe, lrs, writer.begin(start) if writer is not None else None)
-  for step, xb, yb in data_lib.batches(ds.x_train, ds.y_train, batch_size, seed, start):
+  rows = slice(None) if batch_sh is None else distributed.process_rows(batch_sh, batch_size)
+  for step, xb, yb in data_lib.batches(ds.x_train, ds.y_train, batch_size, seed, start, rows):
     if step >= total:
       break
-    if batch_sh is not None:
-      xb, yb = jax.device_put(xb, batch_sh), jax.device_put(yb, batch_sh)
+    if batch_sh is not None:  # this process's rows of the global batch
+      xb, yb = (distributed.put_rows(batch_sh, a, batch_size) for a in (xb, yb))
     state, metrics = train_step(state, xb, yb)
     log.add(metrics)
     done = step + 1
