@@ -200,27 +200,33 @@ def _json_default(x):
   return float(x)
 
 
-def write(stem: str, result: dict, render: Callable[[dict], str] | None = None) -> str:
+def write(
+  stem: str,
+  result: dict,
+  render: Callable[[dict], str] | None = None,
+  directory: str = RESULTS,
+) -> str:
   """Writes ``results/<stem>.json`` and, with ``render``, ``results/<stem>.md``.
 
   The markdown is ``render`` applied to the JSON as read back, the same function
   ``bench/report.py`` applies, so the two never disagree. Returns the markdown.
+  ``directory`` replaces ``results/`` (tests write elsewhere).
   """
-  os.makedirs(RESULTS, exist_ok=True)
-  path = os.path.join(RESULTS, f"{stem}.json")
+  os.makedirs(directory, exist_ok=True)
+  path = os.path.join(directory, f"{stem}.json")
   with open(path, "w") as f:
     json.dump(result, f, indent=1, default=_json_default)
   if render is None:
     return ""
-  text = render(load(stem)).strip() + "\n"
-  with open(os.path.join(RESULTS, f"{stem}.md"), "w") as f:
+  text = render(load(stem, directory)).strip() + "\n"
+  with open(os.path.join(directory, f"{stem}.md"), "w") as f:
     f.write(text)
   return text
 
 
-def load(stem: str) -> dict | None:
+def load(stem: str, directory: str = RESULTS) -> dict | None:
   """``results/<stem>.json`` as written, or None when absent."""
-  path = os.path.join(RESULTS, f"{stem}.json")
+  path = os.path.join(directory, f"{stem}.json")
   if not os.path.exists(path):
     return None
   with open(path) as f:
@@ -237,11 +243,11 @@ def pyplot():
   return plt
 
 
-def savefig(fig, name: str, dpi: int = 110) -> str:
+def savefig(fig, name: str, dpi: int = 110, directory: str = RESULTS) -> str:
   """Saves ``fig`` as ``results/<name>`` and closes it; returns the name for a link."""
-  os.makedirs(RESULTS, exist_ok=True)
+  os.makedirs(directory, exist_ok=True)
   fig.tight_layout()
-  fig.savefig(os.path.join(RESULTS, name), dpi=dpi)
+  fig.savefig(os.path.join(directory, name), dpi=dpi)
   pyplot().close(fig)
   return name
 

@@ -1,0 +1,238 @@
+"""The "Which optimizer, when" report of :mod:`bench.compare`, from its JSON alone.
+
+One table per workload (baselines first), performance profiles over workloads (Dolan &
+Moré 2002: for each optimizer the share of workloads on which its cost is within a factor
+τ of the best optimizer's; a miss costs infinity), and a summary generated from the
+numbers: where a method beat the best baseline, where it lost, where the seeds cannot
+tell, and what its paper claimed on the same kind of task.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+
+from bench import harness
+
+__all__ = ["ALPHA", "profile_plot", "render", "verdict"]
+
+ALPHA = 0.05  # significance level of the summary's verdicts
+METRIC = {"accuracy": "test accuracy (%)", "mse": "test MSE", "bits_per_byte": "test bits/byte"}
+
+
+def _scale(metric: str) -> float:
+  return 100.0 if metric == "accuracy" else 1.0
+
+
+def _num(v, metric: str, digits: int | None = None) -> str:
+  if v is None or not math.isfinite(v):
+    return "–"
+  d = digits if digits is not None else (2 if metric != "mse" else 0)
+  return f"{_scale(metric) * v:.{d}f}"
+
+
+def _cfg(cfg: dict | None) -> str:
+  if not cfg:
+    return "–"
+  short = {"learning_rate": "lr", "weight_decay": "wd", "sparsity": "σ", "lambda1": "λ1"}
+  short.update({"lambda2": "λ2", "alpha": "α", "beta": "β"})
+  return ", ".join(f"{short.get(k, k)} {v:.3g}" for k, v in cfg.items())
+
+
+def _reach(values: list, budget_steps: int | None = None) -> str:
+  hit = [v for v in values if v is not None]
+  if not values:
+    return "–"
+  if not hit:
+    return f"miss {len(values)}/{len(values)}"
+  cell = f"{np.median(hit):.0f}" if len(hit) == len(values) else f"{np.median(hit):.0f}"
+  miss = len(values) - len(hit)
+  return cell + (f" (miss {miss}/{len(values)})" if miss else "")
+
+
+def _seconds(values: list) -> str:
+  hit = [v for v in values if v is not None]
+  if not hit:
+    return "–"
+  return f"{np.median(hit):.2f}"
+
+
+def verdict(row: dict, higher: bool) -> str:
+  """``helped``, ``hurt``, ``no clear difference`` (or ``–``) against the best baseline."""
+  d, p = row.get("delta"), row.get("p_value")
+  if d is None:
+    return "–"
+  better = d > 0 if higher else d < 0
+  if p is not None and p < ALPHA:
+    return "helped" if better else "hurt"
+  return "no clear difference"
+
+
+def _order(table: dict) -> list[str]:
+  rows = table["optimizers"]
+  return [n for n in rows if rows[n]["baseline"]] + [n for n in rows if not rows[n]["baseline"]]
+
+
+def _table(name: str, t: dict) -> list[str]:
+  m = t["metric"]
+  rows = t["optimizers"]
+  arrow = "≥" if t["higher_is_better"] else "≤"
+  b = t["budget"]
+  lines = [
+    f"### {name}: {t['title']}",
+    "",
+    f"Target: {METRIC[m]} {arrow} {_num(t['target'], m)}; budget {b['epochs']} epochs of batch "
+    f"{b['batch_size']}" + (f" on {b['train_size']:,} training rows" if b["train_size"] else "")
+    + f"; learning rates from each optimizer's {t['lr_band']} band. Best baseline (chosen on "
+    f"validation): **{t['best_baseline'] or 'none'}**.",
+    "",
+    f"| optimizer | selected config | val | {METRIC[m]}, mean ± std | steps to target "
+    "| s to target | p (Welch) vs best baseline | verdict |",
+    "|---|---|---|---|---|---|---|---|",
+  ]
+  for n in _order(t):
+    r = rows[n]
+    div = f" ({r['trials_diverged']}/{r['trials']} trials diverged)" if r["trials_diverged"] else ""
+    test = f"{_num(r['mean'], m)} ± {_num(r['std'], m)}" if r["mean"] is not None else "diverged"
+    p = "–" if r.get("p_value") is None else f"{r['p_value']:.2g}"
+    name_cell = f"**{n}**" if r["baseline"] else n
+    lines.append(
+      f"| {name_cell} | {_cfg(r['best_config'])}{div} | {_num(r['val'], m)} | {test} "
+      f"| {_reach(r['steps_to_target'])} | {_seconds(r['seconds_to_target'])} | {p} "
+      f"| {verdict(r, t['higher_is_better']) if not r['baseline'] else 'baseline'} |"
+    )
+  return lines + [""]
+
+
+def _summary(result: dict) -> list[str]:
+  """Generated sentences: per workload what helped, hurt, or could not be told apart."""
+  lines = []
+  for name, t in result["workloads"].items():
+    rows, m, base = t["optimizers"], t["metric"], t["best_baseline"]
+    if base is None:
+      lines.append(f"- **{name}**: every baseline diverged in tuning; no comparison.")
+      continue
+    groups: dict[str, list[str]] = {"helped": [], "hurt": [], "no clear difference": []}
+    for n in _order(t):
+      v = verdict(rows[n], t["higher_is_better"])
+      if v in groups:
+        d = rows[n]["delta"] * _scale(m)
+        groups[v].append(f"{n} ({d:+.{0 if m == 'mse' else 2}f})")
+    b = rows[base]
+    fastest = _fastest(rows)
+    parts = [f"best baseline {base} at {_num(b['mean'], m)}"]
+    for v in ("helped", "hurt", "no clear difference"):
+      if groups[v]:
+        parts.append(f"{v}: " + ", ".join(groups[v]))
+    if fastest:
+      parts.append(f"fastest to target: {fastest}")
+    else:
+      parts.append("no optimizer reached the target on every seed")
+    lines.append(f"- **{name}** ({METRIC[m]}): " + "; ".join(parts) + ".")
+    lines.append(f"  Paper claim on this kind of task: {t['paper']}")
+  return lines
+
+
+def _fastest(rows: dict) -> str:
+  costs = {n: r["median_seconds"] for n, r in rows.items() if r["median_seconds"] is not None}
+  if not costs:
+    return ""
+  n = min(costs, key=costs.get)
+  return f"{n} ({costs[n]:.2f} s, {rows[n]['median_steps']:.0f} steps)"
+
+
+def _profile(result: dict, key: str) -> tuple[list[str], dict[str, np.ndarray]]:
+  """Per optimizer, its cost ratios to the best on each workload (inf for a miss)."""
+  tables = result["workloads"]
+  names: list[str] = []
+  for t in tables.values():
+    names += [n for n in _order(t) if n not in names]
+  ratios = {n: [] for n in names}
+  for t in tables.values():
+    rows = t["optimizers"]
+    costs = {n: rows[n][key] if n in rows and rows[n][key] is not None else math.inf for n in names}
+    best = min(costs.values())
+    for n in names:
+      ratios[n].append(costs[n] / best if math.isfinite(best) and best > 0 else math.inf)
+  return names, {n: np.asarray(v, float) for n, v in ratios.items()}
+
+
+def profile_plot(result: dict, path: str) -> str:
+  """Performance profiles of the seconds and the steps to target; saved at ``path``."""
+  plt = harness.pyplot()
+  fig, axes = plt.subplots(1, 2, figsize=(13, 4.6), sharey=True)
+  for ax, (key, label) in zip(
+    axes, (("median_seconds", "time to target"), ("median_steps", "steps to target"))
+  ):
+    names, ratios = _profile(result, key)
+    finite = np.concatenate([r[np.isfinite(r)] for r in ratios.values()] + [np.ones(1)])
+    tau = np.logspace(0, math.log10(max(2.0, finite.max() * 1.2)), 200)
+    for i, n in enumerate(names):
+      rho = [(ratios[n] <= t).mean() for t in tau]
+      style = "-" if i < 10 else "--"
+      ax.step(tau, rho, where="post", ls=style, label=n, lw=1.6 if i < 3 else 1.1)
+    ax.set_xscale("log")
+    ax.set_xlabel(f"τ: {label} within τ × the best optimizer's")
+    ax.set_title(f"Performance profile, {label} ({len(result['workloads'])} workloads)")
+    ax.grid(alpha=0.3)
+  axes[0].set_ylabel("share of workloads")
+  axes[1].legend(fontsize=7, loc="lower right", ncol=2)
+  return harness.savefig(fig, os.path.basename(path), dpi=100, directory=os.path.dirname(path))
+
+
+def _planning(result: dict) -> list[str]:
+  full = result["settings"]["full"]
+  lines = [
+    f"Planning the full setting ({full['trials']} trials × {full['seeds']} seeds per optimizer, "
+    "the workloads' full budgets): measured here, per run, and the full budget's steps.",
+    "",
+    "| workload | s per run here (with compilation) | ms per step here | steps per full run "
+    "| full study at this speed (h) |",
+    "|---|---|---|---|---|",
+  ]
+  for name, p in result["planning"].items():
+    n_opt = len(result["workloads"][name]["optimizers"])
+    runs = n_opt * (full["trials"] + full["seeds"])
+    sps = p["sec_per_step"]
+    est = runs * p["full_steps"] * sps / 3600 if sps else None
+    lines.append(
+      f"| {name} | {p['sec_per_run']:.1f} | {1e3 * sps:.1f} | {p['full_steps']:,} "
+      f"| {'–' if est is None else f'{est:.1f}'} |"
+      if p["sec_per_run"] and sps
+      else f"| {name} | – | – | {p['full_steps']:,} | – |"
+    )
+  return lines
+
+
+def render(result: dict) -> str:
+  cmd = result["command"]
+  lines = [
+    "## Which optimizer, when",
+    "",
+    f"Command: `{cmd}` ({result['minutes']:.0f} min). Machine: {result['machine']}.",
+    "",
+    f"Protocol: per workload, every optimizer gets {result['trials']} configurations from a "
+    "scrambled Sobol sequence over its search space (`bench/spaces.py`: the learning rate "
+    "log-uniform over a stated range, the method's own hyperparameters over its paper's "
+    "ranges), trained with one seed on the training split less a validation split and "
+    "scored on that validation split; the best is re-run on "
+    f"{result['seeds']} fresh seeds ({', '.join(map(str, result['seed_list']))}) on the whole "
+    "training split and scored on the test split. Steps to target are read at the run's "
+    "evaluations (median over seeds that reached it; misses counted); seconds to target are "
+    "those steps times the run's seconds per step (compilation and evaluation excluded). "
+    f"Verdicts: Welch's t-test of the seeds' test metric against the best baseline, at "
+    f"p < {ALPHA}; with {result['seeds']} seeds only large differences can show.",
+    "",
+    "### Summary",
+    "",
+    *_summary(result),
+    "",
+    f"![performance profiles]({result['profile']})",
+    "",
+  ]
+  for name, t in result["workloads"].items():
+    lines += _table(name, t)
+  lines += _planning(result)
+  return "\n".join(lines)
