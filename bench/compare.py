@@ -142,13 +142,18 @@ def _cached_runs(plan, store_of, trials: int, seeds: int) -> int:
         best = study.best_trial(found, w)
         for j in range(seeds):
           cfg = best["config"] if best else {}
-          n += best is None or store.get(study.run_key(w.name, name, "seed", j, cfg, size)) is not None
+          n += (
+            best is None or store.get(study.run_key(w.name, name, "seed", j, cfg, size)) is not None
+          )
   return n
 
 
 def run(plan, out_dir: str, tag: str, trials: int, seeds: int, progress: bool = True) -> dict:
   """Runs (or resumes) the study; ``{workload: {optimizer: {"trials", "seeds"}}}``."""
-  store_of = {w.name: study.Store(os.path.join(out_dir, f"{STEM}_{tag}", f"{w.name}.jsonl")) for w, _, _ in plan}
+  store_of = {
+    w.name: study.Store(os.path.join(out_dir, f"{STEM}_{tag}", f"{w.name}.jsonl"))
+    for w, _, _ in plan
+  }
   total = sum(len(names) * (trials + seeds) for _, _, names in plan)
   bar = _bar(total, _cached_runs(plan, store_of, trials, seeds)) if progress else None
   out: dict = {}
@@ -194,18 +199,35 @@ def _full_steps(w: workloads.Workload) -> int:
 
 
 def _planning(tables: dict) -> dict:
-  """Per workload: the measured seconds per run and step here, and the full size's steps."""
+  """Per workload: the measured seconds per run and step here, and the full size's steps
+  and batch (the seconds per step of a full run scale with its batch)."""
   out = {}
   for name, t in tables.items():
     rows = t["optimizers"].values()
     sps = _finite(r["sec_per_step"] for r in rows)
     wall = _finite(r["wall_per_run"] for r in rows)
+    w = workloads.get(name)
     out[name] = {
       "sec_per_run": float(np.mean(wall)) if wall else None,
       "sec_per_step": float(np.mean(sps)) if sps else None,
-      "full_steps": _full_steps(workloads.get(name)),
+      "batch": t["budget"]["batch_size"],
+      "full_batch": w.sizes["full"].batch_size,
+      "full_steps": _full_steps(w),
     }
   return out
+
+
+def _run_minutes(runs: dict) -> float:
+  """The minutes the study's runs took, summed from their records (resumes included)."""
+  return (
+    sum(
+      r.get("wall_seconds") or 0.0
+      for pairs in runs.values()
+      for pair in pairs.values()
+      for r in pair["trials"] + pair["seeds"]
+    )
+    / 60
+  )
 
 
 def parse(argv=None):
@@ -235,10 +257,6 @@ def _enable_cache(path: str) -> None:
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
-def _extra(args, argv_flags) -> str:
-  return " ".join(argv_flags)
-
-
 def main(argv=None) -> dict:
   args = parse(argv)
   _enable_cache(args.cache_dir)
@@ -260,7 +278,9 @@ def main(argv=None) -> dict:
     "trials": trials,
     "seeds": seeds,
     "seed_list": study.seed_list(seeds),
-    "minutes": (time.perf_counter() - t0) / 60,
+    "minutes": _run_minutes(runs),
+    "session_minutes": (time.perf_counter() - t0) / 60,
+    "claims": {p: c for p, c in spaces.CLAIMS.items()},
     "settings": SETTINGS,
     "planning": _planning(tables),
     "workloads": tables,

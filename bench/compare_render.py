@@ -84,7 +84,8 @@ def _table(name: str, t: dict) -> list[str]:
     f"### {name}: {t['title']}",
     "",
     f"Target: {METRIC[m]} {arrow} {_num(t['target'], m)}; budget {b['epochs']} epochs of batch "
-    f"{b['batch_size']}" + (f" on {b['train_size']:,} training rows" if b["train_size"] else "")
+    f"{b['batch_size']}"
+    + (f" on {b['train_size']:,} training rows" if b["train_size"] else "")
     + f"; learning rates from each optimizer's {t['lr_band']} band. Best baseline (chosen on "
     f"validation): **{t['best_baseline'] or 'none'}**.",
     "",
@@ -135,6 +136,25 @@ def _summary(result: dict) -> list[str]:
   return lines
 
 
+def _by_paper(result: dict) -> list[str]:
+  """Per paper: on which workloads its methods helped, hurt or could not be told apart."""
+  lines = []
+  for paper, claim in result.get("claims", {}).items():
+    found: dict[str, list[str]] = {"helped": [], "hurt": [], "no clear difference": []}
+    for wname, t in result["workloads"].items():
+      for n, r in t["optimizers"].items():
+        v = verdict(r, t["higher_is_better"])
+        if r.get("paper") == paper and v in found:
+          found[v].append(f"{n} on {wname}")
+    if not any(found.values()):
+      continue
+    said = "; ".join(f"{v}: {', '.join(x)}" for v, x in found.items() if x)
+    lines.append(
+      f"- **{paper}** — here, against the best baseline: {said}. The paper claimed {claim}."
+    )
+  return lines
+
+
 def _fastest(rows: dict) -> str:
   costs = {n: r["median_seconds"] for n, r in rows.items() if r["median_seconds"] is not None}
   if not costs:
@@ -162,6 +182,10 @@ def _profile(result: dict, key: str) -> tuple[list[str], dict[str, np.ndarray]]:
 def profile_plot(result: dict, path: str) -> str:
   """Performance profiles of the seconds and the steps to target; saved at ``path``."""
   plt = harness.pyplot()
+  from matplotlib import ticker
+
+  first = next(iter(result["workloads"].values()))
+  n_base = sum(r["baseline"] for r in first["optimizers"].values())
   fig, axes = plt.subplots(1, 2, figsize=(13, 4.6), sharey=True)
   for ax, (key, label) in zip(
     axes, (("median_seconds", "time to target"), ("median_steps", "steps to target"))
@@ -169,41 +193,57 @@ def profile_plot(result: dict, path: str) -> str:
     names, ratios = _profile(result, key)
     finite = np.concatenate([r[np.isfinite(r)] for r in ratios.values()] + [np.ones(1)])
     tau = np.logspace(0, math.log10(max(2.0, finite.max() * 1.2)), 200)
+    colors = plt.get_cmap("tab20").colors
     for i, n in enumerate(names):
       rho = [(ratios[n] <= t).mean() for t in tau]
-      style = "-" if i < 10 else "--"
-      ax.step(tau, rho, where="post", ls=style, label=n, lw=1.6 if i < 3 else 1.1)
+      base = i < n_base
+      style = "-" if base else ("--", ":", "-.")[i % 3]
+      ax.step(
+        tau, rho, where="post", ls=style, color=colors[2 * i % 20], label=n, lw=2.4 if base else 1.3
+      )
     ax.set_xscale("log")
+    ax.set_xticks([t for t in (1, 1.25, 1.5, 2, 3, 5, 10, 20, 50, 100) if t <= tau[-1]])
+    ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
     ax.set_xlabel(f"τ: {label} within τ × the best optimizer's")
     ax.set_title(f"Performance profile, {label} ({len(result['workloads'])} workloads)")
     ax.grid(alpha=0.3)
   axes[0].set_ylabel("share of workloads")
-  axes[1].legend(fontsize=7, loc="lower right", ncol=2)
+  axes[1].legend(fontsize=7, loc="lower right", ncol=2, title="baselines: thick")
   return harness.savefig(fig, os.path.basename(path), dpi=100, directory=os.path.dirname(path))
 
 
 def _planning(result: dict) -> list[str]:
   full = result["settings"]["full"]
   lines = [
-    f"Planning the full setting ({full['trials']} trials × {full['seeds']} seeds per optimizer, "
-    "the workloads' full budgets): measured here, per run, and the full budget's steps.",
+    f"Planning the full setting (`python -m bench.compare`: {full['trials']} trials × "
+    f"{full['seeds']} seeds per optimizer, the workloads' full budgets): the seconds per run "
+    "and per step measured in this study, and the full study's time at that speed per "
+    "example (seconds per step × the full batch ÷ this batch; the full LM is also twice as "
+    "deep). Runs at the full size compile once per optimizer, as here.",
     "",
-    "| workload | s per run here (with compilation) | ms per step here | steps per full run "
-    "| full study at this speed (h) |",
-    "|---|---|---|---|---|",
+    "| workload | s per run here (with compilation) | ms per step here | batch here / full "
+    "| steps per full run | full study at this speed |",
+    "|---|---|---|---|---|---|",
   ]
   for name, p in result["planning"].items():
     n_opt = len(result["workloads"][name]["optimizers"])
     runs = n_opt * (full["trials"] + full["seeds"])
-    sps = p["sec_per_step"]
-    est = runs * p["full_steps"] * sps / 3600 if sps else None
+    sps, spr = p["sec_per_step"], p["sec_per_run"]
+    batches = f"{p['batch']} / {p['full_batch']}"
+    if not (sps and spr):
+      lines.append(f"| {name} | – | – | {batches} | {p['full_steps']:,} | – |")
+      continue
+    est = runs * p["full_steps"] * sps * p["full_batch"] / p["batch"]
     lines.append(
-      f"| {name} | {p['sec_per_run']:.1f} | {1e3 * sps:.1f} | {p['full_steps']:,} "
-      f"| {'–' if est is None else f'{est:.1f}'} |"
-      if p["sec_per_run"] and sps
-      else f"| {name} | – | – | {p['full_steps']:,} | – |"
+      f"| {name} | {spr:.1f} | {1e3 * sps:.1f} | {batches} | {p['full_steps']:,} "
+      f"| {_duration(est)} |"
     )
   return lines
+
+
+def _duration(seconds: float) -> str:
+  return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
 
 
 def render(result: dict) -> str:
@@ -211,7 +251,7 @@ def render(result: dict) -> str:
   lines = [
     "## Which optimizer, when",
     "",
-    f"Command: `{cmd}` ({result['minutes']:.0f} min). Machine: {result['machine']}.",
+    f"Command: `{cmd}` ({result['minutes']:.0f} min of runs). Machine: {result['machine']}.",
     "",
     f"Protocol: per workload, every optimizer gets {result['trials']} configurations from a "
     "scrambled Sobol sequence over its search space (`bench/spaces.py`: the learning rate "
@@ -227,7 +267,13 @@ def render(result: dict) -> str:
     "",
     "### Summary",
     "",
+    "Per workload:",
+    "",
     *_summary(result),
+    "",
+    "Per paper:",
+    "",
+    *_by_paper(result),
     "",
     f"![performance profiles]({result['profile']})",
     "",

@@ -10,8 +10,8 @@
   JSON (:func:`write`); ``bench/report.py`` renders ``bench/RESULTS.md`` from the JSON alone.
 - Command lines: one parser with ``--quick`` for every part (:func:`parser`).
 - The machine description written into every result, and a matplotlib set up for files.
-- The paper training checks' driver: several optimizers × seeds through the project's own
-  training loop (``train.loop.train_run``).
+- Small helpers of the training checks: an optimizer built outside the registry, and the
+  mean ± std of a column. The optimizer comparison itself is ``bench/compare.py``.
 """
 
 from __future__ import annotations
@@ -263,7 +263,7 @@ def verdict(value: float | None, target: float) -> str:
   return "✅ pass" if value <= target else "❌ miss"
 
 
-# --------------------------------------------------------------------------- paper runs
+# --------------------------------------------------------------------------- training checks
 
 
 def optimizer(name: str, tx, lr: float, needs=(), norm_order=None):
@@ -271,65 +271,6 @@ def optimizer(name: str, tx, lr: float, needs=(), norm_order=None):
   from train.registry import Optimizer
 
   return Optimizer(name, tx, lr, frozenset(needs), norm_order)
-
-
-def compare(
-  model_name: str,
-  ds,
-  builders: dict[str, Callable[[int], Any]],
-  seeds,
-  epochs: int,
-  batch_size: int,
-  metric_fns: dict[str, Callable] | None = None,
-) -> dict[str, list[dict]]:
-  """Trains every optimizer with every seed through ``train.loop.train_run``.
-
-  Returns ``{name: [run dicts]}``. A run whose loss becomes non-finite is recorded
-  as diverged (accuracy 0.1, chance) with the step it stopped at, rather than
-  aborting the comparison.
-  """
-  from flax_models import get_model
-  from train import data as data_lib
-  from train.errors import NonFiniteLossError
-  from train.loop import train_run
-
-  out: dict[str, list[dict]] = {}
-  steps_per_epoch = data_lib.steps_per_epoch(len(ds.x_train), batch_size)
-  for name, build in builders.items():
-    for seed in seeds:
-      opt = build(steps_per_epoch)
-      model = get_model(model_name, ds.num_classes)
-      try:
-        res = train_run(
-          model, opt, ds, epochs=epochs, batch_size=batch_size, seed=seed, progress=False
-        )
-        r = {
-          "seed": seed,
-          "diverged": False,
-          "history": res.history,
-          "test_accuracy": res.final["test_accuracy"],
-          "best_test_accuracy": res.final["best_test_accuracy"],
-          "train_loss": res.final["train_loss"],
-          "sec_per_step": res.seconds_per_step,
-        }
-        for key, fn in (metric_fns or {}).items():
-          r[key] = fn(res)
-      except NonFiniteLossError as e:
-        r = {
-          "seed": seed,
-          "diverged": True,
-          "message": str(e),
-          "test_accuracy": 0.1,
-          "best_test_accuracy": float("nan"),
-          "train_loss": float("nan"),
-        }
-      out.setdefault(name, []).append(r)
-      print(
-        f"{name} seed {seed}: "
-        + ("diverged" if r["diverged"] else f"test acc {r['test_accuracy']:.4f}"),
-        flush=True,
-      )
-  return out
 
 
 def mean_std(rows, key) -> tuple[float, float]:

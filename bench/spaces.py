@@ -32,7 +32,7 @@ from typing import Callable, Optional
 
 import optax
 
-__all__ = ["CANDIDATES", "Candidate", "Dim", "get"]
+__all__ = ["CANDIDATES", "CLAIMS", "Candidate", "Dim", "get"]
 
 SGD_LR = {"normal": (3e-3, 0.3), "high": (0.1, 0.5)}
 PLAIN_LR = {"normal": (1e-2, 1.0), "high": (0.3, 1.5)}  # no momentum: steps 10x smaller
@@ -157,6 +157,17 @@ SP_PAPER = "SP (Yong et al. 2024)"
 AG_PAPER = "AngularGrad (Roy et al. 2022)"
 INSGD_PAPER = "INSGD (Atici et al.)"
 GAL_PAPER = "GAL (Luo et al. 2022)"
+#: What each paper claimed, in its own setting, for the report's summary.
+CLAIMS = {
+  SP_PAPER: "better generalisation than SGD, SGD + Nesterov and Adam on MNIST (its CNN, "
+  "99.1 % / 99.2 % for SP / SP + Nesterov) and CIFAR-10 (MobileNetV2, ResNet-18/50)",
+  AG_PAPER: "best or second-best accuracy in almost all CIFAR-10/100 networks against SGDM, "
+  "Adam, AdamW and others (Tables 1-2)",
+  INSGD_PAPER: "higher accuracy than SGD on CIFAR-10 and ImageNet, and training where SGD "
+  "diverges at large learning rates without BatchNorm (Tables 6-7)",
+  GAL_PAPER: "lower error in front of SGD, Lookahead and AdaBound on CIFAR and ImageNet, and "
+  "on regression (Table V, diabetes MSE 3226 → 2962 with Adam)",
+}
 
 CANDIDATES: dict[str, Candidate] = {
   c.name: c
@@ -164,7 +175,12 @@ CANDIDATES: dict[str, Candidate] = {
     Candidate("momentum", "momentum", SGD_LR, baseline=True),
     Candidate("nesterov", "nesterov", SGD_LR, baseline=True),
     Candidate(
-      "adamw", "adamw", ADAM_LR, baseline=True, dims=(Dim("weight_decay", 1e-5, 0.1),), factory=_adamw
+      "adamw",
+      "adamw",
+      ADAM_LR,
+      baseline=True,
+      dims=(Dim("weight_decay", 1e-5, 0.1),),
+      factory=_adamw,
     ),
     Candidate(
       "angulargrad_cos",

@@ -59,7 +59,9 @@ def unit_points(dims: int, n: int, seed: int = 0) -> np.ndarray:
   """``n`` points of a scrambled Sobol sequence in [0, 1)^dims (the first n of it)."""
   from scipy.stats import qmc
 
-  with warnings.catch_warnings():  # balance properties need n = 2^m; any prefix is still low-discrepancy
+  with (
+    warnings.catch_warnings()
+  ):  # balance properties need n = 2^m; any prefix is still low-discrepancy
     warnings.simplefilter("ignore", UserWarning)
     return qmc.Sobol(dims, scramble=True, seed=seed).random(n)
 
@@ -72,6 +74,7 @@ def run_key(workload: str, optimizer: str, phase: str, index: int, config: dict,
   """The identity of one run: what it trains and on what budget."""
   cfg = ",".join(f"{k}={v:.6g}" for k, v in sorted(config.items()))
   budget = f"e{size.epochs}b{size.batch_size}n{size.train_size}t{size.test_size}v{size.evals}"
+  budget += "".join(f"{k}{v}" for k, v in size.model_kw)
   return f"{workload}|{optimizer}|{phase}{index}|{cfg}|{budget}"
 
 
@@ -81,15 +84,21 @@ class Store:
   def __init__(self, path: str):
     self.path = path
     self.records: dict[str, dict] = {}
-    if os.path.exists(path):
-      with open(path) as f:
-        for line in f:
-          try:
-            r = json.loads(line)
-          except json.JSONDecodeError:  # a line cut short by an interruption
-            continue
-          if isinstance(r, dict) and "key" in r:
-            self.records[r["key"]] = r
+    if not os.path.exists(path):
+      return
+    with open(path, "rb") as f:
+      raw = f.read()
+    keep = raw.rfind(b"\n") + 1
+    if keep < len(raw):  # a line cut short by an interruption: drop it before appending
+      with open(path, "r+b") as f:
+        f.truncate(keep)
+    for line in raw[:keep].decode().splitlines():
+      try:
+        r = json.loads(line)
+      except json.JSONDecodeError:
+        continue
+      if isinstance(r, dict) and "key" in r:
+        self.records[r["key"]] = r
 
   def get(self, key: str) -> Optional[dict]:
     return self.records.get(key)
@@ -129,7 +138,7 @@ def run_one(
   out: dict[str, Any] = {"config": config, "seed": seed, "steps": steps}
   try:
     res = train_run(
-      workload.model(ds.num_classes),
+      workload.build_model(ds.num_classes, size),
       opt,
       ds,
       epochs=size.epochs,

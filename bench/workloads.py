@@ -40,6 +40,7 @@ class Size:
     train_size: Training examples (before the validation split is carved), or all.
     test_size: Test (and, for text, validation) examples, or all.
     evals: Evaluations per run (steps to target are read at these).
+    model_kw: Fields of the model that differ between sizes, as ``(name, value)`` pairs.
   """
 
   epochs: int
@@ -48,6 +49,7 @@ class Size:
   train_size: Optional[int] = None
   test_size: Optional[int] = None
   evals: int = 8
+  model_kw: tuple = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +79,10 @@ class Workload:
   val_fraction: float = 0.2
   context: int = 64
   paper: str = ""
+
+  def build_model(self, out: int, size: Size):
+    """The Flax module for ``out`` outputs at ``size``."""
+    return self.model(out, **dict(size.model_kw))
 
   @property
   def higher_is_better(self) -> bool:
@@ -116,11 +122,11 @@ class Workload:
     return tune, ds
 
 
-def _model(name: str, **kw) -> Callable[[int], Any]:
-  def build(out: int):
+def _model(name: str, **kw) -> Callable[..., Any]:
+  def build(out: int, **size_kw):
     from flax_models import get_model
 
-    return get_model(name, out, **kw)
+    return get_model(name, out, **{**kw, **size_kw})
 
   return build
 
@@ -143,7 +149,7 @@ WORKLOADS: dict[str, Workload] = {
       _model("mnist_cnn"),
       "accuracy",
       {
-        "quick": Size(epochs=4, batch_size=64, target=0.95),
+        "quick": Size(epochs=4, batch_size=64, target=0.95, evals=6),
         "full": Size(epochs=15, batch_size=64, target=0.97),
       },
       paper="SP paper (Fig. 4, MNIST, this CNN, 15 epochs): SP 99.1 % and SP + Nesterov 99.2 % "
@@ -156,7 +162,9 @@ WORKLOADS: dict[str, Workload] = {
       _model("insgd_cnn_bn"),
       "accuracy",
       {
-        "quick": Size(epochs=3, batch_size=128, target=0.75, train_size=2048, test_size=2000),
+        "quick": Size(
+          epochs=3, batch_size=64, target=0.72, train_size=1024, test_size=1000, evals=6
+        ),
         "full": Size(epochs=10, batch_size=128, target=0.85, train_size=20000, test_size=10000),
       },
       paper="AngularGrad paper (Tables 1-2, CIFAR-10/100, ResNets and others): AngularGrad "
@@ -171,7 +179,9 @@ WORKLOADS: dict[str, Workload] = {
       _model("insgd_cnn"),
       "accuracy",
       {
-        "quick": Size(epochs=3, batch_size=128, target=0.70, train_size=2048, test_size=2000),
+        "quick": Size(
+          epochs=3, batch_size=64, target=0.65, train_size=1024, test_size=1000, evals=6
+        ),
         "full": Size(epochs=10, batch_size=128, target=0.80, train_size=20000, test_size=10000),
       },
       lr_band="high",
@@ -194,12 +204,21 @@ WORKLOADS: dict[str, Workload] = {
     ),
     Workload(
       "text_lm",
-      "byte-level transformer LM (width 64, 2 blocks, context 64) on the default corpus",
+      "byte-level transformer LM (width 64, context 64; 1 block quick, 2 full) on the "
+      "default corpus",
       "text",
       _model("transformer_lm", width=64, depth=2, heads=4, context=64),
       "bits_per_byte",
       {
-        "quick": Size(epochs=2, batch_size=32, target=4.0, train_size=1024, test_size=256),
+        "quick": Size(
+          epochs=1,
+          batch_size=16,
+          target=4.3,
+          train_size=1024,
+          test_size=128,
+          evals=6,
+          model_kw=(("depth", 1),),
+        ),
         "full": Size(epochs=4, batch_size=32, target=2.8, train_size=None, test_size=2048),
       },
       paper="None of the four papers trains a language model.",
