@@ -95,6 +95,14 @@ def _summarise_pair(w: workloads.Workload, cand: spaces.Candidate, runs: dict) -
   }
 
 
+def _against(r: dict, b: dict | None) -> tuple[float | None, float | None]:
+  """Difference of the test means, and Welch's p, of row ``r`` against row ``b``."""
+  if b is None:
+    return None, None
+  delta = None if r["mean"] is None or b["mean"] is None else r["mean"] - b["mean"]
+  return delta, _welch(r["test"], b["test"])
+
+
 def summarise(w: workloads.Workload, size: workloads.Size, pairs: dict) -> dict:
   """One workload's table: per optimizer its selection, test spread and time to target."""
   rows = {name: _summarise_pair(w, spaces.get(name), runs) for name, runs in pairs.items()}
@@ -102,12 +110,10 @@ def summarise(w: workloads.Workload, size: workloads.Size, pairs: dict) -> dict:
   baselines = [n for n, r in rows.items() if r["baseline"] and r["val"] is not None]
   best_base = max(baselines, key=lambda n: sign * rows[n]["val"]) if baselines else None
   for name, r in rows.items():
-    if best_base is None or name == best_base:
-      r["delta"], r["p_value"] = None, None
-      continue
-    b = rows[best_base]
-    r["delta"] = None if r["mean"] is None or b["mean"] is None else r["mean"] - b["mean"]
-    r["p_value"] = _welch(r["test"], b["test"])
+    r["delta"], r["p_value"] = _against(r, rows.get(best_base) if name != best_base else None)
+    own = spaces.get(name).base
+    r["base"] = own if own in rows else None
+    r["delta_base"], r["p_base"] = _against(r, rows.get(own))
   return {
     "title": w.title,
     "metric": w.metric,

@@ -59,15 +59,24 @@ def _seconds(values: list) -> str:
   return f"{np.median(hit):.2f}"
 
 
-def verdict(row: dict, higher: bool) -> str:
-  """``helped``, ``hurt``, ``no clear difference`` (or ``–``) against the best baseline."""
-  d, p = row.get("delta"), row.get("p_value")
+def verdict(row: dict, higher: bool, against: str = "") -> str:
+  """``helped``, ``hurt``, ``no clear difference`` (or ``–``) against the best baseline
+  (``against="_base"``: against the method's own base)."""
+  d, p = row.get(f"delta{against}"), row.get(f"p{against}" if against else "p_value")
   if d is None:
     return "–"
   better = d > 0 if higher else d < 0
   if p is not None and p < ALPHA:
     return "helped" if better else "hurt"
   return "no clear difference"
+
+
+def _own(r: dict, metric: str) -> str:
+  if not r.get("base") or r.get("delta_base") is None:
+    return "–"
+  d = f"{_scale(metric) * r['delta_base']:+.{0 if metric == 'mse' else 2}f}"
+  p = "–" if r.get("p_base") is None else f"{r['p_base']:.2g}"
+  return f"{r['base']}: {d}, {p}"
 
 
 def _order(table: dict) -> list[str]:
@@ -90,19 +99,22 @@ def _table(name: str, t: dict) -> list[str]:
     f"validation): **{t['best_baseline'] or 'none'}**.",
     "",
     f"| optimizer | selected config | val | {METRIC[m]}, mean ± std | steps to target "
-    "| s to target | p (Welch) vs best baseline | verdict |",
-    "|---|---|---|---|---|---|---|---|",
+    "| s to target | p (Welch) vs best baseline | verdict | vs own base: Δ, p |",
+    "|---|---|---|---|---|---|---|---|---|",
   ]
   for n in _order(t):
     r = rows[n]
     div = f" ({r['trials_diverged']}/{r['trials']} trials diverged)" if r["trials_diverged"] else ""
-    test = f"{_num(r['mean'], m)} ± {_num(r['std'], m)}" if r["mean"] is not None else "diverged"
+    k, n_seeds = r["seeds_diverged"], len(r["test"])
+    test = f"{_num(r['mean'], m)} ± {_num(r['std'], m)}" if r["mean"] is not None else ""
+    test += f" ({k}/{n_seeds} seeds diverged)" if k else ""
     p = "–" if r.get("p_value") is None else f"{r['p_value']:.2g}"
     name_cell = f"**{n}**" if r["baseline"] else n
     lines.append(
       f"| {name_cell} | {_cfg(r['best_config'])}{div} | {_num(r['val'], m)} | {test} "
       f"| {_reach(r['steps_to_target'])} | {_seconds(r['seconds_to_target'])} | {p} "
-      f"| {verdict(r, t['higher_is_better']) if not r['baseline'] else 'baseline'} |"
+      f"| {verdict(r, t['higher_is_better']) if not r['baseline'] else 'baseline'} "
+      f"| {_own(r, m)} |"
     )
   return lines + [""]
 
@@ -127,6 +139,10 @@ def _summary(result: dict) -> list[str]:
     for v in ("helped", "hurt", "no clear difference"):
       if groups[v]:
         parts.append(f"{v}: " + ", ".join(groups[v]))
+    missed = [_missed(n, rows[n]["steps_to_target"]) for n in _order(t)]
+    missed = [x for x in missed if x]
+    if missed:
+      parts.append("seeds that missed the target (or diverged): " + ", ".join(missed))
     if fastest:
       parts.append(f"fastest to target: {fastest}")
     else:
@@ -136,23 +152,56 @@ def _summary(result: dict) -> list[str]:
   return lines
 
 
+def _method_verdicts(result: dict, method: str, against: str) -> str:
+  """``method: helped on a; no clear difference on b, c`` (``on every workload`` if one)."""
+  found: dict[str, list[str]] = {}
+  for wname, t in result["workloads"].items():
+    r = t["optimizers"].get(method)
+    if r is not None:
+      v = verdict(r, t["higher_is_better"], against)
+      found.setdefault("not compared (diverged)" if v == "–" else v, []).append(wname)
+  if not found:
+    return ""
+  n = sum(len(x) for x in found.values())
+  if len(found) == 1 and n > 1:
+    return f"{method} {next(iter(found))} on every workload"
+  return f"{method} " + "; ".join(f"{v} on {', '.join(ws)}" for v, ws in found.items())
+
+
 def _by_paper(result: dict) -> list[str]:
-  """Per paper: on which workloads its methods helped, hurt or could not be told apart."""
+  """Per paper: on which workloads its methods helped, hurt or could not be told apart,
+  against the best baseline and against the baseline each method modifies."""
   lines = []
+  methods: dict[str, list[str]] = {}
+  bases: dict[str, str] = {}
+  for t in result["workloads"].values():
+    for n, r in t["optimizers"].items():
+      if r.get("paper") and n not in methods.setdefault(r["paper"], []):
+        methods[r["paper"]].append(n)
+      if r.get("base"):
+        bases[n] = r["base"]
   for paper, claim in result.get("claims", {}).items():
-    found: dict[str, list[str]] = {"helped": [], "hurt": [], "no clear difference": []}
-    for wname, t in result["workloads"].items():
-      for n, r in t["optimizers"].items():
-        v = verdict(r, t["higher_is_better"])
-        if r.get("paper") == paper and v in found:
-          found[v].append(f"{n} on {wname}")
-    if not any(found.values()):
+    if paper not in methods:
       continue
-    said = "; ".join(f"{v}: {', '.join(x)}" for v, x in found.items() if x)
-    lines.append(
-      f"- **{paper}** — here, against the best baseline: {said}. The paper claimed {claim}."
-    )
+    best = [_method_verdicts(result, m, "") for m in methods[paper]]
+    own = [
+      f"{x} (vs {bases[m]})"
+      for m in methods[paper]
+      if m in bases and (x := _method_verdicts(result, m, "_base"))
+    ]
+    line = f"- **{paper}**. Against the best baseline: " + "; ".join(x for x in best if x) + "."
+    if own:
+      line += " Against its own base: " + "; ".join(own) + "."
+    lines.append(line + f" The paper claimed {claim}.")
   return lines
+
+
+def _missed(name: str, steps: list) -> str:
+  """``name k/K`` when k of K seeds missed the target; every trial diverged when K = 0."""
+  if not steps:
+    return f"{name} (every trial diverged)"
+  k = sum(v is None for v in steps)
+  return f"{name} {k}/{len(steps)}" if k else ""
 
 
 def _fastest(rows: dict) -> str:

@@ -75,6 +75,9 @@ class Candidate:
       transformation, or None for the registry entry's own ``build(learning_rate)``.
     gal: GAL in front of the entry.
     paper: The paper the method comes from (``""`` for baselines).
+    base: The baseline the method modifies (AngularGrad: AdamW; SP + Nesterov: Nesterov;
+      INSGD: SGD with momentum; GAL: what it stands in front of), compared with it too;
+      ``""`` for none (plain SP has no momentum, no baseline here is its base).
   """
 
   name: str
@@ -85,6 +88,7 @@ class Candidate:
   factory: Optional[Callable[..., optax.GradientTransformation]] = None
   gal: bool = False
   paper: str = ""
+  base: str = ""
 
   def space(self, band: str) -> tuple:
     """Every searched dimension, the learning rate first."""
@@ -189,6 +193,7 @@ CANDIDATES: dict[str, Candidate] = {
       dims=LAMBDAS,
       factory=_angular("cos"),
       paper=AG_PAPER,
+      base="adamw",
     ),
     Candidate(
       "angulargrad_tan",
@@ -197,15 +202,26 @@ CANDIDATES: dict[str, Candidate] = {
       dims=LAMBDAS,
       factory=_angular("tan"),
       paper=AG_PAPER,
+      base="adamw",
     ),
     Candidate("sp", "sp", PLAIN_LR, dims=(SPARSITY,), factory=_sp(False), paper=SP_PAPER),
     Candidate(
-      "sp_nesterov", "sp_nesterov", SGD_LR, dims=(SPARSITY,), factory=_sp(True), paper=SP_PAPER
+      "sp_nesterov",
+      "sp_nesterov",
+      SGD_LR,
+      dims=(SPARSITY,),
+      factory=_sp(True),
+      paper=SP_PAPER,
+      base="nesterov",
     ),
-    Candidate("insgd_l1", "insgd_l1", INSGD_LR, paper=INSGD_PAPER),
-    Candidate("insgd_l2", "insgd_l2", INSGD_LR, paper=INSGD_PAPER),
-    Candidate("gal+momentum", "momentum", SGD_LR, dims=GAL_DIMS, gal=True, paper=GAL_PAPER),
-    Candidate("gal+adamw", "adamw", ADAM_LR, dims=GAL_DIMS, gal=True, paper=GAL_PAPER),
+    Candidate("insgd_l1", "insgd_l1", INSGD_LR, paper=INSGD_PAPER, base="momentum"),
+    Candidate("insgd_l2", "insgd_l2", INSGD_LR, paper=INSGD_PAPER, base="momentum"),
+    Candidate(
+      "gal+momentum", "momentum", SGD_LR, dims=GAL_DIMS, gal=True, paper=GAL_PAPER, base="momentum"
+    ),
+    Candidate(
+      "gal+adamw", "adamw", ADAM_LR, dims=GAL_DIMS, gal=True, paper=GAL_PAPER, base="adamw"
+    ),
   )
 }
 

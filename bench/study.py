@@ -193,6 +193,7 @@ def run_pair(
   units = unit_points(len(cand.space(workload.lr_band)), trials)
   configs = cand.configs(units, workload.lr_band)
   done: dict[str, list[dict]] = {"trials": [], "seeds": []}
+  all_cached = True
   for i, config in enumerate(configs):
     key = run_key(workload.name, cand.name, "trial", i, config, size)
     rec = store.get(key)
@@ -201,12 +202,13 @@ def run_pair(
       rec = {"key": key, "phase": "trial", "index": i, "split": "val"}
       rec.update(run_one(workload, cand, config, tune_ds, size, TUNING_SEED))
       store.add(rec)
+    all_cached = all_cached and cached
     done["trials"].append(rec)
     tick(rec, cached)
   best = best_trial(done["trials"], workload)
   for j, seed in enumerate(seed_list(seeds)):
     if best is None:
-      tick(None, True)
+      tick(None, all_cached)  # no seed runs: every trial diverged
       continue
     key = run_key(workload.name, cand.name, "seed", j, best["config"], size)
     rec = store.get(key)
