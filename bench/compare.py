@@ -163,17 +163,17 @@ def run(plan, out_dir: str, tag: str, trials: int, seeds: int, progress: bool = 
   total = sum(len(names) * (trials + seeds) for _, _, names in plan)
   bar = _bar(total, _cached_runs(plan, store_of, trials, seeds)) if progress else None
   out: dict = {}
+
+  def tick(rec, cached):
+    if bar is not None and not cached:
+      bar.update(1)
+
   for w, size, names in plan:
     views = w.views(size)
     out[w.name] = {}
     for name in names:
       if bar is not None:
         bar.set_description(f"{w.name} · {name}")
-
-      def tick(rec, cached):
-        if bar is not None and not cached:
-          bar.update(1)
-
       out[w.name][name] = study.run_pair(
         w, spaces.get(name), size, views, store_of[w.name], trials, seeds, tick
       )

@@ -22,6 +22,10 @@ ALPHA = 0.05  # significance level of the summary's verdicts
 METRIC = {"accuracy": "test accuracy (%)", "mse": "test MSE", "bits_per_byte": "test bits/byte"}
 
 
+def _n(k: int, noun: str) -> str:
+  return f"{k} {noun}" + ("" if k == 1 else "s")
+
+
 def _scale(metric: str) -> float:
   return 100.0 if metric == "accuracy" else 1.0
 
@@ -92,7 +96,7 @@ def _table(name: str, t: dict) -> list[str]:
   lines = [
     f"### {name}: {t['title']}",
     "",
-    f"Target: {METRIC[m]} {arrow} {_num(t['target'], m)}; budget {b['epochs']} epochs of batch "
+    f"Target: {METRIC[m]} {arrow} {_num(t['target'], m)}; budget {_n(b['epochs'], 'epoch')} of batch "
     f"{b['batch_size']}"
     + (f" on {b['train_size']:,} training rows" if b["train_size"] else "")
     + f"; learning rates from each optimizer's {t['lr_band']} band. Best baseline (chosen on "
@@ -302,12 +306,12 @@ def render(result: dict) -> str:
     "",
     f"Command: `{cmd}` ({result['minutes']:.0f} min of runs). Machine: {result['machine']}.",
     "",
-    f"Protocol: per workload, every optimizer gets {result['trials']} configurations from a "
+    f"Protocol: per workload, every optimizer gets {_n(result['trials'], 'configuration')} from a "
     "scrambled Sobol sequence over its search space (`bench/spaces.py`: the learning rate "
     "log-uniform over a stated range, the method's own hyperparameters over its paper's "
     "ranges), trained with one seed on the training split less a validation split and "
     "scored on that validation split; the best is re-run on "
-    f"{result['seeds']} fresh seeds ({', '.join(map(str, result['seed_list']))}) on the whole "
+    f"{_n(result['seeds'], 'fresh seed')} ({', '.join(map(str, result['seed_list']))}) on the whole "
     "training split and scored on the test split. Steps to target are read at the run's "
     "evaluations (median over seeds that reached it; misses counted); seconds to target are "
     "those steps times the run's seconds per step (compilation and evaluation excluded). "
