@@ -3,12 +3,12 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test test-all lint bench-quick bench compare-quick compare fuzz clean
+.PHONY: demo test test-all lint docs bench-quick bench compare-quick compare fuzz clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,docs]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -25,9 +25,16 @@ test: $(VENV)/.installed lint
 test-all: $(VENV)/.installed lint
 	OPTAX_EXT_THOROUGH=1 XLA_FLAGS="--xla_force_host_platform_device_count=8" $(PY) -m pytest -q -n 2 --dist loadfile
 
+# The documentation site, into docs/_build/html (open its index.html). RESULTS.md is
+# regenerated from bench/results/ first; -W --keep-going fails on any warning, -n on
+# any reference that does not resolve. Names without a docstring fail tests/test_docs.py.
+docs: $(VENV)/.installed
+	$(PY) -m bench --report-only
+	$(PY) -m sphinx -W --keep-going -n -q -b html -c docs . docs/_build/html
+
 lint: $(VENV)/.installed
-	$(PY) -m ruff check optax_ext flax_models train tests bench
-	$(PY) -m ruff format --check optax_ext flax_models train tests bench
+	$(PY) -m ruff check optax_ext flax_models train tests bench docs/conf.py
+	$(PY) -m ruff format --check optax_ext flax_models train tests bench docs/conf.py
 
 # glibc's malloc hands freed memory back to the kernel and takes it again as
 # fresh pages; which buffers pay those page faults depends on what else ran in
@@ -54,4 +61,4 @@ fuzz: $(VENV)/.installed
 	$(PY) -m bench.fuzz --cases 10000
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs docs/_build

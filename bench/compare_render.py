@@ -94,7 +94,7 @@ def _table(name: str, t: dict) -> list[str]:
   arrow = "≥" if t["higher_is_better"] else "≤"
   b = t["budget"]
   lines = [
-    f"### {name}: {t['title']}",
+    f"## {name}: {t['title']}",
     "",
     f"Target: {METRIC[m]} {arrow} {_num(t['target'], m)}; budget {_n(b['epochs'], 'epoch')} of batch "
     f"{b['batch_size']}"
@@ -269,7 +269,9 @@ def profile_plot(result: dict, path: str) -> str:
 def _planning(result: dict) -> list[str]:
   full = result["settings"]["full"]
   lines = [
-    f"Planning the full setting (`python -m bench.compare`: {full['trials']} trials × "
+    "## Planning the full setting",
+    "",
+    f"The full setting (`python -m bench.compare`: {full['trials']} trials × "
     f"{full['seeds']} seeds per optimizer, the workloads' full budgets): the seconds per run "
     "and per step measured in this study, and the full study's time at that speed per "
     "example (seconds per step × the full batch ÷ this batch; the full LM is also twice as "
@@ -302,8 +304,6 @@ def _duration(seconds: float) -> str:
 def render(result: dict) -> str:
   cmd = result["command"]
   lines = [
-    "## Which optimizer, when",
-    "",
     f"Command: `{cmd}` ({result['minutes']:.0f} min of runs). Machine: {result['machine']}.",
     "",
     f"Protocol: per workload, every optimizer gets {_n(result['trials'], 'configuration')} from a "
@@ -318,7 +318,7 @@ def render(result: dict) -> str:
     f"Verdicts: Welch's t-test of the seeds' test metric against the best baseline, at "
     f"p < {ALPHA}; with {result['seeds']} seeds only large differences can show.",
     "",
-    "### Summary",
+    "## Summary",
     "",
     "Per workload:",
     "",

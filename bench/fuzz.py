@@ -19,6 +19,7 @@ import traceback
 
 from hypothesis import HealthCheck, given, settings
 
+from bench import harness
 from tests import _strategies as strategies
 
 FAMILIES = ["angulargrad", "insgd", "sp", "saliency_proximal", "gal"]
@@ -70,6 +71,9 @@ def main():
     print(f"{family}: {counts[family]} cases in {time.perf_counter() - t0:.0f}s", flush=True)
   seconds = time.perf_counter() - start
   result = {
+    "command": f"python -m bench.fuzz --cases {args.cases}"
+    + ("" if args.families == ",".join(FAMILIES) else f" --families {args.families}"),
+    "machine": harness.machine_description(),
     "cases": sum(counts.values()),
     "failures": len(findings),
     "seconds": round(seconds, 1),

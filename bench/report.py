@@ -52,8 +52,20 @@ SECTIONS = [
 
 
 def _demote(text: str) -> str:
-  """Shifts every markdown heading one level down so parts nest under ours."""
-  return "\n".join("#" + line if line.startswith("#") else line for line in text.splitlines())
+  """Nests a part's markdown headings under our ``##`` section heading.
+
+  Every heading moves one level down, and none lies more than one level below
+  the heading before it (a part may start at ``###``): the documentation site
+  renders RESULTS.md and refuses headings that skip a level.
+  """
+  lines, above = [], 2
+  for line in text.splitlines():
+    match = re.match(r"(#+) ", line)
+    if match:
+      level = min(len(match.group(1)) + 1, above + 1)
+      line, above = "#" * level + line[len(match.group(1)) :], level
+    lines.append(line)
+  return "\n".join(lines)
 
 
 def _relink(text: str) -> str:
@@ -96,6 +108,11 @@ def fuzz() -> list[str]:
     return ["No fuzz result yet: `make fuzz` writes `bench/results/fuzz.json`."]
   seconds = r.get("seconds")
   lines = [
+    f"Command: `{r.get('command', 'make fuzz')}`"
+    + (f". Machine: {r['machine']}" if r.get("machine") else "")
+    + ". Random (pytree × transform × valid hyperparameters × dtype) cases from "
+    "tests/_strategies.py, shrinking on, three jitted steps each.",
+    "",
     f"Cases: {r.get('cases', '?')}, failures: {r.get('failures', '?')}"
     + (f", {seconds:.0f} s" if isinstance(seconds, (int, float)) and math.isfinite(seconds) else "")
     + ".",

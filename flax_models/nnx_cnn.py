@@ -29,9 +29,9 @@ class NnxMnistCNN(nnx.Module):
   from the ``rngs`` given at construction (its ``'dropout'`` stream, else
   ``'default'``).
 
-  Attributes:
-    conv1, conv2, dense1, dense2: The layers; :attr:`LINEN_NAMES` maps them to
-      the linen model's ``Conv_0``, ``Conv_1``, ``Dense_0``, ``Dense_1``.
+  Its layers are ``conv1``, ``conv2``, ``dense1`` and ``dense2``;
+  :attr:`LINEN_NAMES` maps them to the linen model's ``Conv_0``, ``Conv_1``,
+  ``Dense_0`` and ``Dense_1``.
 
   Examples:
     >>> import jax.numpy as jnp

@@ -13,4 +13,29 @@ from optax_ext.saliency import SaliencyProximalState, saliency_proximal
 from optax_ext.spectral_damping import SpectralDampingState, scale_by_spectral_damping
 from optax_ext.spectral_proximal import SPState, sp
 
+__all__ = [
+  "AngularGradState",
+  "GALState",
+  "InputNormState",
+  "InputPower",
+  "Regressor",
+  "SPState",
+  "SaliencyProximalState",
+  "SpectralDampingState",
+  "angulargrad",
+  "capture_input_power",
+  "config",
+  "diagnostics",
+  "gal",
+  "gal_chain",
+  "gal_extra_args",
+  "insgd",
+  "quantile",
+  "saliency_proximal",
+  "scale_by_angulargrad",
+  "scale_by_input_norm",
+  "scale_by_spectral_damping",
+  "sp",
+]
+
 __version__ = "0.1.0"

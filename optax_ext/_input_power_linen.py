@@ -45,23 +45,8 @@ def layer_power(module: nn.Module, args: tuple, kwargs: dict, q: int):
     return maths.contraction_power(x, maths.normalize_axes(module.axis, x.ndim), q), None
   if kind is nn.Einsum:
     equation = _einsum_equation(module, args, kwargs)
-    axes = None if equation is None else maths.einsum_contracted_axes(equation, x.ndim)
-    if axes is None:
-      return None, f"no single input vector in the equation {equation!r}"
-    return maths.contraction_power(x, axes, q), None
-  if module.mask is not None:
-    return None, "a masked kernel"
-  geometry = maths.ConvGeometry(
-    module.kernel_size,
-    module.strides,
-    module.padding,
-    module.input_dilation,
-    module.kernel_dilation,
-    module.feature_group_count,
-    module.features,
-  )
-  power = maths.conv_power(geometry, x, q)
-  return (None, f"the padding {module.padding!r}") if power is None else (power, None)
+    return maths.einsum_power(x, equation, q)
+  return maths.conv_layer_power(module, module.features, x, q)
 
 
 def capture_linen(

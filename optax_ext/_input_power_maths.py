@@ -28,8 +28,10 @@ from jax import lax
 __all__ = [
   "ConvGeometry",
   "contraction_power",
+  "conv_layer_power",
   "conv_power",
   "einsum_contracted_axes",
+  "einsum_power",
   "normalize_axes",
   "power_leaves",
   "warn_once",
@@ -233,6 +235,35 @@ def conv_power(geometry: ConvGeometry, x: jax.Array, q: int) -> Optional[jax.Arr
   per_channel = jnp.sum(v, axis=tuple(range(v.ndim - 1)))
   per_group = per_channel.reshape(groups, -1).sum(-1) / denominator
   return jnp.repeat(per_group, geometry.features // groups)
+
+
+def einsum_power(x: jax.Array, equation: Optional[str], q: int):
+  """``(power, None)`` of an einsum layer's input, or ``(None, why not)``."""
+  axes = None if equation is None else einsum_contracted_axes(equation, x.ndim)
+  if axes is None:
+    return None, f"no single input vector in the equation {equation!r}"
+  return contraction_power(x, axes, q), None
+
+
+def conv_layer_power(module: Any, features: int, x: jax.Array, q: int):
+  """``(power, None)`` of a convolution layer's input, or ``(None, why not)``.
+
+  ``module`` is a linen ``nn.Conv`` or an ``nnx.Conv``: both hold the geometry
+  under the same attribute names but the output channels (``features``).
+  """
+  if module.mask is not None:
+    return None, "a masked kernel"
+  geometry = ConvGeometry(
+    module.kernel_size,
+    module.strides,
+    module.padding,
+    module.input_dilation,
+    module.kernel_dilation,
+    module.feature_group_count,
+    features,
+  )
+  power = conv_power(geometry, x, q)
+  return (None, f"the padding {module.padding!r}") if power is None else (power, None)
 
 
 def power_leaves(paths, records, kinds, unsupported, silent, api: str) -> list:

@@ -74,23 +74,8 @@ def layer_power(module: nnx.Module, args: tuple, kwargs: dict, q: int):
   if kind is nnx.Einsum:
     equation = args[1] if len(args) > 1 and args[1] is not None else None
     equation = equation or kwargs.get("einsum_str") or module.einsum_str
-    axes = None if equation is None else maths.einsum_contracted_axes(equation, x.ndim)
-    if axes is None:
-      return None, f"no single input vector in the equation {equation!r}"
-    return maths.contraction_power(x, axes, q), None
-  if module.mask is not None:
-    return None, "a masked kernel"
-  geometry = maths.ConvGeometry(
-    module.kernel_size,
-    module.strides,
-    module.padding,
-    module.input_dilation,
-    module.kernel_dilation,
-    module.feature_group_count,
-    module.out_features,
-  )
-  power = maths.conv_power(geometry, x, q)
-  return (None, f"the padding {module.padding!r}") if power is None else (power, None)
+    return maths.einsum_power(x, equation, q)
+  return maths.conv_layer_power(module, module.out_features, x, q)
 
 
 def _wrap(call):

@@ -13,11 +13,14 @@ from optax_ext import _fusion
 
 __all__: list[str] = []  # re-exported by optax_ext.quantile
 
+#: The smallest value of the domain: zeros, negatives and anything below it count as ``LOW``.
 LOW = 2.0**-100
+#: The largest value of the domain: NaN and anything above it count as ``HIGH``.
 HIGH = 2.0**100
 _LOW_BITS = int(np.float32(LOW).view(np.int32))
 _HIGH_BITS = int(np.float32(HIGH).view(np.int32))
-KEY_MAX = _HIGH_BITS - _LOW_BITS  # the key of HIGH; 0 is the key of LOW
+#: The integer key of ``HIGH`` (0 is the key of ``LOW``): keys run over ``[0, KEY_MAX]``.
+KEY_MAX = _HIGH_BITS - _LOW_BITS
 
 
 def to_domain(x: jax.Array) -> jax.Array:

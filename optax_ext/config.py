@@ -5,7 +5,7 @@ There is one setting:
 - ``"cpu_fusion"`` (default ``True``): on the CPU backend, compile each
   update with the constructs that make XLA's CPU compiler write several
   arrays from one loop and keep intermediates out of memory
-  (:mod:`optax_ext._fusion`). They change no value: from the same inputs the
+  (``optax_ext/_fusion.py``). They change no value: from the same inputs the
   update and the new state are those of the plain program, element for element
   (docs/design.md, Conventions — CPU fusion seam, says where a caller's own
   fusion can still differ in the last bit). Off CPU the plain program is

@@ -306,8 +306,8 @@ def gal_chain(
       ``lambda lr: optax.apply_if_finite(optax.adam(lr), 5)``.
     learning_rate: η, a float or an optax schedule.
     output_dim: d, the width of the model's outputs.
-    hidden, alpha, beta, regressor_optimizer, activation, reference_compat,
-      seed: As for :func:`gal`.
+    hidden: As for :func:`gal`, and so are ``alpha``, ``beta``,
+      ``regressor_optimizer``, ``activation``, ``reference_compat`` and ``seed``.
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs` taking GAL's extra

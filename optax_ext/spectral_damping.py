@@ -14,6 +14,8 @@ from optax_ext.published import sp as published_sp
 
 __all__ = ["DEFAULT_B_MAX", "SpectralDampingState", "scale_by_spectral_damping"]
 
+#: The default bound on the damping, ``B⁻¹`` kept in ``[1/b_max, b_max]`` (docs/design.md,
+#: SP — The bound b_max and the stable learning rate).
 DEFAULT_B_MAX = 10.0
 # Below and above these the raw secant sums may underflow or overflow: the
 # sums are then taken again on s / max|s|.

@@ -1,10 +1,10 @@
-"""The README's Python examples give the output they show, and that output is right.
+"""The Python examples of the README and of the Getting started page give the output they show.
 
-Every ```python block of README.md is a doctest: its printed output must match
-the README text. The blocks run in order in one namespace (as a reader would
-paste them), and the tests below recompute the values they print from the
-equations of docs/design.md in NumPy, or with plain ``jax.grad``/``jax.vjp``
-of the model, never with optax_ext.
+Every ```python block of README.md and docs/getting_started.md is a doctest: its
+printed output must match the text. The blocks run in order in one namespace, the
+README's first and then the page's (as a reader would paste them), and the tests
+below recompute the values they print from the equations of docs/design.md in
+NumPy, or with plain ``jax.grad``/``jax.vjp`` of the model, never with optax_ext.
 """
 
 import doctest
@@ -18,11 +18,21 @@ import optax
 import pytest
 from flax import nnx
 
-README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
-TEXT = README.read_text()
-MATCHES = list(re.finditer(r"```python\n(.*?)```", TEXT, flags=re.S))
-BLOCKS = [m.group(1) for m in MATCHES]
-LINES = [TEXT.count("\n", 0, m.start(1)) for m in MATCHES]  # 0-based line of each block
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SOURCES = [ROOT / "README.md", ROOT / "docs" / "getting_started.md"]
+
+
+def _blocks(path):
+  """(path, 0-based line, text) of every ```python block of one file."""
+  text = path.read_text()
+  return [
+    (path, text.count("\n", 0, m.start(1)), m.group(1))
+    for m in re.finditer(r"```python\n(.*?)```", text, flags=re.S)
+  ]
+
+
+FOUND = [block for path in SOURCES for block in _blocks(path)]
+BLOCKS = [text for _, _, text in FOUND]
 FLAGS = doctest.NORMALIZE_WHITESPACE
 
 
@@ -34,9 +44,9 @@ def blocks():
   """Runs every block as a doctest; returns the namespace as it was after each block."""
   namespace, snapshots = {"__name__": "readme"}, []
   parser, failures = doctest.DocTestParser(), []
-  for index, block in enumerate(BLOCKS):
-    name = f"README.md python block {index}"
-    test = parser.get_doctest(block, namespace, name, str(README), LINES[index])
+  for index, (path, line, block) in enumerate(FOUND):
+    name = f"{path.relative_to(ROOT)} python block {index}"
+    test = parser.get_doctest(block, namespace, name, str(path), line)
     runner = doctest.DocTestRunner(optionflags=FLAGS)
     runner.run(test, out=failures.append, clear_globs=False)
     namespace = dict(test.globs)
@@ -51,15 +61,16 @@ def ns(blocks):
 
 
 def test_every_example_is_a_doctest_with_output():
-  assert len(BLOCKS) >= 3
+  assert [sum(1 for p, _, _ in FOUND if p == path) >= 1 for path in SOURCES] == [True, True]
+  assert len(BLOCKS) >= 6
   for index, block in enumerate(BLOCKS):
     examples = doctest.DocTestParser().get_examples(block)
     assert examples, f"block {index} has no >>> examples"
     assert any(e.want for e in examples), f"block {index} shows no output to check"
 
 
-def test_examples_print_what_the_readme_shows(blocks):
-  assert len(blocks) == len(BLOCKS)  # the fixture fails if any output differs from the README
+def test_examples_print_what_the_text_shows(blocks):
+  assert len(blocks) == len(BLOCKS)  # the fixture fails if any output differs from the text
 
 
 def test_angulargrad_first_step(blocks):
@@ -109,6 +120,55 @@ def test_saliency_tie_example(ns, ties):
 def _mnist_cnn_start(ns):
   model, x = ns["model"], ns["x"]
   return jax.jit(model.init)(jax.random.key(0), x)["params"]
+
+
+def _linen_grads(ns, params):
+  model, x, xent = ns["model"], ns["x"], ns["xent"]
+  return jax.jit(jax.grad(lambda p: xent(model.apply({"params": p}, x))))(params)
+
+
+def test_angulargrad_linen_step(ns):
+  # First step of AngularGrad — Definition with g_0 = 0: rho = r_1 = |g|, phi (cos) =
+  # tanh(1/sqrt(1 + g^2))/2 + 1/2, m_hat = g, v_hat = g^2: u = -lr phi g / (|g| + eps).
+  p0 = _mnist_cnn_start(ns)
+  grads = _linen_grads(ns, p0)
+  for path, g in jax.tree_util.tree_leaves_with_path(grads):
+    g = np.asarray(g, np.float64)
+    phi = 0.5 * np.tanh(1 / np.sqrt(1 + g * g)) + 0.5
+    want = np.asarray(_at(p0, path), np.float64) - 1e-3 * phi * g / (np.abs(g) + 1e-8)
+    np.testing.assert_allclose(_at(ns["ag_params"], path), want, rtol=1e-5, atol=1e-8)
+  phi = [0.5 * np.tanh(1 / np.sqrt(1 + np.asarray(g) ** 2)) + 0.5 for g in jax.tree.leaves(grads)]
+  assert f"{max(float(np.max(v)) for v in phi):.4f}" == "0.8808"
+
+
+def _at(tree, path):
+  for key in path:
+    tree = tree[key.key]
+  return np.asarray(tree)
+
+
+def _check_sp_pruned(new_params):
+  """SP — Ties with the fast quantile: k = floor(p (n - 1)) + 1 to k + floor(0.0045 n) zeros."""
+  sizes = zeros = 0
+  for path, leaf in jax.tree_util.tree_leaves_with_path(new_params):
+    if "kernel" not in jax.tree_util.keystr(path):
+      continue
+    leaf = np.asarray(leaf)
+    n, k = leaf.size, int(np.floor(0.1 * (leaf.size - 1))) + 1
+    assert k <= np.sum(leaf == 0) <= k + np.floor(0.0045 * n), jax.tree_util.keystr(path)
+    sizes, zeros = sizes + n, zeros + np.sum(leaf == 0)
+  assert f"{zeros / sizes:.2f}" == "0.10"
+
+
+def test_sp_linen_step(ns):
+  # The initial kernels have no zero entry, so every zero is a pruned entry.
+  for leaf in jax.tree.leaves(_mnist_cnn_start(ns)):
+    assert leaf.ndim == 1 or np.all(np.asarray(leaf) != 0)
+  _check_sp_pruned(ns["sp_params"])
+
+
+def test_sp_nnx_step(ns):
+  _check_sp_pruned(nnx.as_pure(nnx.state(ns["sp_model"], nnx.Param)))
 
 
 def test_insgd_step(ns):
@@ -190,7 +250,7 @@ def test_gal_step(ns):
 
 
 def _nnx_start(ns):
-  """The README's NNX model as built, and its parameters as plain arrays."""
+  """The NNX model of the examples as built, and its parameters as plain arrays."""
   model = ns["NnxMnistCNN"](10, image_shape=(28, 28, 1), rngs=nnx.Rngs(0))
   return model, nnx.as_pure(nnx.state(model, nnx.Param))
 

@@ -19,6 +19,8 @@ from typing import Any, Optional
 import jax
 import orbax.checkpoint as ocp
 
+__all__ = ["Checkpointer"]
+
 _REMOVING = ".removing-"
 
 

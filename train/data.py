@@ -31,14 +31,35 @@ import numpy as np
 
 from train.errors import UsageError
 
+__all__ = [
+  "DATASET_NAMES",
+  "DEFAULT_IDX_DIRS",
+  "IDX_FILES",
+  "Dataset",
+  "augment_batch",
+  "batches",
+  "epoch_permutation",
+  "eval_batches",
+  "load_dataset",
+  "load_diabetes",
+  "load_digits",
+  "load_idx_dataset",
+  "load_tfds",
+  "read_idx",
+  "steps_per_epoch",
+]
+
+#: Where Debian's dataset packages install the IDX files, by data set.
 DEFAULT_IDX_DIRS = {
   "fashion_mnist": "/usr/share/datasets/fashion-mnist",
   "mnist": "/usr/share/datasets/mnist",
 }
+#: The IDX file names of each split (images, labels).
 IDX_FILES = {
   "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
   "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
+#: The names ``--dataset`` accepts.
 DATASET_NAMES = ("digits", "diabetes", "fashion_mnist", "mnist", "tfds:<name>", "text", "text:PATH")
 
 
@@ -113,6 +134,8 @@ def _check_labels(y: np.ndarray, num_classes: int, name: str) -> None:
 
 
 def load_digits(seed: int = 0, test_fraction: float = 0.2) -> Dataset:
+  """scikit-learn's 8×8 handwritten digits (shipped with it): images in [0, 1], standardised
+  with the training split's statistics, a random ``test_fraction`` held out by ``seed``."""
   from sklearn.datasets import load_digits as sk_digits
 
   d = sk_digits()
@@ -124,6 +147,8 @@ def load_digits(seed: int = 0, test_fraction: float = 0.2) -> Dataset:
 
 
 def load_diabetes(seed: int = 0, test_fraction: float = 0.2) -> Dataset:
+  """scikit-learn's diabetes regression (shipped with it): features and target standardised
+  with the training split's statistics (``target_scale`` undoes the target's)."""
   from sklearn.datasets import load_diabetes as sk_diabetes
 
   d = sk_diabetes()

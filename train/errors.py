@@ -1,5 +1,7 @@
 """The one exception type the command line turns into a one-line message."""
 
+__all__ = ["NonFiniteLossError", "UsageError"]
+
 
 class UsageError(Exception):
   """Bad input from the user: unknown names, missing data, invalid values.

@@ -25,6 +25,17 @@ from train import steps, telemetry
 from train.errors import NonFiniteLossError
 from train.registry import Optimizer
 
+__all__ = [
+  "RunResult",
+  "TrainState",
+  "evaluate",
+  "init_state",
+  "loss_function",
+  "make_eval_step",
+  "make_train_step",
+  "train_run",
+]
+
 
 @flax.struct.dataclass
 class TrainState:

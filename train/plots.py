@@ -42,6 +42,7 @@ __all__ = [
   "smooth",
 ]
 
+#: The most panels a diagnostics figure draws, whatever the depth of the model.
 MAX_PANELS = 8
 _NOT_DIAGNOSTIC = ("train/", "test/")
 _GROUPS = (  # scalar signals of one method drawn in one panel

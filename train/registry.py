@@ -35,6 +35,7 @@ __all__ = [
   "register",
 ]
 
+#: Builds an optimizer from its learning rate (a number or a schedule).
 Builder = Callable[[optax.ScalarOrSchedule], optax.GradientTransformation]
 
 
@@ -57,6 +58,7 @@ class OptimizerEntry:
   description: str = ""
 
 
+#: Every optimizer the command line knows, by name (``--optimizers NAME``).
 REGISTRY: dict[str, OptimizerEntry] = {}
 
 
@@ -164,6 +166,7 @@ def parse_name(spec: str) -> tuple[str, Optional[float]]:
 
 
 def known_names() -> list[str]:
+  """The optimizer names ``--optimizers`` accepts, sorted, and the ``gal+<name>`` form."""
   return sorted(REGISTRY) + ["gal+<name>"]
 
 
@@ -220,6 +223,7 @@ def make_optimizer(
   return Optimizer(spec, tx, base_lr, frozenset(needs), entry.norm_order, rate)
 
 
+#: The learning-rate schedules of ``--schedule``.
 SCHEDULES = ("constant", "exp", "multistep", "cosine", "plateau")
 
 

@@ -222,6 +222,8 @@ LossOf = Callable[[jax.Array], jax.Array]
 
 
 class Need(Protocol):
+  """What one kind of update needs from the forward pass (docs/design.md, Conventions — Extra arguments)."""
+
   def __call__(self, api: ModelApi, params, model_state, x, key, loss_of: LossOf) -> Pass:
     """One forward (and backward) pass with what the update needs."""
 

@@ -52,8 +52,10 @@ __all__ = [
   "write_csv",
 ]
 
-POINTS_PER_RUN = 300  # the default --log-every aims at about this many logged windows
-MAX_IN_FLIGHT = 4  # closed windows not yet read before the oldest is waited for
+#: About how many logged windows the default ``--log-every`` gives a run.
+POINTS_PER_RUN = 300
+#: How many closed windows may wait for their copy to the host before the oldest is waited for.
+MAX_IN_FLIGHT = 4
 META = ("step", "epoch", "time")
 JSONL, CSV = "steps.jsonl", "steps.csv"
 

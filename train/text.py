@@ -31,7 +31,7 @@ __all__ = ["DEFAULT_BYTES", "SPLITS", "corpus_bytes", "load_text", "stdlib_files
 
 #: Bytes of the default corpus (4 MiB).
 DEFAULT_BYTES = 1 << 22
-#: Fractions of the corpus, in order: train, validation, test.
+#: Fractions of the corpus, in order train, validation and test.
 SPLITS = (0.90, 0.05, 0.05)
 VOCAB = 256
 

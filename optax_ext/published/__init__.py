@@ -7,3 +7,5 @@ method (``reference_compat=True`` for AngularGrad and GAL,
 ``secant="iterate"`` for SP), and the design document (``docs/design.md``)
 lists every departure.
 """
+
+__all__: list[str] = []  # the variants live in the submodules, one per method
