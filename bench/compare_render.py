@@ -297,6 +297,28 @@ def _planning(result: dict) -> list[str]:
   return lines
 
 
+def _spaces(result: dict) -> list[str]:
+  """The search space of every optimizer, per learning-rate band, as the study drew it."""
+  bands: dict[str, dict[str, str]] = {}
+  for t in result["workloads"].values():
+    for n, r in t["optimizers"].items():
+      bands.setdefault(t["lr_band"], {}).setdefault(n, "; ".join(r["space"]))
+  names = list(dict.fromkeys(n for b in bands.values() for n in b))
+  head = " | ".join(f"{b} band" for b in bands)
+  lines = [
+    "## Search spaces",
+    "",
+    "Drawn by the same scrambled Sobol sequence for every optimizer (`bench/spaces.py`); "
+    "“log” marks a log-uniform range.",
+    "",
+    f"| optimizer | {head} |",
+    "|---|" + "---|" * len(bands),
+  ]
+  for n in names:
+    lines.append(f"| {n} | " + " | ".join(b.get(n, "–") for b in bands.values()) + " |")
+  return lines + [""]
+
+
 def _duration(seconds: float) -> str:
   return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
 
@@ -333,5 +355,6 @@ def render(result: dict) -> str:
   ]
   for name, t in result["workloads"].items():
     lines += _table(name, t)
+  lines += _spaces(result)
   lines += _planning(result)
   return "\n".join(lines)
