@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test test-all lint docs bench-quick bench fuzz clean
+.PHONY: demo test test-all lint docs bench-quick bench compare-quick compare fuzz clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,14 @@ bench-quick: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(BENCH_ENV) $(PY) -m bench
+
+# Every optimizer tuned alike on five workloads (bench/RESULTS.md, "Which optimizer, when");
+# an interrupted study resumes from bench/results/compare_<quick|full>/*.jsonl.
+compare-quick: $(VENV)/.installed
+	$(BENCH_ENV) $(PY) -m bench.compare --quick
+
+compare: $(VENV)/.installed
+	$(BENCH_ENV) $(PY) -m bench.compare
 
 # Random pytrees × transforms × hyperparameters × dtypes, shrinking on: bench/results/fuzz.json.
 fuzz: $(VENV)/.installed

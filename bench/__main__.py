@@ -28,11 +28,11 @@ PARTS = {
   "sp_speed": "SP quantile modes and scaling against adam",
   "insgd_speed": "INSGD train-step cost against SGD with momentum",
   "gal_speed": "GAL train-step cost against SGD",
-  "sp_train": "SP paper: Fashion-MNIST training check, both tie rules, and the damping bound",
+  "sp_train": "SP paper: what each tie rule prunes per leaf, and the damping bound",
   "sp_rosenbrock": "SP's momentum rule on Rosenbrock: the enlargement cap on and off",
-  "insgd_train": "INSGD paper: robustness to large learning rates without BatchNorm",
-  "gal_regression": "GAL paper: diabetes regression (Table V)",
+  "gal_regression": "GAL paper: diabetes, a linear reference and GAL's remainder",
   "lm_step": "every method on the transformer LM: step cost, GAL against the vocabulary, bits/byte",
+  "compare": "which optimizer, when: every optimizer tuned alike on five workloads",
 }
 
 

@@ -10,8 +10,8 @@
   JSON (:func:`write`); ``bench/report.py`` renders ``bench/RESULTS.md`` from the JSON alone.
 - Command lines: one parser with ``--quick`` for every part (:func:`parser`).
 - The machine description written into every result, and a matplotlib set up for files.
-- The paper training checks' driver: several optimizers × seeds through the project's own
-  training loop (``train.loop.train_run``).
+- Small helpers of the training checks: an optimizer built outside the registry, and the
+  mean ± std of a column. The optimizer comparison itself is ``bench/compare.py``.
 """
 
 from __future__ import annotations
@@ -200,27 +200,33 @@ def _json_default(x):
   return float(x)
 
 
-def write(stem: str, result: dict, render: Callable[[dict], str] | None = None) -> str:
+def write(
+  stem: str,
+  result: dict,
+  render: Callable[[dict], str] | None = None,
+  directory: str = RESULTS,
+) -> str:
   """Writes ``results/<stem>.json`` and, with ``render``, ``results/<stem>.md``.
 
   The markdown is ``render`` applied to the JSON as read back, the same function
   ``bench/report.py`` applies, so the two never disagree. Returns the markdown.
+  ``directory`` replaces ``results/`` (tests write elsewhere).
   """
-  os.makedirs(RESULTS, exist_ok=True)
-  path = os.path.join(RESULTS, f"{stem}.json")
+  os.makedirs(directory, exist_ok=True)
+  path = os.path.join(directory, f"{stem}.json")
   with open(path, "w") as f:
     json.dump(result, f, indent=1, default=_json_default)
   if render is None:
     return ""
-  text = render(load(stem)).strip() + "\n"
-  with open(os.path.join(RESULTS, f"{stem}.md"), "w") as f:
+  text = render(load(stem, directory)).strip() + "\n"
+  with open(os.path.join(directory, f"{stem}.md"), "w") as f:
     f.write(text)
   return text
 
 
-def load(stem: str) -> dict | None:
+def load(stem: str, directory: str = RESULTS) -> dict | None:
   """``results/<stem>.json`` as written, or None when absent."""
-  path = os.path.join(RESULTS, f"{stem}.json")
+  path = os.path.join(directory, f"{stem}.json")
   if not os.path.exists(path):
     return None
   with open(path) as f:
@@ -237,11 +243,11 @@ def pyplot():
   return plt
 
 
-def savefig(fig, name: str, dpi: int = 110) -> str:
+def savefig(fig, name: str, dpi: int = 110, directory: str = RESULTS) -> str:
   """Saves ``fig`` as ``results/<name>`` and closes it; returns the name for a link."""
-  os.makedirs(RESULTS, exist_ok=True)
+  os.makedirs(directory, exist_ok=True)
   fig.tight_layout()
-  fig.savefig(os.path.join(RESULTS, name), dpi=dpi)
+  fig.savefig(os.path.join(directory, name), dpi=dpi)
   pyplot().close(fig)
   return name
 
@@ -257,7 +263,7 @@ def verdict(value: float | None, target: float) -> str:
   return "✅ pass" if value <= target else "❌ miss"
 
 
-# --------------------------------------------------------------------------- paper runs
+# --------------------------------------------------------------------------- training checks
 
 
 def optimizer(name: str, tx, lr: float, needs=(), norm_order=None):
@@ -265,65 +271,6 @@ def optimizer(name: str, tx, lr: float, needs=(), norm_order=None):
   from train.registry import Optimizer
 
   return Optimizer(name, tx, lr, frozenset(needs), norm_order)
-
-
-def compare(
-  model_name: str,
-  ds,
-  builders: dict[str, Callable[[int], Any]],
-  seeds,
-  epochs: int,
-  batch_size: int,
-  metric_fns: dict[str, Callable] | None = None,
-) -> dict[str, list[dict]]:
-  """Trains every optimizer with every seed through ``train.loop.train_run``.
-
-  Returns ``{name: [run dicts]}``. A run whose loss becomes non-finite is recorded
-  as diverged (accuracy 0.1, chance) with the step it stopped at, rather than
-  aborting the comparison.
-  """
-  from flax_models import get_model
-  from train import data as data_lib
-  from train.errors import NonFiniteLossError
-  from train.loop import train_run
-
-  out: dict[str, list[dict]] = {}
-  steps_per_epoch = data_lib.steps_per_epoch(len(ds.x_train), batch_size)
-  for name, build in builders.items():
-    for seed in seeds:
-      opt = build(steps_per_epoch)
-      model = get_model(model_name, ds.num_classes)
-      try:
-        res = train_run(
-          model, opt, ds, epochs=epochs, batch_size=batch_size, seed=seed, progress=False
-        )
-        r = {
-          "seed": seed,
-          "diverged": False,
-          "history": res.history,
-          "test_accuracy": res.final["test_accuracy"],
-          "best_test_accuracy": res.final["best_test_accuracy"],
-          "train_loss": res.final["train_loss"],
-          "sec_per_step": res.seconds_per_step,
-        }
-        for key, fn in (metric_fns or {}).items():
-          r[key] = fn(res)
-      except NonFiniteLossError as e:
-        r = {
-          "seed": seed,
-          "diverged": True,
-          "message": str(e),
-          "test_accuracy": 0.1,
-          "best_test_accuracy": float("nan"),
-          "train_loss": float("nan"),
-        }
-      out.setdefault(name, []).append(r)
-      print(
-        f"{name} seed {seed}: "
-        + ("diverged" if r["diverged"] else f"test acc {r['test_accuracy']:.4f}"),
-        flush=True,
-      )
-  return out
 
 
 def mean_std(rows, key) -> tuple[float, float]:

@@ -21,6 +21,7 @@ RESULTS = harness.RESULTS
 
 # (title, module that renders, JSON stems in order of preference)
 SECTIONS = [
+  ("Which optimizer, when", "compare", ["compare_full", "compare_quick"]),
   (
     "Optimizer-update speed, seam on and off",
     "update_speed",
@@ -37,12 +38,15 @@ SECTIONS = [
   ("Several processes", "multihost_step", ["multihost_step_full", "multihost_step_quick"]),
   ("AngularGrad: paper checks", "angulargrad_toy", ["angulargrad_toy"]),
   ("AngularGrad: update speed", "angulargrad_speed", ["angulargrad_speed"]),
-  ("SP: Fashion-MNIST check, tie rules", "sp_train", ["sp_train_full", "sp_train_quick"]),
+  ("SP: tie rules and the damping bound", "sp_train", ["sp_train_full", "sp_train_quick"]),
   ("SP: the momentum rule on Rosenbrock", "sp_rosenbrock", ["sp_rosenbrock"]),
   ("SP: speed", "sp_speed", ["sp_speed_full", "sp_speed_quick"]),
-  ("INSGD: paper checks", "insgd_train", ["insgd_train_full", "insgd_train_quick"]),
   ("INSGD: speed", "insgd_speed", ["insgd_speed_full", "insgd_speed_quick"]),
-  ("GAL: paper checks", "gal_regression", ["gal_regression_full", "gal_regression_quick"]),
+  (
+    "GAL: diabetes, read from the inside",
+    "gal_regression",
+    ["gal_regression_full", "gal_regression_quick"],
+  ),
   ("GAL: speed", "gal_speed", ["gal_speed_full", "gal_speed_quick"]),
   ("Transformer LM: every method", "lm_step", ["lm_step_full", "lm_step_quick"]),
 ]

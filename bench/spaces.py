@@ -1,0 +1,237 @@
+"""The optimizers of the comparison and their search spaces, declared in one place.
+
+Every optimizer tunes its learning rate, log-uniform over a stated range (a ``normal``
+band, and a ``high`` band for the robustness workload), and its method's own
+hyperparameters over the ranges its paper gives:
+
+- SP (Yong et al. 2024): sparsity σ, log-uniform on [0.01, 0.3] around the published 0.1
+  (the paper states no range); SP + Nesterov with momentum 0.9 as the paper.
+- AngularGrad (Roy et al. 2022, Eq. 13): λ1 uniform on [0, 1] ("{λ1, λ2} ∈ [0, 1]",
+  best ½), λ2 on [0.1, 1] (a floor of 0 would allow a zero step).
+- INSGD (Atici et al.): the paper fixes ε = 0.01 and momentum 0.9 and varies only the
+  learning rate (0.01-0.5).
+- GAL (Luo et al. 2022, Sec. IV-F, Fig. 7): α log-uniform on [1e-4, 1e-2] (the range the
+  paper found best), β log-uniform on [1e-3, 10] (the values it used, 0.001-10).
+- Baselines: SGD with heavy-ball and with Nesterov momentum 0.9 (learning rate only),
+  AdamW with its weight decay log-uniform on [1e-5, 1e-1].
+
+Each optimizer is built from the training code's registry (:mod:`train.registry`):
+its entry's update (``build``) and what the update needs (``needs``, ``norm_order``).
+The hyperparameters enter through :func:`optax.inject_hyperparams`, so they are values
+in the optimizer state rather than constants of the compiled step: every trial of one
+optimizer on one workload compiles to the same program, which the persistent
+compilation cache then serves (:mod:`bench.study`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Callable, Optional
+
+import optax
+
+__all__ = ["CANDIDATES", "CLAIMS", "Candidate", "Dim", "get"]
+
+SGD_LR = {"normal": (3e-3, 0.3), "high": (0.1, 0.5)}
+PLAIN_LR = {"normal": (1e-2, 1.0), "high": (0.3, 1.5)}  # no momentum: steps 10x smaller
+ADAM_LR = {"normal": (1e-4, 1e-2), "high": (1e-2, 5e-2)}
+INSGD_LR = {"normal": (1e-2, 0.5), "high": (0.1, 0.5)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Dim:
+  """One searched hyperparameter: ``low``..``high``, log-uniform or uniform."""
+
+  name: str
+  low: float
+  high: float
+  log: bool = True
+
+  def value(self, u: float) -> float:
+    """The value at quantile ``u`` in [0, 1)."""
+    if self.log:
+      return float(math.exp(math.log(self.low) + u * (math.log(self.high) - math.log(self.low))))
+    return float(self.low + u * (self.high - self.low))
+
+  def describe(self) -> str:
+    return f"{self.name} ∈ [{self.low:g}, {self.high:g}]" + (" log" if self.log else "")
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+  """One optimizer of the comparison.
+
+  Attributes:
+    name: Identifier (``momentum``, ``gal+adamw`` ...).
+    entry: The :data:`train.registry.REGISTRY` entry whose update (or, for GAL, the
+      update after GAL's stage) this is.
+    baseline: A baseline (first in every table; the statistical tests compare with
+      the best of them).
+    lr: The learning-rate range per band, ``{"normal": (lo, hi), "high": (lo, hi)}``.
+    dims: The method's own searched hyperparameters.
+    factory: ``factory(entry_build, learning_rate, **hyperparameters)`` → the
+      transformation, or None for the registry entry's own ``build(learning_rate)``.
+    gal: GAL in front of the entry.
+    paper: The paper the method comes from (``""`` for baselines).
+    base: The baseline the method modifies (AngularGrad: AdamW; SP + Nesterov: Nesterov;
+      INSGD: SGD with momentum; GAL: what it stands in front of), compared with it too;
+      ``""`` for none (plain SP has no momentum, no baseline here is its base).
+  """
+
+  name: str
+  entry: str
+  lr: dict
+  baseline: bool = False
+  dims: tuple = ()
+  factory: Optional[Callable[..., optax.GradientTransformation]] = None
+  gal: bool = False
+  paper: str = ""
+  base: str = ""
+
+  def space(self, band: str) -> tuple:
+    """Every searched dimension, the learning rate first."""
+    if band not in self.lr:
+      raise ValueError(f"{self.name}: no learning-rate band {band!r}; known: {sorted(self.lr)}")
+    return (Dim("learning_rate", *self.lr[band]),) + tuple(self.dims)
+
+  def configs(self, units, band: str) -> list[dict]:
+    """The hyperparameters at each row of unit-cube points ``units`` (n × dims)."""
+    dims = self.space(band)
+    return [{d.name: d.value(float(u)) for d, u in zip(dims, row)} for row in units]
+
+  def build(self, config: dict, output_dim: int, task: str, seed: int = 0):
+    """The :class:`train.registry.Optimizer` for ``config``."""
+    from train.registry import REGISTRY, Optimizer
+
+    entry = REGISTRY[self.entry]
+    needs = set(entry.needs)
+    if self.gal:
+      from optax_ext.gal import gal_chain
+
+      hidden = (128, 4) if task == "regression" else (100, 32, 16)
+
+      def factory(learning_rate, alpha, beta):
+        return gal_chain(
+          entry.build, learning_rate, output_dim, hidden=hidden, alpha=alpha, beta=beta, seed=seed
+        )
+
+      needs.add("gal")
+    elif self.factory is not None:
+      factory = functools.partial(self.factory, entry.build)
+    else:
+      factory = lambda learning_rate: entry.build(learning_rate)  # noqa: E731
+    tx = optax.inject_hyperparams(factory)(**config)
+    lr = config["learning_rate"]
+    return Optimizer(self.name, tx, lr, frozenset(needs), entry.norm_order, lr)
+
+
+def _sp(nesterov: bool):
+  def factory(build, learning_rate, sparsity):
+    import optax_ext
+
+    del build  # the registry's sp / sp_nesterov, with σ searched
+    if nesterov:
+      return optax_ext.sp(learning_rate, sparsity=sparsity, momentum=0.9, nesterov=True)
+    return optax_ext.sp(learning_rate, sparsity=sparsity)
+
+  return factory
+
+
+def _angular(method: str):
+  def factory(build, learning_rate, lambda1, lambda2):
+    import optax_ext
+
+    del build  # the registry's angulargrad_<method>, with λ1, λ2 searched
+    return optax_ext.angulargrad(learning_rate, method=method, lambda1=lambda1, lambda2=lambda2)
+
+  return factory
+
+
+def _adamw(build, learning_rate, weight_decay):
+  del build  # the registry's adamw, with its decay searched
+  return optax.adamw(learning_rate, weight_decay=weight_decay)
+
+
+SPARSITY = Dim("sparsity", 0.01, 0.3)
+LAMBDAS = (Dim("lambda1", 0.0, 1.0, log=False), Dim("lambda2", 0.1, 1.0, log=False))
+GAL_DIMS = (Dim("alpha", 1e-4, 1e-2), Dim("beta", 1e-3, 10.0))
+SP_PAPER = "SP (Yong et al. 2024)"
+AG_PAPER = "AngularGrad (Roy et al. 2022)"
+INSGD_PAPER = "INSGD (Atici et al.)"
+GAL_PAPER = "GAL (Luo et al. 2022)"
+#: What each paper claimed, in its own setting, for the report's summary.
+CLAIMS = {
+  SP_PAPER: "better generalisation than SGD, SGD + Nesterov and Adam on MNIST (its CNN, "
+  "99.1 % / 99.2 % for SP / SP + Nesterov) and CIFAR-10 (MobileNetV2, ResNet-18/50)",
+  AG_PAPER: "best or second-best accuracy in almost all CIFAR-10/100 networks against SGDM, "
+  "Adam, AdamW and others (Tables 1-2)",
+  INSGD_PAPER: "higher accuracy than SGD on CIFAR-10 and ImageNet, and training where SGD "
+  "diverges at large learning rates without BatchNorm (Tables 6-7)",
+  GAL_PAPER: "lower error in front of SGD, Lookahead and AdaBound on CIFAR and ImageNet, and "
+  "on regression (Table V, diabetes MSE 3226 → 2962 with Adam)",
+}
+
+CANDIDATES: dict[str, Candidate] = {
+  c.name: c
+  for c in (
+    Candidate("momentum", "momentum", SGD_LR, baseline=True),
+    Candidate("nesterov", "nesterov", SGD_LR, baseline=True),
+    Candidate(
+      "adamw",
+      "adamw",
+      ADAM_LR,
+      baseline=True,
+      dims=(Dim("weight_decay", 1e-5, 0.1),),
+      factory=_adamw,
+    ),
+    Candidate(
+      "angulargrad_cos",
+      "angulargrad_cos",
+      ADAM_LR,
+      dims=LAMBDAS,
+      factory=_angular("cos"),
+      paper=AG_PAPER,
+      base="adamw",
+    ),
+    Candidate(
+      "angulargrad_tan",
+      "angulargrad_tan",
+      ADAM_LR,
+      dims=LAMBDAS,
+      factory=_angular("tan"),
+      paper=AG_PAPER,
+      base="adamw",
+    ),
+    Candidate("sp", "sp", PLAIN_LR, dims=(SPARSITY,), factory=_sp(False), paper=SP_PAPER),
+    Candidate(
+      "sp_nesterov",
+      "sp_nesterov",
+      SGD_LR,
+      dims=(SPARSITY,),
+      factory=_sp(True),
+      paper=SP_PAPER,
+      base="nesterov",
+    ),
+    Candidate("insgd_l1", "insgd_l1", INSGD_LR, paper=INSGD_PAPER, base="momentum"),
+    Candidate("insgd_l2", "insgd_l2", INSGD_LR, paper=INSGD_PAPER, base="momentum"),
+    Candidate(
+      "gal+momentum", "momentum", SGD_LR, dims=GAL_DIMS, gal=True, paper=GAL_PAPER, base="momentum"
+    ),
+    Candidate(
+      "gal+adamw", "adamw", ADAM_LR, dims=GAL_DIMS, gal=True, paper=GAL_PAPER, base="adamw"
+    ),
+  )
+}
+
+
+def get(name: str) -> Candidate:
+  """The optimizer called ``name``.
+
+  Raises:
+    ValueError: for an unknown name (the message lists the known ones).
+  """
+  if name not in CANDIDATES:
+    raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(CANDIDATES)}")
+  return CANDIDATES[name]
