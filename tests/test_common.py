@@ -24,11 +24,11 @@ from jax.flatten_util import ravel_pytree
 from jax.sharding import NamedSharding, PartitionSpec
 
 import optax_ext
+from optax_ext.insgd import InputPower
 
 # Properties of values and structures, not of speed: unoptimised XLA compiles the many
 # small programs here several times faster and computes the same values.
 pytestmark = pytest.mark.usefixtures("fast_compile")
-from optax_ext.insgd import InputPower
 
 # ---------------------------------------------------------------------------
 # Targets: (initial parameters, minimiser, objective), as optax's harness uses.

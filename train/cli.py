@@ -334,16 +334,6 @@ def _report(args, results, ds, model_name: str, out: str) -> None:
   print(f"TensorBoard: tensorboard --logdir {out}")
 
 
-def _devices_note(mesh) -> str:
-  import jax
-
-  if mesh is None:
-    return ""
-  per = f" on {jax.process_count()} processes" if jax.process_count() > 1 else ""
-  sizes = ",".join(f"{k}={v}" for k, v in mesh.shape.items())
-  return f", mesh {sizes} ({mesh.devices.size} devices{per})"
-
-
 def run(args: argparse.Namespace) -> int:
   import jax
 
@@ -372,7 +362,7 @@ def run(args: argparse.Namespace) -> int:
     print(
       f"{model_name} on {ds.name}: {len(ds.x_train)} train / {len(ds.x_test)} test, "
       f"{args.epochs} epochs x {spe} steps, batch {args.batch_size}, "
-      f"{jax.devices()[0].platform}{_devices_note(mesh)}",
+      f"{jax.devices()[0].platform}{distributed.devices_note(mesh)}",
       flush=True,
     )
   results = [_train_one(args, model, o, ds, out, mesh) for o in opts]

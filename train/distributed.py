@@ -46,6 +46,7 @@ __all__ = [
   "Launch",
   "add_options",
   "barrier",
+  "devices_note",
   "feed_eval",
   "initialize",
   "is_primary",
@@ -157,6 +158,15 @@ def mesh_of(spec: Optional[str]):
       f"{jax.process_count()} processes: on several processes the mesh takes them all"
     )
   return mesh
+
+
+def devices_note(mesh) -> str:
+  """``", mesh data=2,fsdp=4 (8 devices on 2 processes)"`` for the run's header; "" without a mesh."""
+  if mesh is None:
+    return ""
+  per = f" on {jax.process_count()} processes" if jax.process_count() > 1 else ""
+  sizes = ",".join(f"{k}={v}" for k, v in mesh.shape.items())
+  return f", mesh {sizes} ({mesh.devices.size} devices{per})"
 
 
 def is_primary() -> bool:
