@@ -21,6 +21,9 @@ from typing import Optional, Sequence
 
 from train.errors import UsageError
 
+__all__ = ["DEMO_OPTIMIZERS", "build_parser", "main", "run"]
+
+#: The optimizers ``--demo`` trains when ``--optimizers`` is not given.
 DEMO_OPTIMIZERS = (
   "sgd",
   "momentum",
@@ -62,6 +65,7 @@ def _positive_float(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
+  """The parser of ``python -m train`` (its ``--help`` is in docs/training.md)."""
   from train import distributed
   from train.data import DATASET_NAMES
   from train.registry import SCHEDULES, known_names
@@ -335,6 +339,7 @@ def _report(args, results, ds, model_name: str, out: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+  """Trains every optimizer of ``args`` and writes the report; returns the exit status."""
   import jax
 
   from train import data as data_lib
@@ -372,6 +377,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+  """``python -m train``: parses ``argv``, runs, and turns usage errors into one line and status 2."""
   args = build_parser().parse_args(argv)
   try:
     return run(args)

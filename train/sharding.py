@@ -29,6 +29,18 @@ from jax.sharding import PartitionSpec as P
 
 from train.errors import UsageError
 
+__all__ = [
+  "AXES",
+  "all_gather_sizes",
+  "batch_sharding",
+  "check_batch",
+  "leaf_spec",
+  "make_mesh",
+  "parse_mesh",
+  "state_shardings",
+]
+
+#: The mesh axes ``--mesh`` accepts: the batch over ``data``, parameters over ``fsdp``.
 AXES = ("data", "fsdp")
 
 
@@ -50,6 +62,7 @@ def parse_mesh(text: str) -> dict[str, int]:
 
 
 def make_mesh(sizes: dict[str, int]) -> Mesh:
+  """A ``data`` × ``fsdp`` mesh over the first devices; a clear error when too few are visible."""
   n = sizes["data"] * sizes["fsdp"]
   devices = jax.devices()
   if n > len(devices):
@@ -62,6 +75,7 @@ def make_mesh(sizes: dict[str, int]) -> Mesh:
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """The batch split along its first axis over every device of ``mesh``."""
   return NamedSharding(mesh, P(AXES))
 
 
@@ -98,6 +112,7 @@ def all_gather_sizes(hlo: str) -> list[int]:
 
 
 def check_batch(batch_size: int, mesh: Mesh) -> None:
+  """Refuses a batch that the mesh's devices cannot share equally."""
   n = mesh.devices.size
   if batch_size % n:
     raise UsageError(f"--batch-size {batch_size} is not divisible by the {n} devices of --mesh")
