@@ -28,12 +28,14 @@ from jax import lax
 __all__ = [
   "ConvGeometry",
   "contraction_power",
-  "conv_layer_power",
+  "Layers",
+  "SILENT_NAMES",
   "conv_power",
   "einsum_contracted_axes",
-  "einsum_power",
+  "layer_power",
   "normalize_axes",
   "power_leaves",
+  "silent_layers",
   "warn_once",
 ]
 
@@ -237,20 +239,51 @@ def conv_power(geometry: ConvGeometry, x: jax.Array, q: int) -> Optional[jax.Arr
   return jnp.repeat(per_group, geometry.features // groups)
 
 
-def einsum_power(x: jax.Array, equation: Optional[str], q: int):
-  """``(power, None)`` of an einsum layer's input, or ``(None, why not)``."""
-  axes = None if equation is None else einsum_contracted_axes(equation, x.ndim)
-  if axes is None:
-    return None, f"no single input vector in the equation {equation!r}"
-  return contraction_power(x, axes, q), None
+#: Layers left ``None`` on purpose, without a warning, in either API: normalisation layers
+#: (the published code leaves them to plain SGD) and embedding tables, indexed, not
+#: contracted (also when ``Embed.attend`` ties them to the output).
+SILENT_NAMES = ("BatchNorm", "LayerNorm", "GroupNorm", "RMSNorm", "InstanceNorm", "Embed")
 
 
-def conv_layer_power(module: Any, features: int, x: jax.Array, q: int):
-  """``(power, None)`` of a convolution layer's input, or ``(None, why not)``.
+class Layers(NamedTuple):
+  """One Flax API's layer classes whose input power is known, and its conv's channel attribute."""
 
-  ``module`` is a linen ``nn.Conv`` or an ``nnx.Conv``: both hold the geometry
-  under the same attribute names but the output channels (``features``).
+  dense: type  # contracts the last input axis
+  general: type  # contracts the input axes ``module.axis``
+  einsum: type  # contracts what its equation says
+  conv: type
+  conv_features: str  # name of the conv's output-channel count
+
+  @property
+  def known(self) -> tuple[type, ...]:
+    return (self.dense, self.general, self.einsum, self.conv)
+
+
+def silent_layers(namespace: Any) -> tuple[type, ...]:
+  """The classes of :data:`SILENT_NAMES` that ``namespace`` (``flax.linen`` or ``nnx``) has."""
+  return tuple(getattr(namespace, n) for n in SILENT_NAMES if hasattr(namespace, n))
+
+
+def layer_power(layers: Layers, module: Any, args: tuple, kwargs: dict, q: int):
+  """``(power, None)`` for one call of a known layer, or ``(None, why it has none)``.
+
+  Linen and NNX layers take their input first (or as ``inputs=``), an einsum its
+  equation second (or as ``einsum_str=``, else its own), and hold a convolution's
+  geometry under the same attribute names.
   """
+  x = lax.stop_gradient(args[0] if args else kwargs["inputs"])
+  kind = type(module)
+  if kind is layers.dense:
+    return contraction_power(x, (x.ndim - 1,), q), None
+  if kind is layers.general:
+    return contraction_power(x, normalize_axes(module.axis, x.ndim), q), None
+  if kind is layers.einsum:
+    equation = args[1] if len(args) > 1 and args[1] is not None else None
+    equation = equation or kwargs.get("einsum_str") or module.einsum_str
+    axes = None if equation is None else einsum_contracted_axes(equation, x.ndim)
+    if axes is None:
+      return None, f"no single input vector in the equation {equation!r}"
+    return contraction_power(x, axes, q), None
   if module.mask is not None:
     return None, "a masked kernel"
   geometry = ConvGeometry(
@@ -260,7 +293,7 @@ def conv_layer_power(module: Any, features: int, x: jax.Array, q: int):
     module.input_dilation,
     module.kernel_dilation,
     module.feature_group_count,
-    features,
+    getattr(module, layers.conv_features),
   )
   power = conv_power(geometry, x, q)
   return (None, f"the padding {module.padding!r}") if power is None else (power, None)

@@ -17,18 +17,13 @@ import threading
 from typing import Any, Optional
 
 from flax import nnx
-from jax import lax
 
 from optax_ext import _input_power_maths as maths
 
 __all__ = ["capture_nnx"]
 
-SILENT = tuple(
-  getattr(nnx, name)
-  for name in ("BatchNorm", "LayerNorm", "GroupNorm", "RMSNorm", "InstanceNorm", "Embed")
-  if hasattr(nnx, name)
-)
-KNOWN = (nnx.Linear, nnx.LinearGeneral, nnx.Einsum, nnx.Conv)
+LAYERS = maths.Layers(nnx.Linear, nnx.LinearGeneral, nnx.Einsum, nnx.Conv, "out_features")
+SILENT = maths.silent_layers(nnx)
 
 _recorder: contextvars.ContextVar[Optional["_Recorder"]] = contextvars.ContextVar(
   "optax_ext_nnx_input_power", default=None
@@ -54,28 +49,15 @@ class _Recorder:
 
   def record(self, module: nnx.Module, args: tuple, kwargs: dict) -> None:
     path = self.paths.get(id(module))
-    if path is None or type(module) not in KNOWN:  # a copy inside a lifted transform, a subclass
+    if (
+      path is None or type(module) not in LAYERS.known
+    ):  # a copy inside a lifted transform, a subclass
       return
-    power, why = layer_power(module, args, kwargs, self.norm_order)
+    power, why = maths.layer_power(LAYERS, module, args, kwargs, self.norm_order)
     if power is None:
       self.unsupported[path] = why
     else:
       self.records.setdefault(path, []).append(power)
-
-
-def layer_power(module: nnx.Module, args: tuple, kwargs: dict, q: int):
-  """``(power, None)`` for one call of a known layer, or ``(None, why it has none)``."""
-  x = lax.stop_gradient(args[0] if args else kwargs["inputs"])
-  kind = type(module)
-  if kind is nnx.Linear:
-    return maths.contraction_power(x, (x.ndim - 1,), q), None
-  if kind is nnx.LinearGeneral:
-    return maths.contraction_power(x, maths.normalize_axes(module.axis, x.ndim), q), None
-  if kind is nnx.Einsum:
-    equation = args[1] if len(args) > 1 and args[1] is not None else None
-    equation = equation or kwargs.get("einsum_str") or module.einsum_str
-    return maths.einsum_power(x, equation, q)
-  return maths.conv_layer_power(module, module.out_features, x, q)
 
 
 def _wrap(call):
@@ -94,7 +76,7 @@ def _hooks():
   """Wraps the known layers' ``__call__`` while any capture runs (nested and threaded too)."""
   with _lock:
     if _depth[0] == 0:
-      for cls in KNOWN:
+      for cls in LAYERS.known:
         _originals[cls] = cls.__dict__["__call__"]
         cls.__call__ = _wrap(_originals[cls])
     _depth[0] += 1
