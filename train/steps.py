@@ -77,6 +77,9 @@ class ModelApi(Protocol):
     """``(new_params, new_opt_state, optax_state)``; ``optax_state`` is the transform's
     own state (NamedTuples intact) for :func:`optax_ext.diagnostics`."""
 
+  def as_update_params(self, tree) -> Any:
+    """A tree shaped like ``params``, in the layout the transform sees its parameters in."""
+
 
 class LinenApi:
   """A linen module: ``model.apply({'params': p, 'batch_stats': s}, x, train=...)``."""
@@ -89,18 +92,21 @@ class LinenApi:
     return variables["params"], variables.get("batch_stats", {})
 
   def _call(self, call, params, model_state, x, key, **kw):
+    """``call(variables, x, train=True, ...)``, with the batch statistics mutable if any."""
     variables = {"params": params}
     kwargs = dict(train=True, rngs={"dropout": key}, **kw)
-    if model_state:
-      variables["batch_stats"] = model_state
-      out = call(variables, x, mutable=["batch_stats"], **kwargs)
-    else:
-      out = call(variables, x, **kwargs)
-    return out
+    if not model_state:
+      return call(variables, x, **kwargs)
+    variables["batch_stats"] = model_state
+    return call(variables, x, mutable=["batch_stats"], **kwargs)
+
+  @staticmethod
+  def _outputs(out, model_state):
+    """``(outputs, new_model_state)`` from what ``apply`` returned."""
+    return (out[0], out[1]["batch_stats"]) if model_state else (out, model_state)
 
   def apply(self, params, model_state, x, key):
-    out = self._call(self.model.apply, params, model_state, x, key)
-    return (out[0], out[1]["batch_stats"]) if model_state else (out, model_state)
+    return self._outputs(self._call(self.model.apply, params, model_state, x, key), model_state)
 
   def capture(self, params, model_state, x, key, norm_order):
     import optax_ext
@@ -111,8 +117,7 @@ class LinenApi:
       )
 
     out, power = self._call(call, params, model_state, x, key)
-    z, new_state = (out[0], out[1]["batch_stats"]) if model_state else (out, model_state)
-    return (z, new_state), power
+    return self._outputs(out, model_state), power
 
   def predict(self, params, model_state, x):
     variables = {"params": params}
@@ -126,6 +131,9 @@ class LinenApi:
   def update(self, tx, grads, opt_state, params, extra):
     updates, opt_state = tx.update(grads, opt_state, params, **extra)
     return optax.apply_updates(params, updates), opt_state, opt_state
+
+  def as_update_params(self, tree):
+    return tree
 
 
 class NnxApi:
@@ -177,8 +185,9 @@ class NnxApi:
   def predict(self, params, model_state, x):
     return self._model(params, model_state)(x, train=False)
 
-  def param_state(self, pure) -> Any:
-    """A pure-dict parameter tree as ``nnx.as_pure(nnx.state(model, nnx.Param))`` has it."""
+  def as_update_params(self, pure) -> Any:
+    """A pure-dict parameter tree as ``nnx.Optimizer`` hands parameters to the transform:
+    ``nnx.as_pure(nnx.state(model, nnx.Param))``."""
     return self.nnx.as_pure(self._fill(self.params_tmpl, pure))
 
   def _optimizer(self, tx, params=None):
@@ -258,8 +267,8 @@ class InputPower:
 class GalArgs:
   """GAL's ``outputs``, ``loss_fn`` and ``outputs_vjp`` from one forward pass; no gradient.
 
-  Under :class:`NnxApi` the VJP's parameter cotangent is handed over in the layout
-  ``nnx.Optimizer`` gives GAL its parameters in.
+  The VJP's parameter cotangent is handed over in the layout the transform sees the
+  parameters in (:meth:`ModelApi.as_update_params`).
   """
 
   def __call__(self, api, params, model_state, x, key, loss_of):
@@ -268,9 +277,8 @@ class GalArgs:
     extra, new_state = optax_ext.gal_extra_args(
       lambda p: api.apply(p, model_state, x, key), params, loss_of, has_aux=True
     )
-    if isinstance(api, NnxApi):
-      vjp = extra["outputs_vjp"]
-      extra["outputs_vjp"] = lambda ct: (api.param_state(vjp(ct)[0]),)
+    vjp = extra["outputs_vjp"]
+    extra["outputs_vjp"] = lambda ct: (api.as_update_params(vjp(ct)[0]),)
     return Pass(loss_of(extra["outputs"]), extra["outputs"], new_state, None, extra)
 
 
