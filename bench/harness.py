@@ -10,8 +10,10 @@
   JSON (:func:`write`); ``bench/report.py`` renders ``bench/RESULTS.md`` from the JSON alone.
 - Command lines: one parser with ``--quick`` for every part (:func:`parser`).
 - The machine description written into every result, and a matplotlib set up for files.
-- Small helpers of the training checks: an optimizer built outside the registry, and the
-  mean ± std of a column. The optimizer comparison itself is ``bench/compare.py``.
+- The one figure of the speed parts: lines of measurements over sizes or models (:func:`plot`).
+- Small helpers of the training checks: an optimizer built outside :mod:`train.methods`, one
+  method of each family, and the mean ± std of a column. The optimizer comparison itself is
+  ``bench/compare.py``.
 """
 
 from __future__ import annotations
@@ -89,12 +91,6 @@ def paired_ratios(samples: dict[str, list[float]], baseline: str) -> dict[str, d
   return {k: summarise(list(np.asarray(s) / base)) for k, s in samples.items()}
 
 
-def ratios(results: dict[str, dict[str, float]], baseline: str) -> dict[str, float]:
-  """Median time of each entry divided by the baseline's median."""
-  base = results[baseline]["median"]
-  return {k: v["median"] / base for k, v in results.items()}
-
-
 def row(times: dict[str, float], base: dict[str, float] | None = None, key: str = "ratio"):
   """One result row in milliseconds, with the ratio of medians to ``base`` if given."""
   out = {
@@ -148,8 +144,11 @@ def seam(on: bool) -> Iterator[None]:
     config.update("cpu_fusion", before)
 
 
-def seam_label(on: bool) -> str:
-  return "seam on" if on else "seam off"
+def bytes_accessed(compiled) -> float:
+  """The bytes a compiled program reads and writes, by XLA's cost analysis (NaN if none)."""
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float((cost or {}).get("bytes accessed", float("nan")))
 
 
 # --------------------------------------------------------------------------- machine
@@ -257,20 +256,55 @@ def fmt_ratio(x: float | None, digits: int = 2) -> str:
 
 
 def verdict(value: float | None, target: float) -> str:
-  """A pass/fail mark for ``value <= target``."""
+  """``met`` when ``value <= target``, else ``missed`` (``-`` without a value)."""
   if value is None or not math.isfinite(value):
-    return "–"
-  return "✅ pass" if value <= target else "❌ miss"
+    return "-"
+  return "met" if value <= target else "missed"
+
+
+def plot(name: str, x, panels: dict, xlabel: str, title: str, hlines=None, log_x=False) -> str:
+  """The figure of the speed parts: one panel per ``{ylabel: {label: values over x}}``,
+  a line per label; ``x`` holds numbers (sizes) or names (models); ``hlines`` maps a
+  panel's ylabel to levels drawn dashed (targets). Saved as ``results/<name>``."""
+  plt = pyplot()
+  fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.4), squeeze=False)
+  pos = np.arange(len(x)) if isinstance(x[0], str) else np.asarray(x, float)
+  for ax, (ylabel, lines) in zip(axes[0], panels.items()):
+    for label, values in lines.items():
+      ax.plot(pos, [np.nan if v is None else v for v in values], marker="o", label=label)
+    for level in sorted(set((hlines or {}).get(ylabel, ()))):
+      ax.axhline(level, color="k", lw=0.8, ls="--")
+    if isinstance(x[0], str):
+      ax.set_xticks(pos, x)
+    elif log_x:
+      ax.set_xscale("log")
+    ax.set(xlabel=xlabel, ylabel=ylabel)
+    ax.grid(alpha=0.3, which="both")
+  axes[0][-1].legend(fontsize=7)
+  fig.suptitle(title)
+  return savefig(fig, name)
 
 
 # --------------------------------------------------------------------------- training checks
 
 
-def optimizer(name: str, tx, lr: float, needs=(), norm_order=None):
-  """An optimizer for ``train.loop.train_run``, built outside the registry."""
+def optimizer(name: str, tx, lr: float, need=None):
+  """An optimizer for ``train.loop.train_run``, built outside :mod:`train.methods`;
+  ``need``: what its update takes (:mod:`train.steps`; default: a plain gradient)."""
+  from train import steps
   from train.registry import Optimizer
 
-  return Optimizer(name, tx, lr, frozenset(needs), norm_order)
+  return Optimizer(name, tx, lr, need or steps.Gradient())
+
+
+def one_per_family() -> list[str]:
+  """SGD, the first method of each paper's family, and GAL in front of SGD."""
+  from train.methods import METHODS
+
+  firsts = {}
+  for name, m in METHODS.items():
+    firsts.setdefault(m.family, name)
+  return [*firsts.values(), "gal+sgd"]
 
 
 def mean_std(rows, key) -> tuple[float, float]:

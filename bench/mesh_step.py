@@ -79,7 +79,7 @@ def main(argv=None) -> dict:
   model = get_model("mnist_cnn", 10)
   const = registry.make_schedule("constant", 1, 1)
   rows = []
-  for opt_name in ("sgd", "sp", "insgd_l2", "gal+sgd", "angulargrad_cos"):
+  for opt_name in harness.one_per_family():
     for mesh_spec in ("data=1", "data=2", "data=4", "data=8", "data=2,fsdp=4"):
       opt = registry.make_optimizer(opt_name, const)
       mesh = sharding.make_mesh(sharding.parse_mesh(mesh_spec))

@@ -32,7 +32,6 @@ import time
 import numpy as np
 
 STEM = "multihost_step"
-METHODS = ("sgd", "sp", "insgd_l2", "gal+sgd", "angulargrad_cos")
 MESHES = ("data=8", "data=2,fsdp=4")
 KINDS = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 _OP = re.compile(r"=\s*(.*?)\s(" + "|".join(KINDS) + r")(?:-start)?\(")
@@ -106,7 +105,7 @@ def _worker(args) -> None:
     xs, ys = feed()
     feeds[spec] = feed
     process_of = [d.process_index for d in mesh.devices.flat]
-    for name in METHODS:
+    for name in harness.one_per_family():
       opt = registry.make_optimizer(name, const)
       state = init_state(model, opt.tx, x[:1], 0)
       st_sh = sharding.state_shardings(mesh, state)
@@ -233,7 +232,7 @@ def main(argv=None) -> dict:
     "command": harness.command("bench.multihost_step", args.quick),
     "machine": harness.machine_description(),
     "batch": batch,
-    "methods": list(METHODS),
+    "methods": harness.one_per_family(),
     "meshes": list(MESHES),
     "layouts": layouts,
   }

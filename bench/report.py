@@ -2,8 +2,9 @@
 
 Every number in RESULTS.md comes from a ``bench/results/*.json`` file, rendered by the
 ``render`` function of the part that wrote it (the same function that wrote the part's
-own ``.md``, rewritten here so the two stay in step). A part with no result yet is listed as not run; a full run's result is
-preferred to a quick one's.
+own ``.md``, rewritten here so the two stay in step), or for a method's speed section by
+the function that shows that method's rows. A part with no result yet is listed as not
+run; a full run's result is preferred to a quick one's.
 """
 
 from __future__ import annotations
@@ -19,36 +20,50 @@ from bench import harness
 HERE = harness.HERE
 RESULTS = harness.RESULTS
 
-# (title, module that renders, JSON stems in order of preference)
+# (title, module, JSON stems in order of preference, the module's render function); a
+# method's speed section renders its rows of the update-speed or train-step result.
 SECTIONS = [
-  ("Which optimizer, when", "compare", ["compare_full", "compare_quick"]),
-  (
-    "Optimizer-update speed, seam on and off",
-    "update_speed",
-    ["update_speed_full", "update_speed_quick"],
-  ),
-  ("Copies added by donating the carried state", "donation_copies", ["donation_copies"]),
-  ("Train-step cost, seam on and off", "train_step", ["train_step_full", "train_step_quick"]),
+  ("Which optimizer, when", "compare", ["compare_full", "compare_quick"], "render"),
+  ("Optimizer-update speed", "update_speed", ["update_speed_full", "update_speed_quick"], "render"),
+  ("Copies added by donating the carried state", "donation_copies", ["donation_copies"], "render"),
+  ("Train-step cost", "train_step", ["train_step_full", "train_step_quick"], "render"),
   (
     "Training telemetry: logging overhead",
     "telemetry_overhead",
     ["telemetry_overhead_full", "telemetry_overhead_quick"],
+    "render",
   ),
-  ("Device mesh", "mesh_step", ["mesh_step_full", "mesh_step_quick"]),
-  ("Several processes", "multihost_step", ["multihost_step_full", "multihost_step_quick"]),
-  ("AngularGrad: paper checks", "angulargrad_toy", ["angulargrad_toy"]),
-  ("AngularGrad: update speed", "angulargrad_speed", ["angulargrad_speed"]),
-  ("SP: tie rules and the damping bound", "sp_train", ["sp_train_full", "sp_train_quick"]),
-  ("SP: the momentum rule on Rosenbrock", "sp_rosenbrock", ["sp_rosenbrock"]),
-  ("SP: speed", "sp_speed", ["sp_speed_full", "sp_speed_quick"]),
-  ("INSGD: speed", "insgd_speed", ["insgd_speed_full", "insgd_speed_quick"]),
+  ("Device mesh", "mesh_step", ["mesh_step_full", "mesh_step_quick"], "render"),
+  (
+    "Several processes",
+    "multihost_step",
+    ["multihost_step_full", "multihost_step_quick"],
+    "render",
+  ),
+  ("AngularGrad: paper checks", "angulargrad_toy", ["angulargrad_toy"], "render"),
+  (
+    "AngularGrad: update speed",
+    "update_speed",
+    ["update_speed_full", "update_speed_quick"],
+    "render_angulargrad",
+  ),
+  (
+    "SP: tie rules and the damping bound",
+    "sp_train",
+    ["sp_train_full", "sp_train_quick"],
+    "render",
+  ),
+  ("SP: the momentum rule on Rosenbrock", "sp_rosenbrock", ["sp_rosenbrock"], "render"),
+  ("SP: speed", "update_speed", ["update_speed_full", "update_speed_quick"], "render_sp"),
+  ("INSGD: speed", "train_step", ["train_step_full", "train_step_quick"], "render_insgd"),
   (
     "GAL: diabetes, read from the inside",
     "gal_regression",
     ["gal_regression_full", "gal_regression_quick"],
+    "render",
   ),
-  ("GAL: speed", "gal_speed", ["gal_speed_full", "gal_speed_quick"]),
-  ("Transformer LM: every method", "lm_step", ["lm_step_full", "lm_step_quick"]),
+  ("GAL: speed", "train_step", ["train_step_full", "train_step_quick"], "render_gal"),
+  ("Transformer LM: every method", "lm_step", ["lm_step_full", "lm_step_quick"], "render"),
 ]
 
 
@@ -76,30 +91,87 @@ def _relink(text: str) -> str:
   )
 
 
-def summary() -> list[str]:
-  """The speed targets with a pass/fail mark, from the update-speed result."""
-  for stem in ("update_speed_full", "update_speed_quick"):
+def _newest(*stems: str) -> tuple[str, dict | None]:
+  """The first of ``stems`` with a result (a full run before a quick one)."""
+  for stem in stems:
     result = harness.load(stem)
-    if result is not None and "targets" in result:
-      break
-  else:
-    return ["No update-speed result with seam on/off yet (`python -m bench.update_speed`)."]
-  r50 = result["trees"].get("resnet50", {}).get("methods", {})
+    if result is not None:
+      return stem, result
+  return stems[-1], None
+
+
+def _update_summary() -> list[str]:
+  from bench import update_speed as us
+
+  stem, result = _newest("update_speed_full", "update_speed_quick")
+  r50 = ((result or {}).get("trees") or {}).get("resnet50", {}).get("methods", {})
+  if not r50:
+    return ["No update-speed result yet (`python -m bench.update_speed`)."]
   lines = [
-    f"From `{stem}.json` ({result.get('command', '')}): the ResNet-50-sized tree, update + "
-    "`apply_updates` with the state carried, × `optax.adam` in the same run.",
+    f"**Update + `apply_updates`**, the ResNet-50-sized tree, state carried, not donated, × "
+    f"`optax.adam` in the same run; donated and seam off beside, for information. From "
+    f"`{stem}.json` (`{result['command']}`):",
     "",
-    "| method | target | seam on | met | seam off |",
-    "|---|---|---|---|---|",
+    "| method | target | not donated | status | donated | seam off |",
+    "|---|---|---|---|---|---|",
   ]
-  for name, target in result["targets"].items():
-    on = r50.get(f"{name} | seam on", {}).get("ratio_to_adam")
-    off = r50.get(f"{name} | seam off", {}).get("ratio_to_adam")
+  for name, target in us.TARGETS.items():
+    got, donated, off = (r50.get(name + s, {}).get("ratio") for s in ("", us.DONATED, us.SEAM_OFF))
     lines.append(
-      f"| {name} | ≤ {target:g}× | {harness.fmt_ratio(on)} | {harness.verdict(on, target)} "
-      f"| {harness.fmt_ratio(off)} |"
+      f"| {name} | ≤ {target:g}× | {harness.fmt_ratio(got)} | {harness.verdict(got, target)} "
+      f"| {harness.fmt_ratio(donated)} | {harness.fmt_ratio(off)} |"
     )
   return lines
+
+
+def _step_summary() -> list[str]:
+  from bench import train_step as ts
+  from train.methods import get
+
+  stem, result = _newest("train_step_full", "train_step_quick")
+  if result is None or not all(m in result.get("models", {}) for m in ts.TARGET_MODELS):
+    return ["No train-step result yet (`python -m bench.train_step`)."]
+  names = [n for n in ts.names() if get(n).family]
+  head = " | ".join(ts.TARGET_MODELS)
+  lines = [
+    f"**Whole train step** ÷ the step of the optimizer the method modifies, batch "
+    f"{result['batch']}, state carried, not donated; donated beside, for information. From "
+    f"`{stem}.json` (`{result['command']}`):",
+    "",
+    f"| method | base | target | {head} | status | donated: {head.replace(' | ', ', ')} |",
+    "|---|---|---|" + "---|" * len(ts.TARGET_MODELS) + "---|---|",
+  ]
+  for name in names:
+    target = ts.TARGETS[get(name).family]
+    got = [ts._ratio(result, m, name) for m in ts.TARGET_MODELS]
+    donated = [ts._ratio(result, m, name + ts.DONATED) for m in ts.TARGET_MODELS]
+    worst = max((g for g in got if g is not None), default=None)
+    lines.append(
+      f"| {name} | {get(name).base} | ≤ {target:g} | "
+      + " | ".join(harness.fmt_ratio(g) for g in got)
+      + f" | {harness.verdict(worst, target)} | "
+      + ", ".join(harness.fmt_ratio(d) for d in donated) + " |"
+    )  # fmt: skip
+  head = " | ".join(ts.COMPILE_MODELS)
+  lines += [
+    "",
+    "**Compile time**: the first compile of the whole train step ÷ AdamW's, same run:",
+    "",
+    f"| method | target | {head} | status |",
+    "|---|---|" + "---|" * len(ts.COMPILE_MODELS) + "---|",
+  ]
+  for name in names:
+    target = ts.compile_target(name)
+    got = [ts.compile_ratio(result, m, name) for m in ts.COMPILE_MODELS]
+    worst = max((g for g in got if g is not None), default=None)
+    cells = " | ".join(harness.fmt_ratio(g) for g in got)
+    lines.append(f"| {name} | ≤ {target:g}× | {cells} | {harness.verdict(worst, target)} |")
+  return lines
+
+
+def summary() -> list[str]:
+  """The speed targets, each with its status, from the update-speed and train-step results."""
+  return [*_update_summary(), "", *_step_summary()]
 
 
 def fuzz() -> list[str]:
@@ -146,21 +218,23 @@ def _one_line(obj) -> str:
   return str(obj)
 
 
-def section(title: str, module: str, stems: list[str]) -> list[str]:
+def section(title: str, module: str, stems: list[str], render: str = "render") -> list[str]:
+  """A ``##`` section: the newest of ``stems`` rendered by ``bench.<module>.<render>``."""
   out = [f"## {title}", ""]
-  mod = importlib.import_module(f"bench.{module}")
+  fn = getattr(importlib.import_module(f"bench.{module}"), render)
   for stem in stems:
     result = harness.load(stem)
     if result is None:
       continue
     try:
-      text = mod.render(result)
+      text = fn(result)
     except Exception:  # a result written by an older version of the part
       detail = traceback.format_exc(limit=1).strip().splitlines()[-1]
       out += [f"`{stem}.json` could not be rendered ({detail}); rerun the part.", ""]
       continue
-    with open(os.path.join(RESULTS, f"{stem}.md"), "w") as f:  # the part's own view, in step
-      f.write(text.strip() + "\n")
+    if render == "render":  # the part's own view, kept in step
+      with open(os.path.join(RESULTS, f"{stem}.md"), "w") as f:
+        f.write(text.strip() + "\n")
     return out + [f"Source: `results/{stem}.json`.", "", _demote(_relink(text.strip())), ""]
   return out + [f"Not run yet: `python -m bench --only {module}`.", ""]
 
@@ -179,8 +253,8 @@ def build(path: str = os.path.join(HERE, "RESULTS.md")) -> str:
     *summary(),
     "",
   ]
-  for title, module, stems in SECTIONS:
-    parts += section(title, module, stems)
+  for title, module, stems, render in SECTIONS:
+    parts += section(title, module, stems, render)
   parts += ["## Fuzz", "", *fuzz(), ""]
   with open(path, "w") as f:
     f.write("\n".join(parts))

@@ -15,8 +15,8 @@ hyperparameters over the ranges its paper gives:
 - Baselines: SGD with heavy-ball and with Nesterov momentum 0.9 (learning rate only),
   AdamW with its weight decay log-uniform on [1e-5, 1e-1].
 
-Each optimizer is built from the training code's registry (:mod:`train.registry`):
-its entry's update (``build``) and what the update needs (``needs``, ``norm_order``).
+Each optimizer is built from the training code's descriptions (:mod:`train.methods`):
+its method's update (``build``) and what the update needs (``need``).
 The hyperparameters enter through :func:`optax.inject_hyperparams`, so they are values
 in the optimizer state rather than constants of the compiled step: every trial of one
 optimizer on one workload compiles to the same program, which the persistent
@@ -65,7 +65,7 @@ class Candidate:
 
   Attributes:
     name: Identifier (``momentum``, ``gal+adamw`` ...).
-    entry: The :data:`train.registry.REGISTRY` entry whose update (or, for GAL, the
+    entry: The :data:`train.methods.METHODS` entry whose update (or, for GAL, the
       update after GAL's stage) this is.
     baseline: A baseline (first in every table; the statistical tests compare with
       the best of them).
@@ -103,10 +103,11 @@ class Candidate:
 
   def build(self, config: dict, output_dim: int, task: str, seed: int = 0):
     """The :class:`train.registry.Optimizer` for ``config``."""
-    from train.registry import REGISTRY, Optimizer
+    from train.methods import METHODS, with_gal
+    from train.registry import Optimizer
 
-    entry = REGISTRY[self.entry]
-    needs = set(entry.needs)
+    entry = METHODS[self.entry]
+    need = entry.need
     if self.gal:
       from optax_ext.gal import gal_chain
 
@@ -117,14 +118,14 @@ class Candidate:
           entry.build, learning_rate, output_dim, hidden=hidden, alpha=alpha, beta=beta, seed=seed
         )
 
-      needs.add("gal")
+      need = with_gal(entry).need
     elif self.factory is not None:
       factory = functools.partial(self.factory, entry.build)
     else:
       factory = lambda learning_rate: entry.build(learning_rate)  # noqa: E731
     tx = optax.inject_hyperparams(factory)(**config)
     lr = config["learning_rate"]
-    return Optimizer(self.name, tx, lr, frozenset(needs), entry.norm_order, lr)
+    return Optimizer(self.name, tx, lr, need, lr)
 
 
 def _sp(nesterov: bool):

@@ -1,19 +1,24 @@
-"""Optimizer-update speed: every method against optax.adam, CPU fusion seam on and off.
+"""Optimizer-update speed of every method against optax.adam: donated or not, seam on or off.
 
-For each parameter tree (shaped like the MNIST CNN, ResNet-20 and ResNet-50, ResNet-18
-too in the full run) this times one jitted ``tx.update`` + ``apply_updates`` per method
-as a training loop calls it: the step takes the parameters and the optimizer state and
-returns them, donated, and the next call gets what the last returned (the state is
-carried), with the gradient cycling through a few noisy trees. Every method of
-``optax_ext`` is compiled twice in the same run, with the CPU fusion seam on and off
-(fresh transformations and jitted functions per setting; docs/design.md, Conventions —
-CPU fusion seam), and all are timed interleaved with the optax baselines. Ratios are
-medians to ``optax.adam``'s median in the same run. A jitted copy of the tree (read +
-write of every value) gives each update in copies, next to the parameter-sized arrays the
-update must at least read and write. A scaling sweep (seam on) draws a plot, and the
-optimizer state's bytes per parameter are read from each state pytree.
+For each parameter tree (shaped like the MNIST CNN, ResNet-20 and ResNet-50; ResNet-18 too
+in the full run) this times one jitted ``tx.update`` + ``apply_updates`` of every method of
+:data:`train.methods.METHODS` (INSGD with a stand-in input power), and SP with the exact
+quantile, as a training loop calls it: the step takes the parameters and the optimizer
+state and returns them, and the next call gets what the last returned (the state is
+carried), after a few warm steps, the gradient cycling through noisy trees. Each
+optax_ext method is compiled three times: not donated with the CPU fusion seam on and
+off, and donated with the seam on (docs/design.md, Conventions — CPU fusion seam);
+optax's baselines not donated and donated. All are timed interleaved; ratios are medians
+÷ ``optax.adam``'s median in the same run and donation setting.
 
-Run: ``python -m bench.update_speed [--quick]``.
+Also: the bandwidth of each update (the parameter-sized arrays it must at least read and
+write, and the bytes XLA's cost analysis says the compiled program moves, per second)
+next to a jitted copy of the tree; on the ResNet-50 tree SP's parts (the damping stage
+alone, the proximal step after Adam with either quantile) and the counting passes of
+each SP row; the optimizer state's bytes per parameter; a sweep over sizes
+(``bench.trees.scaled_tree``) for the scaling plot.
+
+Run: ``python -m bench.update_speed [--quick] [--no-scaling]``.
 """
 
 from __future__ import annotations
@@ -27,69 +32,49 @@ import optax
 
 import optax_ext
 from bench import harness, trees
+from train import steps
+from train.methods import METHODS
 
 STEM = "update_speed"
-# Parameter-sized arrays each update reads and writes at the least (gradient, state,
-# parameters in and out), for the roofline: sgd reads g, p and writes p; AngularGrad
-# reads g, m, v, g_prev, tan A, p and writes m, v, g_prev, tan A, p; SP's count is
-# derived in bench/sp_speed.py (traffic_floor), plus the parameters.
-TRAFFIC = {
-  "sgd": 3,
-  "momentum": 5,
-  "adam": 7,
-  "angulargrad_cos": 11,
-  "angulargrad_tan": 11,
-  "insgd": 5,
-  "sp": 14,
-  "sp_exact": 14,
-}
-BASELINES = ("sgd", "momentum", "adam")
-# Targets on the ResNet-50-sized tree with the seam on (× optax.adam, update + apply).
-TARGETS = {"angulargrad_cos": 1.6, "angulargrad_tan": 1.6, "sp": 2.0, "sp_exact": 5.0}
-N_GRADS = 3
+#: Targets on the ResNet-50 tree, update + apply not donated, × optax.adam.
+TARGETS = {"angulargrad_cos": 1.7, "angulargrad_tan": 1.7, "sp": 2.4, "sp_exact": 6.0}
+# Parameter-sized arrays an update + apply must read and write at the least: sgd reads g,
+# p and writes p; AngularGrad reads g, m, v, g_prev, tan A, p and writes m, v, g_prev,
+# tan A, p; SP, see render_sp (momentum adds a read and a write).
+LEAST = {"sgd": 3, "momentum": 5, "nesterov": 5, "adam": 7, "adamw": 7, "angulargrad_cos": 11,
+         "angulargrad_tan": 11, "insgd_l2": 5, "insgd_l1": 5, "sp": 14, "sp_nesterov": 16,
+         "sp_exact": 14}  # fmt: skip
+SP_PARTS = ("sp damping only (+ sgd)", "adam + saliency_proximal (fast)",
+            "adam + saliency_proximal (exact)")  # fmt: skip
+SEAM_OFF, DONATED = " | seam off", " | donated"
+N_GRADS, WARM = 3, 6
 
 
-def _power_like(params):
-  return jax.tree.map(lambda p: jnp.asarray(4.0, p.dtype) if p.ndim >= 2 else None, params)
+def stand_in(need: steps.Need, params) -> dict:
+  """The extra arguments an update with ``need`` takes, outside a model: INSGD gets an
+  input power of 4 for every kernel."""
+  if isinstance(need, steps.InputPower):
+    power = jax.tree.map(lambda p: jnp.asarray(4.0, p.dtype) if p.ndim >= 2 else None, params)
+    return {"input_power": optax_ext.InputPower(power, need.norm_order)}
+  return {}
 
 
-def candidates(params) -> dict[str, tuple[optax.GradientTransformation, dict]]:
-  """The transformations compared, with the extra arguments each update takes.
-
-  Built afresh on each call, so that a call under one seam setting traces anew.
-  """
-  return {
-    "sgd": (optax.sgd(0.1), {}),
-    "momentum": (optax.sgd(0.1, momentum=0.9), {}),
-    "adam": (optax.adam(1e-3), {}),
-    "angulargrad_cos": (optax_ext.angulargrad(1e-3, method="cos"), {}),
-    "angulargrad_tan": (optax_ext.angulargrad(1e-3, method="tan"), {}),
-    "insgd": (optax_ext.insgd(0.1), {"input_power": _power_like(params)}),
-    "sp": (optax_ext.sp(0.1), {}),
-    "sp_exact": (optax_ext.sp(0.1, quantile="exact"), {}),
-  }
-
-
-def state_candidates() -> dict[str, optax.GradientTransformation]:
-  """Transformations whose state size is reported (Adam keeps 8 bytes per float32 value)."""
-  return {
-    "sgd": optax.sgd(0.1),
-    "momentum": optax.sgd(0.1, momentum=0.9),
-    "adam": optax.adam(1e-3),
-    "angulargrad_cos": optax_ext.angulargrad(1e-3, method="cos"),
-    "angulargrad_cos (mu bfloat16)": optax_ext.angulargrad(
-      1e-3, method="cos", mu_dtype=jnp.bfloat16
-    ),
-    "insgd": optax_ext.insgd(0.1),
-    "sp": optax_ext.sp(0.1),
-    "sp_nesterov": optax_ext.sp(0.1, momentum=0.9, nesterov=True),
-  }
+def candidates(params, sp_parts: bool = False) -> dict[str, tuple]:
+  """``name -> (tx, extra arguments)``, built afresh (a call under one seam setting traces
+  anew)."""
+  out = {n: (m.build(m.default_lr), stand_in(m.need, params)) for n, m in METHODS.items()}
+  out["sp_exact"] = (METHODS["sp"].build(0.05, quantile="exact"), {})
+  if sp_parts:
+    damping = optax_ext.scale_by_spectral_damping()
+    out[SP_PARTS[0]] = (optax.chain(damping, optax.scale_by_learning_rate(0.05)), {})
+    for part, q in zip(SP_PARTS[1:], ("fast", "exact")):
+      out[part] = (optax.chain(optax.adam(1e-3), optax_ext.saliency_proximal(0.1, quantile=q)), {})
+  return out
 
 
 def noisy_grads(params, n: int, seed: int = 1) -> list:
   """``n`` gradient trees: a fixed direction times independent noise per entry."""
-  base = jax.tree.map(lambda p: p * 0.01 + 0.001, params)
-  leaves, treedef = jax.tree.flatten(base)
+  leaves, treedef = jax.tree.flatten(jax.tree.map(lambda p: p * 0.01 + 0.001, params))
   out, key = [], jax.random.key(seed)
   for _ in range(n):
     key, sub = jax.random.split(key)
@@ -105,20 +90,18 @@ def large_copies(program: str, min_elements: int = 1024) -> int:
   With the carry donated, XLA may copy a state array before a loop that reads it
   writes its aliased output; each such copy is one more read and write of the array.
   """
-  count = 0
-  for shape in re.findall(r"= [a-z0-9]+\[([0-9,]*)\]\{[^}]*\} copy\(", program):
-    if int(np.prod([int(d) for d in shape.split(",") if d])) >= min_elements:
-      count += 1
-  return count
+  shapes = re.findall(r"= [a-z0-9]+\[([0-9,]*)\]\{[^}]*\} copy\(", program)
+  return sum(int(np.prod([int(d) for d in s.split(",") if d])) >= min_elements for s in shapes)
 
 
-def _compiled_step(tx, extra, params, grads, donate=True):
-  """``step((params, state), grads) -> ((params, state), params)``, compiled now.
+def _passes(state):
+  """The counting passes SP's quantile search took on the last step, if it says."""
+  found = [v for k, v in optax_ext.diagnostics(state).items() if k.endswith("/quantile_passes")]
+  return int(max(found)) if found else None
 
-  Donated (``donate=True``) as a training loop that keeps one copy of its state calls
-  it; not donated, every call writes fresh buffers and XLA adds no copy to keep an
-  input readable after its buffer is overwritten (bench/donation_copies.py).
-  """
+
+def _step(tx, extra, params, grads, donate: bool):
+  """``step((params, state), g) -> ((params, state), params)``, compiled; its first carry."""
 
   def step(carry, g):
     p, s = carry
@@ -127,194 +110,187 @@ def _compiled_step(tx, extra, params, grads, donate=True):
     return (p, s), p
 
   carry = (params, tx.init(params))
-  compiled = jax.jit(step, donate_argnums=0 if donate else ()).lower(carry, grads).compile()
-  return compiled, compiled.as_text()
+  return jax.jit(step, donate_argnums=0 if donate else ()).lower(carry, grads[0]).compile(), carry
 
 
-NOT_DONATED = " | seam on, not donated"
-
-
-def _variants(params, seams, names, undonated):
-  """``key -> (tx, extra, donate)``: every candidate under each seam setting, donated,
-  and the ``undonated`` ones (with Adam as their baseline) once more, seam on, not donated."""
-  out = {}
-  for on in seams:
-    with harness.seam(on):
-      for name, (tx, extra) in candidates(params).items():
-        if names and name not in names and name != "adam":
-          continue
-        if name in BASELINES and on != seams[0]:
-          continue  # optax's own programs do not depend on the seam
-        key = name if name in BASELINES else f"{name} | {harness.seam_label(on)}"
-        out[key] = (tx, extra, True)
-        if on and (name in undonated or (name == "adam" and undonated)):
-          out[name + NOT_DONATED] = (tx, extra, False)
-  return out
-
-
-def time_tree(params, reps: int, names=None, seams=(True, False), undonated=()) -> dict:
-  """Times every candidate on ``params`` under each seam setting, the state carried."""
+def time_tree(params, reps: int, names=None, variants=("", SEAM_OFF, DONATED), sp_parts=False):
+  """Times every candidate (or ``names`` and adam) on ``params`` in each variant."""
   grads = noisy_grads(params, N_GRADS)
-  fns, programs = {}, {}
-  for key, (tx, extra, donate) in _variants(params, seams, names, undonated).items():
-    # The seam is read when the update is traced: inside the setting it was built under.
-    with harness.seam(not key.endswith("seam off")):
-      own = jax.tree.map(jnp.copy, params)  # donated: each candidate its own buffers
-      step, text = _compiled_step(tx, extra, own, grads[0], donate)
-      carry = (own, tx.init(own))
-      for i in range(2):  # two steps first: every method on its steady-state branch
-        carry, _ = step(carry, grads[i % N_GRADS])
-    fns[key] = harness.carried(step, carry, lambda n: grads[n % N_GRADS])
-    programs[key] = text
+  fns, compiled, passes = {}, {}, {}
+  for suffix in variants:
+    with harness.seam(suffix != SEAM_OFF):  # read when traced: build and compile inside
+      for name, (tx, extra) in candidates(params, sp_parts).items():
+        baseline = name in METHODS and not METHODS[name].family
+        skip = (names and name not in names and name != "adam") or (suffix and name in SP_PARTS)
+        if skip or (suffix == SEAM_OFF and baseline):
+          continue
+        own = jax.tree.map(jnp.copy, params)  # donated: each candidate its own buffers
+        step, carry = _step(tx, extra, own, grads, suffix == DONATED)
+        for i in range(WARM):  # the search starts from a realistic previous threshold
+          carry, _ = step(carry, grads[i % N_GRADS])
+        compiled[name + suffix], passes[name + suffix] = step, _passes(carry[1])
+        fns[name + suffix] = harness.carried(step, carry, lambda n: grads[n % N_GRADS])
   copy = jax.jit(lambda t: jax.tree.map(lambda x: x + 0, t))
   fns["copy"] = lambda: copy(params)
   res = harness.time_calls(fns, reps=reps)
-  n = trees.count(params)
-  copy_s = res["copy"]["median"]
-  out = {
-    "n_params": n,
-    "n_leaves": len(jax.tree.leaves(params)),
-    "copy_bandwidth_GBps": 2 * 4 * n / copy_s / 1e9,
-    "methods": {},
-  }
-  for key in fns:
-    if key == "copy":
-      continue
+  n, copy_s = trees.count(params), res["copy"]["median"]
+  out = {"n_params": n, "n_leaves": len(jax.tree.leaves(params)), "copy_GBps": 8 * n / copy_s / 1e9}
+  out["methods"] = {}
+  for key, step in compiled.items():
     name = key.split(" | ")[0]
-    base = res["adam" + NOT_DONATED] if key.endswith(NOT_DONATED) else res["adam"]
-    r = harness.row(res[key], base, "ratio_to_adam")
-    r["copies"] = res[key]["median"] / copy_s
-    r["min_traffic_copies"] = TRAFFIC[name] / 2
-    r["copy_instructions"] = large_copies(programs[key])
-    r["donated"] = not key.endswith(NOT_DONATED)
-    if " | " in key and r["donated"]:
-      r["method"], r["seam"] = name, key.endswith("seam on")
-      other = key.replace("seam on", "seam off") if r["seam"] else None
-      if other in programs:
-        r["seam_changes_program"] = programs[key] != programs[other]
+    seconds = res[key]["median"]
+    r = harness.row(res[key], res["adam" + (DONATED if key.endswith(DONATED) else "")], "ratio")
+    r["copies"], r["passes"] = seconds / copy_s, passes[key]
+    r["GBps_compiled"] = harness.bytes_accessed(step) / seconds / 1e9
+    r["GBps_least"] = LEAST[name] * 4 * n / seconds / 1e9 if name in LEAST else None
+    r["copy_instructions"] = large_copies(step.as_text())
+    if key + SEAM_OFF in compiled:
+      r["seam_changes_program"] = step.as_text() != compiled[key + SEAM_OFF].as_text()
     out["methods"][key] = r
   return out
 
 
 def state_bytes_per_param(params) -> dict[str, float]:
+  """Each method's optimizer-state bytes per parameter, from the state pytree."""
+  txs = {n: m.build(m.default_lr) for n, m in METHODS.items()}
+  txs["angulargrad_cos (mu bfloat16)"] = METHODS["angulargrad_cos"].build(1e-3, mu_dtype="bfloat16")
   n = trees.count(params)
-  out = {}
-  for name, tx in state_candidates().items():
-    shapes = jax.eval_shape(tx.init, params)
-    out[name] = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes)) / n
-  return out
+  sizes = {k: jax.tree.leaves(jax.eval_shape(tx.init, params)) for k, tx in txs.items()}
+  return {k: sum(x.size * x.dtype.itemsize for x in leaves) / n for k, leaves in sizes.items()}
 
 
-def plot_scaling(rows: dict, path: str) -> None:
-  plt = harness.pyplot()
-  sizes = sorted(rows, key=int)
-  names = list(rows[sizes[0]]["methods"])
-  fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-  x = np.array([int(s) for s in sizes]) / 1e6
+def _cell(r: dict, key: str, what: str = "ratio") -> str:
+  return harness.fmt_ratio(r["methods"].get(key, {}).get(what))
+
+
+def ratio_table(result: dict, names) -> list[str]:
+  """Ratio × adam per tree: not donated (the targets' protocol), seam off, donated."""
+  tree_names = list(result["trees"])
+  head = " | ".join(f"{t} | seam off | donated" for t in tree_names)
+  lines = [f"| method | target | {head} |", "|---|---|" + "---|---|---|" * len(tree_names)]
   for name in names:
-    ms = [rows[n]["methods"][name]["median_ms"] for n in sizes]
-    rt = [rows[n]["methods"][name]["ratio_to_adam"] for n in sizes]
-    axes[0].plot(x, ms, marker="o", label=name)
-    axes[1].plot(x, rt, marker="o", label=name)
-  axes[0].set_xscale("log")
-  axes[0].set_yscale("log")
-  axes[0].set_ylabel("update time, median (ms)")
-  axes[1].set_xscale("log")
-  axes[1].set_ylabel("time / optax.adam (same run)")
-  axes[1].axhline(1.0, color="k", lw=0.8)
-  for ax in axes:
-    ax.set_xlabel("parameters (millions, 160 leaves)")
-    ax.grid(alpha=0.3, which="both")
-  axes[1].legend(fontsize=8)
-  fig.suptitle("optimizer update cost vs size (seam on, state carried)")
-  harness.savefig(fig, path)
+    cells = [_cell(r, name + s) for r in result["trees"].values() for s in ("", SEAM_OFF, DONATED)]
+    target = f"≤ {TARGETS[name]:g}×" if name in TARGETS else "-"
+    lines.append(f"| {name} | {target} | " + " | ".join(cells) + " |")
+  return lines
 
 
-def seam_table(result: dict) -> list[str]:
-  """Ratio × adam per method and tree, seam on and off, with the targets marked."""
-  trees_ = result["trees"]
-  methods = []
-  for r in trees_.values():
-    for m in r["methods"].values():
-      if "method" in m and m["method"] not in methods:
-        methods.append(m["method"])
-  head = "| method | " + " | ".join(f"{t} on | {t} off" for t in trees_)
+def tree_table(r: dict, keys) -> list[str]:
+  """One tree's rows in full: time, ratio, bandwidth, copies."""
   lines = [
-    head + " | resnet50 on, not donated | target (resnet50, on) | met |",
-    "|---|" + "---|---|" * len(trees_) + "---|---|---|",
+    "| update | median ms (p25–p75) | × adam | × copy | GB/s: least / as compiled (% of copy) "
+    "| copy instructions ≥ 1,024 values | seam changes the program |",
+    "|---|---|---|---|---|---|---|",
   ]
-  for name in methods:
-    cells = []
-    for r in trees_.values():
-      for on in ("on", "off"):
-        m = r["methods"].get(f"{name} | seam {on}")
-        cells.append(harness.fmt_ratio(m["ratio_to_adam"] if m else None))
-    undonated = trees_.get("resnet50", {}).get("methods", {}).get(name + NOT_DONATED)
-    cells.append(harness.fmt_ratio(undonated["ratio_to_adam"] if undonated else None))
-    target = TARGETS.get(name)
-    r50 = trees_.get("resnet50", {}).get("methods", {}).get(f"{name} | seam on")
-    got = r50["ratio_to_adam"] if r50 else None
-    mark = harness.verdict(got, target) if target else "–"
+  for key in keys:
+    m = r["methods"][key]
+    least = "-" if m["GBps_least"] is None else f"{m['GBps_least']:.1f}"
+    pct = 100 * m["GBps_compiled"] / r["copy_GBps"]
+    changes = {None: "-", True: "yes", False: "no"}[m.get("seam_changes_program")]
     lines.append(
-      f"| {name} | " + " | ".join(cells) + f" | {f'≤ {target:g}×' if target else '–'} | {mark} |"
+      f"| {key.replace(' | ', ', ')} | {m['median_ms']:.2f} ({m['p25_ms']:.2f}–{m['p75_ms']:.2f})"
+      f" | {m['ratio']:.2f} | {m['copies']:.1f} | {least} / {m['GBps_compiled']:.1f} ({pct:.0f}%)"
+      f" | {m['copy_instructions']} | {changes} |"
     )
   return lines
 
 
+def _tree_note(name: str, r: dict) -> str:
+  return (
+    f"**{name}** ({r['n_params']:,} params, {r['n_leaves']} leaves; a jitted copy of the "
+    f"tree moves {r['copy_GBps']:.1f} GB/s)"
+  )
+
+
 def render(result: dict) -> str:
+  names = [*METHODS, "sp_exact"]
   lines = [
-    f"Command: `{result.get('command', 'python -m bench.update_speed')}`. "
-    f"Machine: {result['machine']}; {result['reps']} interleaved rounds.",
+    f"Command: `{result['command']}`. Machine: {result['machine']}; {result['reps']} "
+    "interleaved rounds. The machine is shared: compare ratios, measured in one run.",
     "",
-    "Each call is one jitted `tx.update` + `apply_updates` that takes the parameters and "
-    "the optimizer state and returns them (donated), fed back to the next call as in "
-    "training; gradients cycle through "
-    f"{result.get('n_grads', N_GRADS)} noisy trees. Ratios: median / `optax.adam`'s median "
-    "in the same run. *Seam on/off*: the CPU fusion seam (`optax_ext.config` "
-    "`cpu_fusion`), the methods compiled afresh under each setting. *Not donated*: the "
-    "same step, seam on, compiled without donating its inputs, against Adam compiled so "
-    "too: each call writes fresh buffers, so XLA adds no copy to keep an input readable "
-    "after an in-place write (the copy instructions in the tables below; "
-    "`python -m bench.donation_copies`). XLA on CPU writes the outputs of a multi-output "
-    "loop (the seam's one-pass update) into fresh buffers, never into a donated input's, "
-    "so under donation each state array that loop writes costs one more copy.",
+    "Each call is one jitted `tx.update` + `apply_updates` taking the parameters and the "
+    "optimizer state and returning them, fed back to the next call as in training. "
+    "Ratios: median ÷ `optax.adam`'s median in the same run and donation setting. *Not "
+    "donated* (the targets' protocol): every call writes fresh buffers. *Donated*: XLA may "
+    "write the outputs into the inputs' buffers, and copies an input first where a loop "
+    "reads it after another has overwritten it in place (the copy instructions below; "
+    "`python -m bench.donation_copies`). *Seam off*: the CPU fusion seam "
+    "(`optax_ext.config` `cpu_fusion`) off, the methods compiled afresh.",
     "",
-    "### Ratio × adam, seam on and off",
+    "### Ratio × adam",
     "",
-    *seam_table(result),
+    *ratio_table(result, names),
     "",
   ]
-  for tree_name, r in result["trees"].items():
-    lines += [
-      f"**{tree_name}** ({r['n_params']:,} params, {r['n_leaves']} leaves; "
-      f"copy bandwidth {r['copy_bandwidth_GBps']:.1f} GB/s)",
-      "",
-      "| method | median ms (p25–p75) | × adam | × copy | min traffic (copies) "
-      "| seam changes the program | copy instructions (≥ 1,024 values) |",
-      "|---|---|---|---|---|---|---|",
-    ]
-    for name, m in r["methods"].items():
-      changes = m.get("seam_changes_program")
-      lines.append(
-        f"| {name.replace(' | ', ', ')} | {m['median_ms']:.2f} ({m['p25_ms']:.2f}–{m['p75_ms']:.2f}) | "
-        f"{m['ratio_to_adam']:.2f} | {m['copies']:.1f} | {m['min_traffic_copies']:.1f} | "
-        f"{'-' if changes is None else ('yes' if changes else 'no')} | "
-        f"{m.get('copy_instructions', '-')} |"
-      )
-    lines.append("")
-  tree = result.get("state_bytes_tree", "mnist_cnn")
-  lines += [
-    f"### Optimizer-state bytes per parameter ({tree} tree, from the state pytree)",
-    "",
-    "| method | bytes/param | × adam |",
-    "|---|---|---|",
-  ]
+  for name, r in result["trees"].items():
+    lines += [_tree_note(name, r), "", *tree_table(r, r["methods"]), ""]
   sb = result["state_bytes_per_param"]
-  for name, b in sb.items():
-    lines.append(f"| {name} | {b:.2f} | {b / sb['adam']:.2f} |")
+  lines += ["### Optimizer-state bytes per parameter (ResNet-50 tree)", ""]
+  lines += ["| method | bytes/param | × adam |", "|---|---|---|"]
+  lines += [f"| {k} | {b:.2f} | {b / sb['adam']:.2f} |" for k, b in sb.items()]
   if result.get("scaling"):
-    lines += ["", "Scaling sweep (seam on): ![scaling](update_scaling.png)"]
+    lines += ["", "### Scaling", "", *scaling_table(result["scaling"]), "", f"![scaling]({PNG})"]
   return "\n".join(lines)
+
+
+def scaling_table(rows: dict) -> list[str]:
+  sizes = sorted(rows, key=int)
+  names = list(rows[sizes[0]]["methods"])
+  lines = ["| params | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+  for n in sizes:
+    cells = [_cell(rows[n], k) for k in names]
+    lines.append(f"| {int(n) / 1e6:.1f}M | " + " | ".join(cells) + " |")
+  return lines
+
+
+def render_angulargrad(result: dict) -> str:
+  """AngularGrad's rows on ResNet-50: ratios, bandwidth and the target."""
+  r = result["trees"]["resnet50"]
+  names = ("adam", "angulargrad_cos", "angulargrad_tan")
+  keys = [k for k in r["methods"] if k.split(" | ")[0] in names]
+  return "\n".join([
+    f"From `{result['command']}` ([Optimizer-update speed](#optimizer-update-speed)); "
+    f"machine: {result['machine']}.",
+    "",
+    _tree_note("resnet50", r),
+    "",
+    *tree_table(r, keys),
+    "",
+    "The least traffic of an AngularGrad update + apply is 11 parameter-sized arrays (read "
+    "g, m, v, the previous gradient, the stored tan A and the parameters; write all but g), "
+    "Adam's 7: at the bandwidth Adam reaches, 11/7 = 1.57× Adam's time.",
+  ])  # fmt: skip
+
+
+def render_sp(result: dict) -> str:
+  """SP's rows and parts on ResNet-50, the counting passes, scaling and the traffic floor."""
+  r = result["trees"]["resnet50"]
+  names = ("sgd", "adam", "sp", "sp_nesterov", "sp_exact", *SP_PARTS)
+  keys = [k for k in r["methods"] if k.split(" | ")[0] in names]
+  passes = [f"{k}: {m['passes']}" for k, m in r["methods"].items() if m["passes"] and " | " not in k]
+  scaling = result.get("scaling") or {}
+  return "\n".join([
+    f"From `{result['command']}` ([Optimizer-update speed](#optimizer-update-speed)); "
+    f"machine: {result['machine']}.",
+    "",
+    _tree_note("resnet50", r),
+    "",
+    *tree_table(r, keys),
+    "",
+    "Counting passes of the quantile search on the timed steps: " + ("; ".join(passes) or "-") + ".",
+    "",
+    *(["Scaling (× adam; kernels as rows of 64 values):", "", *scaling_table(scaling), ""]
+      if scaling else []),
+    "What memory traffic allows: counting each parameter-sized array read or written once, "
+    "an SP update + apply needs at least 14 (the secant sums read θ, θ_prev, g, g_prev; the "
+    "saliency of every entry, which fixes the threshold, reads θ, θ_prev, g; the pruned step "
+    "reads them again and writes θ, θ_prev, g_prev) against Adam's 7: 2× Adam's time at "
+    "Adam's bandwidth. The exact quantile writes the saliency once and reads it in each "
+    "pass; the fast one recomputes it inside each count, writing nothing parameter-sized.",
+  ])  # fmt: skip
+
+
+PNG = "update_scaling.png"
 
 
 def main(argv=None) -> dict:
@@ -327,30 +303,31 @@ def main(argv=None) -> dict:
     "command": harness.command("bench.update_speed", args.quick),
     "machine": harness.machine_description(),
     "reps": reps,
-    "n_grads": N_GRADS,
-    "targets": TARGETS,
     "trees": {},
   }
   for name in tree_names:
     print(f"timing updates on {name} ...", flush=True)
-    undonated = tuple(TARGETS) if name == "resnet50" else ()
-    result["trees"][name] = time_tree(trees.named_tree(name), reps, undonated=undonated)
-  result["state_bytes_tree"] = "resnet50"
+    params = trees.named_tree(name)
+    result["trees"][name] = time_tree(params, reps, sp_parts=name == "resnet50")
   result["state_bytes_per_param"] = state_bytes_per_param(trees.named_tree("resnet50"))
   if not args.no_scaling:
-    sizes = (
-      [1_000_000, 5_000_000, 25_000_000]
-      if args.quick
-      else [1_000_000, 2_500_000, 5_000_000, 10_000_000, 25_000_000]
-    )
-    print("scaling sweep ...", flush=True)
-    names = ["adam", "sgd", "angulargrad_cos", "sp", "sp_exact", "insgd"]
-    rows = {
-      str(n): time_tree(trees.scaled_tree(n), max(3, reps // 2), names, seams=(True,))
-      for n in sizes
-    }
+    sizes = [1_000_000, 5_000_000, 25_000_000]
+    sizes = sizes if args.quick else sorted(sizes + [2_500_000, 10_000_000])
+    names = ["sgd", "adam", "angulargrad_cos", "insgd_l2", "sp", "sp_exact"]
+    rows = {}
+    for n in sizes:
+      print(f"scaling: {n:,} params ...", flush=True)
+      rows[str(n)] = time_tree(trees.scaled_tree(n), max(3, reps // 2), names, ("",))
     result["scaling"] = rows
-    plot_scaling(rows, "update_scaling.png")
+    x = [int(n) / 1e6 for n in rows]
+    per = {k: [rows[n]["methods"][k] for n in rows] for k in names}
+    panels = {
+      "update time, median (ms)": {k: [m["median_ms"] for m in v] for k, v in per.items()},
+      "time ÷ optax.adam (same run)": {k: [m["ratio"] for m in v] for k, v in per.items()},
+    }
+    hlines = {"time ÷ optax.adam (same run)": TARGETS.values()}
+    title = "update + apply_updates against size, not donated"
+    harness.plot(PNG, x, panels, "parameters (millions, 160 leaves)", title, hlines, log_x=True)
   md = harness.write(f"{STEM}_{harness.tag(args.quick)}", result, render)
   print(md)
   return result

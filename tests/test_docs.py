@@ -11,7 +11,6 @@ constants carry one in the source, as a string right after the assignment or a
 import ast
 import importlib
 import inspect
-import os
 import pathlib
 import pkgutil
 import re
@@ -135,18 +134,3 @@ def test_method_pages_include_sections_that_exist():
     text = page.read_text()
     for marker in re.findall(r':(?:start-after|end-before): "([^"]+)"', text):
       assert marker in design or marker in results, f"{page.name}: {marker!r} found nowhere"
-
-
-@pytest.mark.parametrize("package", ["optax_ext", "train", "flax_models"])
-def test_no_module_is_longer_than_400_lines(package):
-  """A module that grows past 400 lines is split by what its parts do, so each reads at once."""
-  root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), package)
-  long = {}
-  for dirpath, _, files in os.walk(root):
-    for name in files:
-      if name.endswith(".py"):
-        with open(os.path.join(dirpath, name)) as f:
-          n = sum(1 for _ in f)
-        if n > 400:
-          long[os.path.relpath(os.path.join(dirpath, name), root)] = n
-  assert not long, long

@@ -110,7 +110,9 @@ def test_text_path_split_by_position(tmp_path):
     assert x.shape == (k, 16)
     np.testing.assert_array_equal(x.ravel(), np.frombuffer(part[: 16 * k], np.uint8))
     np.testing.assert_array_equal(y.ravel(), np.frombuffer(part[1 : 16 * k + 1], np.uint8))
-  assert ds.task == "language" and ds.num_classes == 256
+  full = data_lib.load_dataset(f"text:{tmp_path}", context=16)
+  assert full.task == "language" and full.num_classes == 256
+  np.testing.assert_array_equal(full.x_val, ds.x_val)
   single = text.load_text(f"text:{tmp_path / 'a.txt'}", context=16)
   assert len(single.x_train) == (int(5000 * 0.9) - 1) // 16
 

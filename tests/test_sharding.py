@@ -4,14 +4,13 @@ update gathers a parameter-sized array (8 simulated CPU devices)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
 import optax_ext
 from tests.test_train import TinyCNN, _opt
 from train import data as data_lib
-from train import registry, sharding
+from train import methods, sharding, steps
 from train.loop import init_state, train_run
 
 pytestmark = pytest.mark.skipif(len(jax.devices()) < 8, reason="needs 8 (simulated) devices")
@@ -53,7 +52,7 @@ def _tiered(names):
   return [pytest.param(n, marks=pytest.mark.slow) if n in _SHARED else n for n in names]
 
 
-@pytest.mark.parametrize("name", _tiered(sorted(registry.REGISTRY) + ["gal+sgd"]))
+@pytest.mark.parametrize("name", _tiered(sorted(methods.METHODS) + ["gal+sgd"]))
 def test_sharded_training_matches_one_device(digits, name):
   # No BatchNorm here: a conv bias in front of BatchNorm has an exactly-zero gradient,
   # whose rounding noise (which differs with the reduction order) Adam-like methods
@@ -96,17 +95,15 @@ def _mnist_cnn_tree():
 
 
 def _candidates(params):
+  """Every method's update with the extra arguments it takes, and SP's exact quantile."""
   power = jax.tree.map(lambda p: jnp.asarray(4.0) if p.ndim >= 2 else None, params)
-  return {
-    "sgd": (optax.sgd(0.1), {}),
-    "momentum": (optax.sgd(0.1, momentum=0.9), {}),
-    "adam": (optax.adam(1e-3), {}),
-    "angulargrad_cos": (optax_ext.angulargrad(1e-3, method="cos"), {}),
-    "angulargrad_tan": (optax_ext.angulargrad(1e-3, method="tan"), {}),
-    "insgd": (optax_ext.insgd(0.1), {"input_power": power}),
-    "sp": (optax_ext.sp(0.1), {}),
-    "sp_exact": (optax_ext.sp(0.1, quantile="exact"), {}),
-  }
+  out = {}
+  for name, m in methods.METHODS.items():
+    needs_power = isinstance(m.need, steps.InputPower)
+    extra = {"input_power": optax_ext.InputPower(power, m.need.norm_order)} if needs_power else {}
+    out[name] = (m.build(m.default_lr), extra)
+  out["sp_exact"] = (methods.METHODS["sp"].build(0.1, quantile="exact"), {})
+  return out
 
 
 def test_gather_detection_sees_a_gathered_parameter():
@@ -122,12 +119,7 @@ def test_gather_detection_sees_a_gathered_parameter():
   assert 9216 * 128 in sizes, sizes
 
 
-@pytest.mark.parametrize(
-  "name",
-  _tiered(
-    ["sgd", "momentum", "adam", "angulargrad_cos", "angulargrad_tan", "insgd", "sp", "sp_exact"]
-  ),
-)
+@pytest.mark.parametrize("name", _tiered(sorted(methods.METHODS) + ["sp_exact"]))
 def test_no_update_gathers_a_parameter(name):
   mesh = sharding.make_mesh({"data": 1, "fsdp": 8})
   params = _mnist_cnn_tree()

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from train import curves, diagnostic_plots, plots, registry, telemetry
 from train import data as data_lib
-from train import plots, registry, telemetry
 from train.loop import RunResult, train_run
+from train.methods import Diagnostic
 
 
 class SmallCNN(nn.Module):
@@ -165,10 +166,10 @@ def _panels(fig):
 @pytest.mark.parametrize("leaves", [56, 160])  # ResNet-20-like and ResNet-50-like depths
 def test_diagnostics_figure_stays_bounded_on_deep_models(leaves):
   names, records = _deep_records(leaves, steps=40)
-  fig = plots.diagnostics_figure("sp", records)
+  fig = diagnostic_plots.diagnostics_figure("sp", records)
   try:
     axes = _panels(fig)
-    assert len(axes) == 6 <= plots.MAX_PANELS  # 4 line panels, pruned and threshold maps
+    assert len(axes) == 6 <= diagnostic_plots.MAX_PANELS  # 4 line panels, pruned and threshold maps
     titles = [ax.get_title() for ax in axes]
     assert titles[0].startswith("sp: damping case") and titles[1].startswith("sp: pruned fraction")
     pruned = next(ax for ax in axes if "pruned fraction per leaf" in ax.get_title())
@@ -177,19 +178,48 @@ def test_diagnostics_figure_stays_bounded_on_deep_models(leaves):
     threshold = next(ax for ax in axes if "threshold" in ax.get_title())
     assert type(threshold.collections[0].norm).__name__ == "LogNorm"  # spans 12 decades
   finally:
-    plots._pyplot().close(fig)
+    plots.pyplot().close(fig)
 
 
 def test_diagnostics_figure_caps_the_panels_of_several_methods():
   _, records = _deep_records(60, steps=5, methods=("sp", "gal", "insgd"))
-  shown, left_out = plots.diagnostic_panels(plots.diagnostic_keys(records))
-  assert len(shown) == plots.MAX_PANELS and len(left_out) == 12 - plots.MAX_PANELS
-  fig = plots.diagnostics_figure("three methods", records)
+  shown, left_out = diagnostic_plots.diagnostic_panels(diagnostic_plots.diagnostic_keys(records))
+  assert len(shown) == diagnostic_plots.MAX_PANELS
+  assert len(left_out) == 12 - diagnostic_plots.MAX_PANELS
+  fig = diagnostic_plots.diagnostics_figure("three methods", records)
   try:
-    assert len(_panels(fig)) == plots.MAX_PANELS
+    assert len(_panels(fig)) == diagnostic_plots.MAX_PANELS
     assert "4 more signals" in fig.get_suptitle()
   finally:
-    plots._pyplot().close(fig)
+    plots.pyplot().close(fig)
+
+
+def test_diagnostics_figure_follows_the_description():
+  # Grouping, titles, scales and order come from the description handed over; a signal
+  # it does not name is drawn alone, last, under its own name.
+  records = [
+    {"step": s, "train/loss": 1.0, "m/a": 0.5, "m/b": 0.1 * s, "m/c": 10.0**-s, "m/odd": 2.0}
+    for s in range(1, 6)
+  ]
+  described = (
+    Diagnostic(("c",), "c, linear", "linear"),
+    Diagnostic(("a", "b"), "a and b", "fraction", headline=True),
+  )
+  keys = diagnostic_plots.diagnostic_keys(records)
+  shown, _ = diagnostic_plots.diagnostic_panels(keys, described)
+  assert [(p.title, p.keys) for p in shown] == [
+    ("m: a and b", ("m/a", "m/b")),
+    ("m: c, linear", ("m/c",)),
+    ("m: odd", ("m/odd",)),
+  ]
+  fig = diagnostic_plots.diagnostics_figure("m", records, described)
+  try:
+    ab, c, odd = _panels(fig)
+    assert ab.get_ylim() == (-0.03, 1.03) and c.get_yscale() == "linear"  # c spans 4 decades
+    undescribed = diagnostic_plots.diagnostic_panels(keys)[0]  # every method's descriptions
+    assert {p.title for p in undescribed} == {"m: a", "m: b", "m: c", "m: odd"}
+  finally:
+    plots.pyplot().close(fig)
 
 
 def test_curves_figure_in_steps_for_many_runs():
@@ -200,7 +230,7 @@ def test_curves_figure_in_steps_for_many_runs():
       r["train/lr"] = 0.1 / r["step"]
     records += [{"step": 300, "epoch": 75.0, "time": 0.0, "test/loss": 0.5, "test/accuracy": 0.9}]
     runs.append(RunResult(f"opt{i}", [], {}, 0.0, 0, None, records))
-  fig = plots.curves_figure(runs, "classification", "many")
+  fig = curves.curves_figure(runs, "classification", "many")
   try:
     loss_ax, acc_ax, lr_ax = _panels(fig)[:3]
     assert loss_ax.get_xlabel() == "step" and loss_ax.get_yscale() == "log"
@@ -209,4 +239,4 @@ def test_curves_figure_in_steps_for_many_runs():
     np.testing.assert_allclose(smoothed.get_ydata(), [2.0, 1.0, 2.0 / 3])
     assert len(fig.legends[0].get_texts()) == 12
   finally:
-    plots._pyplot().close(fig)
+    plots.pyplot().close(fig)

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from train import cli, registry
+from train import cli, methods, registry, steps
 from train import data as data_lib
 from train.checkpoint import Checkpointer
 from train.errors import NonFiniteLossError, UsageError
@@ -128,7 +128,7 @@ def test_plateau_schedule_trains(digits):
   opt = registry.make_optimizer(
     "sgd", registry.make_schedule("plateau", spe, 2 * spe), plateau=registry.make_plateau(spe)
   )
-  assert "value" in opt.needs
+  assert opt.need == steps.WithValue(steps.Gradient())
   res = train_run(TinyCNN(), opt, digits, epochs=2, batch_size=64, seed=0, progress=False)
   # Two epochs of SGD reach well above the majority baseline for seeds 0-2.
   assert res.final["test_accuracy"] > _majority_accuracy(digits) + 0.4, res.final
@@ -155,7 +155,7 @@ _SHARED = {"adamw", "nesterov", "angulargrad_tan", "insgd_l1", "gal+adam"}
   "name",
   [
     pytest.param(n, marks=pytest.mark.slow) if n in _SHARED else n
-    for n in sorted(registry.REGISTRY) + ["gal+sgd", "gal+adam"]
+    for n in sorted(methods.METHODS) + ["gal+sgd", "gal+adam"]
   ],
 )
 def test_every_registered_optimizer_learns(digits, name):

@@ -1,9 +1,11 @@
 """Jitted training of Flax models with optax and optax_ext optimizers.
 
 Modules: :mod:`train.data` (data sets), :mod:`train.text` (byte-level text),
-:mod:`train.registry` (optimizers and schedules by name), :mod:`train.steps` (what a
-step runs per model API, linen or NNX, and per optimizer need), :mod:`train.loop`
-(train step, evaluation, the loop),
-:mod:`train.checkpoint` (Orbax), :mod:`train.report` (tables, files, plots),
-:mod:`train.cli` (``python -m train``).
+:mod:`train.methods` (every optimizer, each described once), :mod:`train.registry`
+(optimizers and schedules by name), :mod:`train.steps` (what a step runs per model API,
+linen or NNX, and per optimizer need), :mod:`train.loop` (train step, evaluation, the
+loop), :mod:`train.checkpoint` (Orbax), :mod:`train.telemetry` (step logs),
+:mod:`train.report` (tables and files), :mod:`train.plots`, :mod:`train.curves` and
+:mod:`train.diagnostic_plots` (figures), :mod:`train.cli` (the options of
+``python -m train``) and :mod:`train.experiment` (what one command runs).
 """

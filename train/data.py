@@ -282,9 +282,9 @@ def load_dataset(
   if name.startswith("tfds:") and len(name) > 5:
     return load_tfds(name[5:], data_dir)
   if name == "text" or name.startswith("text:"):
-    from train.text import load_text
+    from train.text import VOCAB, load_text
 
-    return load_text(name, context)
+    return Dataset(task="language", num_classes=VOCAB, **load_text(name, context)._asdict())
   raise UsageError(f"unknown data set {name!r}; known: {', '.join(DATASET_NAMES)}")
 
 

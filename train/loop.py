@@ -26,8 +26,10 @@ from train.errors import NonFiniteLossError
 from train.registry import Optimizer
 
 __all__ = [
+  "DONATE_STATE",
   "RunResult",
   "TrainState",
+  "donates_state",
   "evaluate",
   "init_state",
   "loss_function",
@@ -94,6 +96,18 @@ def _step_metrics(task: str, loss, z, y, optax_state) -> dict:
   return metrics
 
 
+#: Whether the train step donates its state, by JAX backend; measured with ``python -m
+#: bench.train_step`` (bench/RESULTS.md, Train-step cost). Both ways give identical results;
+#: a step that does not donate holds one more copy of the train state while it runs
+#: (docs/design.md, Conventions — Donation). Backends not listed donate.
+DONATE_STATE = {"cpu": True}
+
+
+def donates_state(backend: Optional[str] = None) -> bool:
+  """Whether :func:`make_train_step` donates the state on ``backend`` (default: JAX's)."""
+  return DONATE_STATE.get(backend or jax.default_backend(), True)
+
+
 def make_train_step(
   model: Any,
   opt: Optimizer,
@@ -101,15 +115,19 @@ def make_train_step(
   augment: bool = False,
   state_sharding: Any = None,
   batch_sharding: Any = None,
+  donate: Optional[bool] = None,
 ) -> Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, dict]]:
-  """Builds ``train_step(state, x, y) -> (state, metrics)``, jitted, state donated.
+  """Builds ``train_step(state, x, y) -> (state, metrics)``, jitted.
 
   With ``state_sharding`` and ``batch_sharding`` (see :mod:`train.sharding`)
-  the step keeps the state's layout from one step to the next.
+  the step keeps the state's layout from one step to the next. ``donate``: whether
+  the step may write the new state into the old one's buffers (default:
+  :func:`donates_state` for this backend).
   """
   loss_of = loss_function(task)
   api = steps.make_api(model)
-  need = steps.need_of(opt.needs, opt.norm_order)
+  need = opt.need
+  donate_argnums = 0 if (donates_state() if donate is None else donate) else ()
 
   def step_fn(state: TrainState, x, y):
     key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
@@ -126,10 +144,10 @@ def make_train_step(
     return new_state, _step_metrics(task, p.loss, p.outputs, y, optax_state)
 
   if state_sharding is None:
-    return jax.jit(step_fn, donate_argnums=0)
+    return jax.jit(step_fn, donate_argnums=donate_argnums)
   return jax.jit(
     step_fn,
-    donate_argnums=0,
+    donate_argnums=donate_argnums,
     in_shardings=(state_sharding, batch_sharding, batch_sharding),
     out_shardings=(state_sharding, None),
   )

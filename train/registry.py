@@ -2,13 +2,9 @@
 
 An optimizer is named on the command line as ``NAME`` or ``NAME@LR`` (for
 example ``adam@3e-4``); ``gal+NAME`` puts a GAL stage in front of any
-optimizer that needs nothing but gradients. Each entry records what its
-update needs besides gradients and parameters, so the training step can
-supply it:
-
-- ``input_power``: INSGD's per-layer input power, captured in the forward pass;
-- ``gal``: GAL's model outputs, loss function and output VJP;
-- ``value``: the loss value (the reduce-on-plateau schedule).
+optimizer that needs nothing but gradients. What each name builds, needs and
+logs is its description in :mod:`train.methods`; this module turns a name into
+an :class:`Optimizer` ready for the training loop, and holds the schedules.
 """
 
 from __future__ import annotations
@@ -18,115 +14,19 @@ from typing import Callable, Optional
 
 import optax
 
+from train import methods, steps
 from train.errors import UsageError
 
 __all__ = [
-  "REGISTRY",
-  "Builder",
   "SCHEDULES",
   "GalOptions",
   "Optimizer",
-  "OptimizerEntry",
   "known_names",
   "make_optimizer",
   "make_plateau",
   "make_schedule",
   "parse_name",
-  "register",
 ]
-
-#: Builds an optimizer from its learning rate (a number or a schedule).
-Builder = Callable[[optax.ScalarOrSchedule], optax.GradientTransformation]
-
-
-@dataclasses.dataclass(frozen=True)
-class OptimizerEntry:
-  """One registered optimizer.
-
-  Attributes:
-    build: Maps a learning rate (float or schedule) to the transformation.
-    default_lr: Learning rate used when none is given.
-    needs: Extra update arguments the transformation requires.
-    norm_order: For INSGD, the norm order the input-power capture must use.
-    description: One line for ``--help``.
-  """
-
-  build: Builder
-  default_lr: float
-  needs: frozenset = frozenset()
-  norm_order: Optional[int] = None
-  description: str = ""
-
-
-#: Every optimizer the command line knows, by name (``--optimizers NAME``).
-REGISTRY: dict[str, OptimizerEntry] = {}
-
-
-def register(
-  name: str,
-  build: Builder,
-  default_lr: float,
-  *,
-  needs=(),
-  norm_order: Optional[int] = None,
-  description: str = "",
-) -> None:
-  """Adds an optimizer to the registry under ``name``."""
-  if "+" in name or "@" in name:
-    raise ValueError(f"optimizer name {name!r} may not contain '+' or '@'")
-  REGISTRY[name] = OptimizerEntry(build, default_lr, frozenset(needs), norm_order, description)
-
-
-register("sgd", lambda lr: optax.sgd(lr), 0.1, description="plain SGD")
-register(
-  "momentum", lambda lr: optax.sgd(lr, momentum=0.9), 0.05, description="SGD, heavy-ball 0.9"
-)
-register(
-  "nesterov",
-  lambda lr: optax.sgd(lr, momentum=0.9, nesterov=True),
-  0.05,
-  description="SGD, Nesterov momentum 0.9",
-)
-register("adam", lambda lr: optax.adam(lr), 1e-3, description="Adam")
-register(
-  "adamw", lambda lr: optax.adamw(lr, weight_decay=1e-4), 1e-3, description="AdamW, decay 1e-4"
-)
-
-
-def _register_methods() -> None:
-  import optax_ext
-
-  register(
-    "angulargrad_cos",
-    lambda lr: optax_ext.angulargrad(lr, method="cos"),
-    1e-3,
-    description="AngularGrad, cos variant",
-  )
-  register(
-    "angulargrad_tan",
-    lambda lr: optax_ext.angulargrad(lr, method="tan"),
-    1e-3,
-    description="AngularGrad, tan variant",
-  )
-  for q in (2, 1):  # q reaches both the capture (norm_order) and INSGD, which checks it
-    register(
-      f"insgd_l{q}",
-      lambda lr, q=q: optax_ext.insgd(lr, norm_order=q),
-      0.05,
-      needs=("input_power",),
-      norm_order=q,
-      description=f"input-normalized SGD, l{q} input power",
-    )
-  register("sp", lambda lr: optax_ext.sp(lr), 0.05, description="spectral proximal, saliency")
-  register(
-    "sp_nesterov",
-    lambda lr: optax_ext.sp(lr, momentum=0.9, nesterov=True),
-    0.02,
-    description="spectral proximal + Nesterov momentum",
-  )
-
-
-_register_methods()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,14 +41,23 @@ class GalOptions:
 
 @dataclasses.dataclass(frozen=True)
 class Optimizer:
-  """A built optimizer, ready for the training loop."""
+  """A built optimizer, ready for the training loop.
+
+  Attributes:
+    name: As given on the command line (``sp@0.1``).
+    tx: The transformation.
+    lr: The base learning rate.
+    need: What the train step hands ``tx.update`` besides the parameters.
+    learning_rate: The rate or schedule, for logging.
+    diagnostics: How to draw the signals it logs.
+  """
 
   name: str
   tx: optax.GradientTransformation
   lr: float
-  needs: frozenset
-  norm_order: Optional[int]
-  learning_rate: Optional[optax.ScalarOrSchedule] = None  # the rate or schedule, for logging
+  need: steps.Need = steps.Gradient()
+  learning_rate: Optional[optax.ScalarOrSchedule] = None
+  diagnostics: tuple[methods.Diagnostic, ...] = ()
 
 
 def parse_name(spec: str) -> tuple[str, Optional[float]]:
@@ -167,7 +76,7 @@ def parse_name(spec: str) -> tuple[str, Optional[float]]:
 
 def known_names() -> list[str]:
   """The optimizer names ``--optimizers`` accepts, sorted, and the ``gal+<name>`` form."""
-  return sorted(REGISTRY) + ["gal+<name>"]
+  return sorted(methods.METHODS) + ["gal+<name>"]
 
 
 def make_optimizer(
@@ -196,31 +105,24 @@ def make_optimizer(
     UsageError: for an unknown name or a combination that cannot work.
   """
   name, spec_lr = parse_name(spec)
-  use_gal = name.startswith("gal+")
-  base_name = name[4:] if use_gal else name
-  if base_name not in REGISTRY:
-    raise UsageError(f"unknown optimizer {base_name!r}; known: {', '.join(known_names())}")
-  entry = REGISTRY[base_name]
-  base_lr = spec_lr or lr or entry.default_lr
+  try:
+    method = methods.get(name)
+  except ValueError as e:
+    raise UsageError(str(e)) from None
+  base_lr = spec_lr or lr or method.default_lr
   rate = schedule(base_lr)
-  needs = set(entry.needs)
-  if use_gal:
-    if "input_power" in needs:
-      raise UsageError(f"gal+{base_name}: GAL cannot be combined with an input-power optimizer")
-    from optax_ext.gal import gal_chain
-
+  if isinstance(method.need, steps.GalArgs):
     hidden = gal.hidden or ((128, 4) if task == "regression" else (100, 32, 16))
     # One learning rate (or schedule) for GAL's tentative step and the optimizer after it.
-    tx = gal_chain(
-      entry.build, rate, output_dim, hidden=hidden, alpha=gal.alpha, beta=gal.beta, seed=gal.seed
+    tx = method.build(
+      rate, output_dim=output_dim, hidden=hidden, alpha=gal.alpha, beta=gal.beta, seed=gal.seed
     )
-    needs.add("gal")
   else:
-    tx = entry.build(rate)
+    tx = method.build(rate)
+  need = method.need
   if plateau is not None:
-    tx = optax.chain(tx, plateau)
-    needs.add("value")
-  return Optimizer(spec, tx, base_lr, frozenset(needs), entry.norm_order, rate)
+    tx, need = optax.chain(tx, plateau), steps.WithValue(need)
+  return Optimizer(spec, tx, base_lr, need, rate, method.diagnostics)
 
 
 #: The learning-rate schedules of ``--schedule``.

@@ -98,15 +98,16 @@ def write_summary(results: Sequence[RunResult], directory: str, config: dict) ->
 
 
 def plot_curves(results: Sequence[RunResult], task: str, path: str, title: str = "") -> str:
-  """``curves.png``: loss, test metric and learning rate against steps (:mod:`train.plots`)."""
-  from train import plots
+  """``curves.png``: loss, test metric and learning rate against steps (:mod:`train.curves`)."""
+  from train import curves, plots
 
-  return plots.save(plots.curves_figure(results, task, title), path, dpi=110)
+  return plots.save(curves.curves_figure(results, task, title), path, dpi=110)
 
 
-def plot_diagnostics(result: RunResult, path: str) -> str | None:
-  """``diagnostics.png``: at most eight panels of the optimizer's signals; None if it logs none."""
-  from train import plots
+def plot_diagnostics(result: RunResult, path: str, diagnostics=None) -> str | None:
+  """``diagnostics.png``: at most eight panels of the optimizer's signals, as its
+  ``diagnostics`` describe them (:mod:`train.diagnostic_plots`); None if it logs none."""
+  from train import diagnostic_plots, plots
 
-  fig = plots.diagnostics_figure(result.name, plots.records_of(result))
+  fig = diagnostic_plots.diagnostics_figure(result.name, plots.records_of(result), diagnostics)
   return None if fig is None else plots.save(fig, path, dpi=100)

@@ -22,6 +22,7 @@ A new optimizer need is one new :class:`Need`; a new model API one new
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, NamedTuple, Optional, Protocol
 
 import flax.linen as nn
@@ -40,7 +41,6 @@ __all__ = [
   "Pass",
   "WithValue",
   "make_api",
-  "need_of",
 ]
 
 
@@ -231,12 +231,14 @@ LossOf = Callable[[jax.Array], jax.Array]
 
 
 class Need(Protocol):
-  """What one kind of update needs from the forward pass (docs/design.md, Conventions — Extra arguments)."""
+  """What one kind of update needs from the forward pass (docs/design.md, Conventions — Extra
+  arguments). Each optimizer's description (:class:`train.methods.Method`) names its own."""
 
   def __call__(self, api: ModelApi, params, model_state, x, key, loss_of: LossOf) -> Pass:
     """One forward (and backward) pass with what the update needs."""
 
 
+@dataclasses.dataclass(frozen=True)
 class Gradient:
   """A plain gradient: one ``jax.value_and_grad`` of the training loss."""
 
@@ -249,11 +251,12 @@ class Gradient:
     return Pass(loss, z, new_state, grads, {})
 
 
+@dataclasses.dataclass(frozen=True)
 class InputPower:
-  """A gradient and INSGD's input power, captured in the same forward pass."""
+  """A gradient and INSGD's input power of norm order ``norm_order`` (1 or 2), captured in
+  the same forward pass."""
 
-  def __init__(self, norm_order: int):
-    self.norm_order = norm_order
+  norm_order: int = 2
 
   def __call__(self, api, params, model_state, x, key, loss_of):
     def loss_fn(p):
@@ -264,6 +267,7 @@ class InputPower:
     return Pass(loss, z, new_state, grads, {"input_power": power})
 
 
+@dataclasses.dataclass(frozen=True)
 class GalArgs:
   """GAL's ``outputs``, ``loss_fn`` and ``outputs_vjp`` from one forward pass; no gradient.
 
@@ -282,23 +286,12 @@ class GalArgs:
     return Pass(loss_of(extra["outputs"]), extra["outputs"], new_state, None, extra)
 
 
+@dataclasses.dataclass(frozen=True)
 class WithValue:
   """Another need, plus the loss as ``value`` (the reduce-on-plateau schedule reads it)."""
 
-  def __init__(self, need: Need):
-    self.need = need
+  need: Need
 
   def __call__(self, api, params, model_state, x, key, loss_of):
     p = self.need(api, params, model_state, x, key, loss_of)
     return p._replace(extra={**p.extra, "value": p.loss})
-
-
-def need_of(needs: frozenset, norm_order: Optional[int]) -> Need:
-  """The pass an optimizer with these ``needs`` (see :mod:`train.registry`) takes."""
-  if "gal" in needs:
-    need = GalArgs()
-  elif "input_power" in needs:
-    need = InputPower(norm_order or 2)
-  else:
-    need = Gradient()
-  return WithValue(need) if "value" in needs else need

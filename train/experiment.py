@@ -1,0 +1,214 @@
+"""One command of ``python -m train``: a model, a data set and the optimizers compared.
+
+:func:`run` loads the data and the model, builds every optimizer first (so a typo fails
+before any training), trains each with checkpoints and telemetry
+(:func:`train.loop.train_run`), and writes the report: the results table, JSON and CSV
+files, the curves and each optimizer's diagnostics (:mod:`train.report`). The options
+are parsed by :mod:`train.cli`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+
+from train import methods
+from train.errors import UsageError
+
+__all__ = ["DEMO_OPTIMIZERS", "run"]
+
+
+def _demo_optimizers() -> tuple[str, ...]:
+  """Every method of a paper after the optimizers they modify, and GAL in front of SGD."""
+  papers = [m for m in methods.METHODS.values() if m.family]
+  bases = [name for name in methods.METHODS if name in {m.base for m in papers}]
+  return (*bases, *(m.name for m in papers), "gal+sgd")
+
+
+#: The optimizers ``--demo`` trains when ``--optimizers`` is not given.
+DEMO_OPTIMIZERS = _demo_optimizers()
+
+
+def _run_dir(out: str, name: str) -> str:
+  safe = name.replace("+", "_plus_").replace("@", "_lr")
+  return os.path.join(out, safe)
+
+
+def _apply_demo_defaults(args: argparse.Namespace) -> None:
+  """``--demo``: the demo's optimizers, epochs and output folder unless given."""
+  if args.optimizers == ["sgd", "momentum", "adam"]:
+    args.optimizers = list(DEMO_OPTIMIZERS)
+  args.epochs = args.epochs if args.epochs != 5 else 8
+  args.out = args.out or os.path.join("runs", "demo")
+  args.overwrite = args.overwrite or not args.resume
+
+
+_DEFAULT_MODELS = {"regression": "mlp", "classification": "mnist_cnn", "language": "transformer_lm"}
+
+
+def _load_model(args, ds):
+  """The model's name and module (default: an MLP for regression, the transformer LM
+  for text, the paper CNN otherwise), in linen or NNX as ``--api`` says."""
+  from flax_models import get_model, get_nnx_model
+
+  model_name = args.model or _DEFAULT_MODELS[ds.task]
+  is_lm = model_name == "transformer_lm"
+  if is_lm != (ds.task == "language"):
+    raise UsageError(
+      f"model {model_name!r} cannot train on {ds.name!r}: transformer_lm takes the text "
+      "data sets (text, text:PATH) and they take only transformer_lm"
+    )
+  kwargs = (
+    dict(width=args.width, depth=args.depth, heads=args.heads, context=args.context)
+    if is_lm
+    else {}
+  )
+  try:
+    if args.api == "nnx":
+      return model_name, get_nnx_model(model_name, ds.num_classes, seed=args.seed, **kwargs)
+    return model_name, get_model(model_name, ds.num_classes, **kwargs)
+  except ValueError as e:
+    raise UsageError(str(e)) from None
+
+
+def _build_optimizers(args, ds, spe: int) -> list:
+  """Every optimizer of the command, built before any training so a typo fails first."""
+  from train import registry
+
+  schedule = registry.make_schedule(
+    args.schedule, spe, spe * args.epochs, gamma=args.gamma, milestones=tuple(args.milestones)
+  )
+  gal_opts = registry.GalOptions(
+    alpha=args.gal_alpha,
+    beta=args.gal_beta,
+    hidden=tuple(args.gal_hidden) if args.gal_hidden else None,
+    seed=args.seed,
+  )
+  plateau = registry.make_plateau(spe, args.gamma) if args.schedule == "plateau" else None
+  opts = [
+    registry.make_optimizer(
+      spec,
+      schedule,
+      lr=args.lr,
+      output_dim=ds.num_classes,
+      task=ds.task,
+      gal=gal_opts,
+      plateau=plateau,
+    )
+    for spec in args.optimizers
+  ]
+  if len({o.name for o in opts}) != len(opts):
+    raise UsageError("each optimizer may be named once per command")
+  return opts
+
+
+def _claim_checkpoints(args, out: str, opts) -> None:
+  """Refuses to mix a new run with old checkpoints unless --resume or --overwrite says how."""
+  from train import distributed
+
+  for o in opts:
+    ckpt_dir = os.path.join(_run_dir(out, o.name), "checkpoints")
+    if os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir) and not args.resume:
+      if not args.overwrite:
+        raise UsageError(
+          f"{ckpt_dir} already holds checkpoints: pass --resume to continue or --overwrite to discard"
+        )
+      if distributed.is_primary():
+        shutil.rmtree(ckpt_dir)
+  distributed.barrier("claim-checkpoints")
+
+
+def _train_one(args, model, o, ds, out: str, mesh):
+  """Trains one optimizer with checkpoints and writes its run files and diagnostics plot."""
+  from train import distributed, report, telemetry
+  from train.checkpoint import Checkpointer
+  from train.loop import train_run
+
+  run_dir = _run_dir(out, o.name)
+  ckpt = Checkpointer(os.path.join(run_dir, "checkpoints"), every=args.checkpoint_every)
+  writer = telemetry.RunWriter(run_dir) if distributed.is_primary() else None
+  try:
+    res = train_run(
+      model,
+      o,
+      ds,
+      epochs=args.epochs,
+      batch_size=args.batch_size,
+      seed=args.seed,
+      checkpointer=ckpt,
+      progress=not args.no_progress and distributed.is_primary(),
+      log_every=args.log_every,
+      eval_every=args.eval_every or 0,
+      writer=writer,
+      mesh=mesh,
+    )
+  finally:
+    ckpt.close()
+    if writer is not None:
+      writer.close()
+  if not distributed.is_primary():  # process 0 writes the run's files
+    return res
+  res.log = telemetry.read_records(run_dir) or res.log  # the whole run, also when resumed
+  report.write_run(res, run_dir)
+  diag_png = report.plot_diagnostics(res, os.path.join(run_dir, "diagnostics.png"), o.diagnostics)
+  if diag_png:
+    print(f"{o.name}: diagnostics plot {diag_png}", flush=True)
+  return res
+
+
+def _report(args, results, ds, model_name: str, out: str) -> None:
+  """Writes the summary files and the curves, and prints the results table."""
+  from train import report
+
+  config = dict(vars(args), model=model_name, out=out)
+  report.write_summary(results, out, config)
+  png = report.plot_curves(
+    results,
+    ds.task,
+    os.path.join(out, "curves.png"),
+    title=f"{model_name} on {ds.name}, batch {args.batch_size}, seed {args.seed}",
+  )
+  print()
+  print(report.table(results, ds.task))
+  print(f"\nmetrics: {os.path.join(out, 'results.json')} (and .csv); per-run files under {out}/")
+  print(f"plot: {png}")
+  print(f"TensorBoard: tensorboard --logdir {out}")
+
+
+def run(args: argparse.Namespace) -> int:
+  """Trains every optimizer of ``args`` and writes the report; returns the exit status."""
+  import jax
+
+  from train import data as data_lib
+
+  if args.demo:
+    _apply_demo_defaults(args)
+  from train import distributed
+
+  distributed.join(args)
+  mesh = distributed.mesh_of(args.mesh)
+  ds = data_lib.load_dataset(args.dataset, args.data_dir, seed=args.seed, context=args.context)
+  if args.train_size or args.test_size:
+    ds = ds.subset(args.train_size, args.test_size)
+  model_name, model = _load_model(args, ds)
+  out = args.out or os.path.join("runs", f"{model_name}-{args.dataset.replace(':', '_')}")
+  if len(ds.x_train) < args.batch_size:
+    raise UsageError(
+      f"--batch-size {args.batch_size} exceeds the {len(ds.x_train)} training examples"
+    )
+  spe = data_lib.steps_per_epoch(len(ds.x_train), args.batch_size)
+  opts = _build_optimizers(args, ds, spe)
+  _claim_checkpoints(args, out, opts)
+  primary = jax.process_index() == 0
+  if primary:
+    print(
+      f"{model_name} on {ds.name}: {len(ds.x_train)} train / {len(ds.x_test)} test, "
+      f"{args.epochs} epochs x {spe} steps, batch {args.batch_size}, "
+      f"{jax.devices()[0].platform}{distributed.devices_note(mesh)}",
+      flush=True,
+    )
+  results = [_train_one(args, model, o, ds, out, mesh) for o in opts]
+  if primary:
+    _report(args, results, ds, model_name, out)
+  return 0
