@@ -18,7 +18,6 @@ from bench import report
 
 PARTS = {
   "update_speed": "optimizer-update speed of every method against optax.adam, donated and not",
-  "donation_copies": "copies XLA adds to each update when the carried state is donated",
   "train_step": "whole train step of every method against its base, donated and not; compile time",
   "telemetry_overhead": "train step with per-step logging on against off",
   "mesh_step": "train step on 1-8 simulated devices, with the collectives it holds",

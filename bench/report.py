@@ -25,7 +25,12 @@ RESULTS = harness.RESULTS
 SECTIONS = [
   ("Which optimizer, when", "compare", ["compare_full", "compare_quick"], "render"),
   ("Optimizer-update speed", "update_speed", ["update_speed_full", "update_speed_quick"], "render"),
-  ("Copies added by donating the carried state", "donation_copies", ["donation_copies"], "render"),
+  (
+    "Copies added by donating the carried state",
+    "update_speed",
+    ["update_speed_full", "update_speed_quick"],
+    "render_copies",
+  ),
   ("Train-step cost", "train_step", ["train_step_full", "train_step_quick"], "render"),
   (
     "Training telemetry: logging overhead",

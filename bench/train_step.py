@@ -25,6 +25,7 @@ Run: ``python -m bench.train_step [--quick] [--batch N] [--models ...] [--seam-o
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 import time
@@ -255,12 +256,8 @@ def render_family(result: dict, family: str) -> str:
   return "\n".join(lines)
 
 
-def render_insgd(result: dict) -> str:
-  return render_family(result, "INSGD")
-
-
-def render_gal(result: dict) -> str:
-  return render_family(result, "GAL")
+render_insgd = functools.partial(render_family, family="INSGD")
+render_gal = functools.partial(render_family, family="GAL")
 
 
 def main(argv=None) -> dict:

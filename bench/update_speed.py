@@ -160,7 +160,8 @@ def state_bytes_per_param(params) -> dict[str, float]:
 
 
 def _cell(r: dict, key: str, what: str = "ratio") -> str:
-  return harness.fmt_ratio(r["methods"].get(key, {}).get(what))
+  value = r["methods"].get(key, {}).get(what)
+  return str(value) if isinstance(value, int) else harness.fmt_ratio(value)
 
 
 def ratio_table(result: dict, names) -> list[str]:
@@ -213,8 +214,8 @@ def render(result: dict) -> str:
     "Ratios: median ÷ `optax.adam`'s median in the same run and donation setting. *Not "
     "donated* (the targets' protocol): every call writes fresh buffers. *Donated*: XLA may "
     "write the outputs into the inputs' buffers, and copies an input first where a loop "
-    "reads it after another has overwritten it in place (the copy instructions below; "
-    "`python -m bench.donation_copies`). *Seam off*: the CPU fusion seam "
+    "reads it after another has overwritten it in place (the copy instructions below). "
+    "*Seam off*: the CPU fusion seam "
     "(`optax_ext.config` `cpu_fusion`) off, the methods compiled afresh.",
     "",
     "### Ratio × adam",
@@ -267,7 +268,9 @@ def render_sp(result: dict) -> str:
   r = result["trees"]["resnet50"]
   names = ("sgd", "adam", "sp", "sp_nesterov", "sp_exact", *SP_PARTS)
   keys = [k for k in r["methods"] if k.split(" | ")[0] in names]
-  passes = [f"{k}: {m['passes']}" for k, m in r["methods"].items() if m["passes"] and " | " not in k]
+  passes = [
+    f"{k}: {m['passes']}" for k, m in r["methods"].items() if m["passes"] and " | " not in k
+  ]
   scaling = result.get("scaling") or {}
   return "\n".join([
     f"From `{result['command']}` ([Optimizer-update speed](#optimizer-update-speed)); "
@@ -288,6 +291,29 @@ def render_sp(result: dict) -> str:
     "Adam's bandwidth. The exact quantile writes the saliency once and reads it in each "
     "pass; the fast one recomputes it inside each count, writing nothing parameter-sized.",
   ])  # fmt: skip
+
+
+def render_copies(result: dict) -> str:
+  """The large copy instructions of each update, donated or not, on every tree."""
+  tree_names = list(result["trees"])
+  head = " | ".join(f"{t}: not donated / donated / seam off" for t in tree_names)
+  lines = [
+    f"From `{result['command']}` ([Optimizer-update speed](#optimizer-update-speed)). Copy "
+    "instructions of at least 1,024 values in each compiled update + `apply_updates`: where "
+    "the carried `(params, state)` is donated, XLA copies an input before a loop reads it "
+    "once another loop has overwritten its buffer in place; each copy is one more read "
+    "and write of the array.",
+    "",
+    f"| method | {head} |",
+    "|---|" + "---|" * len(tree_names),
+  ]
+  for name in (*METHODS, "sp_exact"):
+    cells = [
+      " / ".join(_cell(r, name + s, "copy_instructions") for s in ("", DONATED, SEAM_OFF))
+      for r in result["trees"].values()
+    ]
+    lines.append(f"| {name} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
 
 
 PNG = "update_scaling.png"
