@@ -8,11 +8,11 @@ import jax
 import numpy as np
 import pytest
 
-from train import cli, methods, registry, steps
+from train import cli, loop, methods, registry, steps
 from train import data as data_lib
 from train.checkpoint import Checkpointer
 from train.errors import NonFiniteLossError, UsageError
-from train.loop import init_state, train_run
+from train.loop import init_state, make_train_step, train_run
 
 
 class TinyCNN(nn.Module):
@@ -108,6 +108,31 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(digits, tmp_pa
   state, _ = ck.restore_latest(like)
   assert int(state.step) == last
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state.params))
+
+
+@pytest.mark.parametrize(
+  "name",
+  [
+    "angulargrad_cos",
+    "insgd_l2",
+    *(pytest.param(n, marks=pytest.mark.slow) for n in ("sp", "gal+sgd")),
+  ],
+)
+def test_donating_the_state_changes_no_result(digits, name):
+  # The loop donates the train state or not by backend (train.loop.DONATE_STATE); either
+  # way three steps end in the same bits, while only the donating step frees its input.
+  x, y, opt = digits.x_train[:64], digits.y_train[:64], _opt(name)
+  default = loop.DONATE_STATE["cpu"]
+  finals = []
+  for donate in (None, not default):  # this backend's choice, then the other
+    state = init_state(TinyCNN(), opt.tx, x[:1], 0)
+    step = make_train_step(TinyCNN(), opt, "classification", donate=donate)
+    for _ in range(3):
+      given = state
+      state, _ = step(state, x, y)
+    assert jax.tree.leaves(given.params)[0].is_deleted() == (default if donate is None else donate)
+    finals.append([np.asarray(a).tobytes() for a in jax.tree.leaves(state)])
+  assert finals[0] == finals[1]
 
 
 def test_schedules():
