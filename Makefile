@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test test-all lint docs bench-quick bench compare-quick compare fuzz clean
+.PHONY: demo test test-all lint docs bench-quick bench bench-speed compare-quick compare fuzz clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,11 @@ bench-quick: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(BENCH_ENV) $(PY) -m bench
+
+# The speed targets of bench/RESULTS.md's summary: every update, every train step donated
+# and not, compile times.
+bench-speed: $(VENV)/.installed
+	$(BENCH_ENV) $(PY) -m bench --quick --only update_speed train_step
 
 # Every optimizer tuned alike on five workloads (bench/RESULTS.md, "Which optimizer, when");
 # an interrupted study resumes from bench/results/compare_<quick|full>/*.jsonl.
