@@ -239,6 +239,8 @@ def render_family(result: dict, family: str) -> str:
   """The rows of one paper's methods (with their bases) and their compile ratios."""
   fam = [n for n in names() if methods.get(n).family == family]
   keys = list(dict.fromkeys(k for n in fam for k in (methods.get(n).base, n)))
+  ratio = lambda n, m: harness.fmt_ratio(compile_ratio(result, m, n))
+  compiles = [f"{n} {ratio(n, m)} ({m})" for n in fam for m in COMPILE_MODELS]
   lines = [
     f"From `{result['command']}` ([Train-step cost](#train-step-cost)); machine: "
     f"{result['machine']}; batch {result['batch']}.",
@@ -247,12 +249,8 @@ def render_family(result: dict, family: str) -> str:
     "",
     *step_table(result, keys),
     "",
-    "First compile ÷ AdamW's: "
-    + "; ".join(
-      f"{n} {harness.fmt_ratio(compile_ratio(result, m, n))} ({m})" for n in fam for m in COMPILE_MODELS
-    )
-    + f" (target ≤ {compile_target(fam[0]):g}).",
-  ]  # fmt: skip
+    f"First compile ÷ AdamW's (target ≤ {compile_target(fam[0]):g}): {'; '.join(compiles)}.",
+  ]
   return "\n".join(lines)
 
 
@@ -283,13 +281,11 @@ def main(argv=None) -> dict:
     result["models"][model_name] = time_model(
       model_name, args.batch, reps, args.quick, args.seam_off
     )
-  keys = [n for n in names() if methods.get(n).family]
-  panels = {"step ÷ base step, not donated": {
-    n: [_ratio(result, m, n) for m in result["models"]] for n in keys}}  # fmt: skip
-  result["plot"] = harness.plot(
-    f"{STEM}_{harness.tag(args.quick)}.png", list(result["models"]), panels, "model",
-    f"whole train step, batch {args.batch}", {"step ÷ base step, not donated": TARGETS.values()},
-  )  # fmt: skip
+  ylabel, models = "step ÷ base step, not donated", list(result["models"])
+  ratios = {n: [_ratio(result, m, n) for m in models] for n in names() if methods.get(n).family}
+  png, title = f"{STEM}_{harness.tag(args.quick)}.png", f"whole train step, batch {args.batch}"
+  hlines = {ylabel: TARGETS.values()}
+  result["plot"] = harness.plot(png, models, {ylabel: ratios}, "model", title, hlines)
   md = harness.write(f"{STEM}_{harness.tag(args.quick)}", result, render)
   print(md)
   return result

@@ -110,7 +110,9 @@ class Method:
     return self.factory(learning_rate, **self.settings, **hyperparameters)
 
 
-_PHI = Diagnostic(("phi_min", "phi_mean", "phi_max"), "φ over coordinates: min, mean, max", headline=True)  # fmt: skip
+_PHI = Diagnostic(
+  ("phi_min", "phi_mean", "phi_max"), "φ over coordinates: min, mean, max", headline=True
+)
 _SP = (
   Diagnostic(
     ("diagonal_fraction", "scalar_fraction"), "damping case: fraction of leaves", "fraction", True
