@@ -262,7 +262,12 @@ def main(argv=None) -> dict:
   ap = harness.parser(__doc__, "fewer repetitions, the small LM")
   ap.add_argument("--batch", type=int, default=32, help="images per batch")
   ap.add_argument("--reps", type=int, default=None)
-  ap.add_argument("--models", nargs="+", default=[*TARGET_MODELS, "transformer_lm"])
+  ap.add_argument(
+    "--models",
+    nargs="+",
+    default=[*TARGET_MODELS, "transformer_lm"],
+    choices=[*IMAGES, "transformer_lm"],
+  )
   ap.add_argument("--seam-off", action="store_true", help="also each method with the seam off")
   args = ap.parse_args(argv)
   reps = args.reps or (5 if args.quick else 15)
