@@ -61,6 +61,15 @@ def test_build_is_the_factory_with_the_names_settings(name, kwargs, direct):
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), got, want)
 
 
+def test_builder_injects_hyperparameters_as_the_factory_does():
+  got = optax.inject_hyperparams(METHODS["adamw"].builder())(learning_rate=0.1, weight_decay=0.05)
+  want = optax.inject_hyperparams(optax.adamw)(learning_rate=0.1, weight_decay=0.05)
+  assert set(got.init(PARAMS).hyperparams) == set(want.init(PARAMS).hyperparams)
+  jax.tree.map(np.testing.assert_array_equal, _updates(got, None), _updates(want, None))
+  nesterov = optax.inject_hyperparams(METHODS["nesterov"].builder())(learning_rate=0.1)
+  assert "momentum" not in nesterov.init(PARAMS).hyperparams  # a setting, not injected
+
+
 def test_build_refuses_what_is_not_a_hyperparameter():
   with pytest.raises(ValueError, match="sp has no hyperparameter 'sparsty'"):
     METHODS["sp"].build(0.1, sparsty=0.2)

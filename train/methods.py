@@ -109,6 +109,18 @@ class Method:
         )
     return self.factory(learning_rate, **self.settings, **hyperparameters)
 
+  def builder(self) -> Callable[..., optax.GradientTransformation]:
+    """:meth:`build` as a function with the factory's own signature less the settings, for
+    what reads hyperparameters by name: ``optax.inject_hyperparams(method.builder())(
+    learning_rate=0.1, sparsity=0.2)`` injects SP's learning rate and sparsity."""
+
+    def build(*args, **kwargs):
+      return self.build(*args, **kwargs)
+
+    params = inspect.signature(self.factory).parameters.values()
+    build.__signature__ = inspect.Signature([p for p in params if p.name not in self.settings])
+    return build
+
 
 _PHI = Diagnostic(
   ("phi_min", "phi_mean", "phi_max"), "φ over coordinates: min, mean, max", headline=True
