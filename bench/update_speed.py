@@ -8,8 +8,9 @@ state and returns them, and the next call gets what the last returned (the state
 carried), after a few warm steps, the gradient cycling through noisy trees. Each
 optax_ext method is compiled three times: not donated with the CPU fusion seam on and
 off, and donated with the seam on (docs/design.md, Conventions — CPU fusion seam);
-optax's baselines not donated and donated. All are timed interleaved; ratios are medians
-÷ ``optax.adam``'s median in the same run and donation setting.
+optax's baselines not donated and donated. Each of the three settings is timed in one
+interleaved run with ``optax.adam`` compiled alike; ratios are medians ÷ adam's median in
+that run.
 
 Also: the bandwidth of each update (the parameter-sized arrays it must at least read and
 write, and the bytes XLA's cost analysis says the compiled program moves, per second)
@@ -113,40 +114,58 @@ def _step(tx, extra, params, grads, donate: bool):
   return jax.jit(step, donate_argnums=0 if donate else ()).lower(carry, grads[0]).compile(), carry
 
 
-def time_tree(params, reps: int, names=None, variants=("", SEAM_OFF, DONATED), sp_parts=False):
-  """Times every candidate (or ``names`` and adam) on ``params`` in each variant."""
-  grads = noisy_grads(params, N_GRADS)
-  fns, compiled, passes = {}, {}, {}
-  for suffix in variants:
-    with harness.seam(suffix != SEAM_OFF):  # read when traced: build and compile inside
-      for name, (tx, extra) in candidates(params, sp_parts).items():
-        baseline = name in METHODS and not METHODS[name].family
-        skip = (names and name not in names and name != "adam") or (suffix and name in SP_PARTS)
-        if skip or (suffix == SEAM_OFF and baseline):
-          continue
-        own = jax.tree.map(jnp.copy, params)  # donated: each candidate its own buffers
-        step, carry = _step(tx, extra, own, grads, suffix == DONATED)
-        for i in range(WARM):  # the search starts from a realistic previous threshold
-          carry, _ = step(carry, grads[i % N_GRADS])
-        compiled[name + suffix], passes[name + suffix] = step, _passes(carry[1])
-        fns[name + suffix] = harness.carried(step, carry, lambda n: grads[n % N_GRADS])
+def _baseline(name: str) -> bool:
+  """An optax optimizer: one program whatever the seam says."""
+  return name in METHODS and not METHODS[name].family
+
+
+def _time_variant(params, grads, reps: int, suffix: str, names, sp_parts: bool) -> dict:
+  """One variant's candidates (or ``names``) and adam, timed interleaved with a tree copy."""
+  fns, steps_, passes = {}, {}, {}
+  with harness.seam(suffix != SEAM_OFF):  # read when traced: build and compile inside
+    for name, (tx, extra) in candidates(params, sp_parts).items():
+      skip = (names and name not in names) or (suffix == SEAM_OFF and _baseline(name))
+      if skip and name != "adam":  # adam: the reference of every variant
+        continue
+      own = jax.tree.map(jnp.copy, params)  # donated: each candidate its own buffers
+      step, carry = _step(tx, extra, own, grads, suffix == DONATED)
+      for i in range(WARM):  # the search starts from a realistic previous threshold
+        carry, _ = step(carry, grads[i % N_GRADS])
+      steps_[name], passes[name] = step, _passes(carry[1])
+      fns[name] = harness.carried(step, carry, lambda n: grads[n % N_GRADS])
   copy = jax.jit(lambda t: jax.tree.map(lambda x: x + 0, t))
   fns["copy"] = lambda: copy(params)
   res = harness.time_calls(fns, reps=reps)
   n, copy_s = trees.count(params), res["copy"]["median"]
-  out = {"n_params": n, "n_leaves": len(jax.tree.leaves(params)), "copy_GBps": 8 * n / copy_s / 1e9}
-  out["methods"] = {}
-  for key, step in compiled.items():
-    name = key.split(" | ")[0]
-    seconds = res[key]["median"]
-    r = harness.row(res[key], res["adam" + (DONATED if key.endswith(DONATED) else "")], "ratio")
-    r["copies"], r["passes"] = seconds / copy_s, passes[key]
+  rows = {"copy": {"GBps": 8 * n / copy_s / 1e9}}
+  for name, step in steps_.items():
+    seconds = res[name]["median"]
+    r = harness.row(res[name], res["adam"], "ratio")
+    r["copies"], r["passes"] = seconds / copy_s, passes[name]
     r["GBps_compiled"] = harness.bytes_accessed(step) / seconds / 1e9
     r["GBps_least"] = LEAST[name] * 4 * n / seconds / 1e9 if name in LEAST else None
     r["copy_instructions"] = large_copies(step.as_text())
-    if key + SEAM_OFF in compiled:
-      r["seam_changes_program"] = step.as_text() != compiled[key + SEAM_OFF].as_text()
-    out["methods"][key] = r
+    r["program"] = hash(step.as_text())
+    rows[name] = r
+  return rows
+
+
+def time_tree(params, reps: int, names=None, variants=("", SEAM_OFF, DONATED), sp_parts=False):
+  """Times every candidate (or ``names`` and adam) on ``params``, each variant in its own
+  interleaved run against adam compiled alike (so that fewer states are held at once)."""
+  grads = noisy_grads(params, N_GRADS)
+  out = {"n_params": trees.count(params), "n_leaves": len(jax.tree.leaves(params)), "methods": {}}
+  for suffix in variants:
+    rows = _time_variant(params, grads, reps, suffix, names, sp_parts and not suffix)
+    out.setdefault("copy_GBps", rows.pop("copy")["GBps"])
+    for name, r in rows.items():
+      if suffix != SEAM_OFF or not _baseline(name):
+        out["methods"][name + suffix] = r
+  for key, r in out["methods"].items():
+    off = out["methods"].get(key + SEAM_OFF)
+    r["seam_changes_program"] = None if off is None else r["program"] != off["program"]
+  for r in out["methods"].values():
+    del r["program"]
   return out
 
 
