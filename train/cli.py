@@ -9,6 +9,8 @@ Examples::
   python -m train --model mlp --dataset diabetes --optimizers adam gal+adam --epochs 200
   python -m train --model transformer_lm --dataset text --optimizers adamw angulargrad_cos \
       sp insgd_l2 gal+adamw --epochs 1 --train-size 2048 --api nnx
+  python -m train --model resnet20 --dataset tfds:cifar10 --data-dir ~/tensorflow_datasets \
+      --optimizers insgd_l2 --epochs 200 --batch-size 128 --workers 4 --prefetch 4
 """
 
 from __future__ import annotations
@@ -54,6 +56,16 @@ def _positive_int(text: str) -> int:
   return v
 
 
+def _non_negative_int(text: str) -> int:
+  try:
+    v = int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+  if v < 0:
+    raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {v}")
+  return v
+
+
 def _positive_float(text: str) -> float:
   try:
     v = float(text)
@@ -67,8 +79,8 @@ def _positive_float(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
   """The parser of ``python -m train`` (its ``--help`` is in docs/training.md)."""
   from train import distributed
-  from train.data import DATASET_NAMES
   from train.registry import SCHEDULES, known_names
+  from train.stream import DATASET_NAMES
 
   try:
     from flax_models import MODEL_NAMES
@@ -105,6 +117,34 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--depth", type=_positive_int, default=2, help="transformer_lm: blocks")
   p.add_argument("--heads", type=_positive_int, default=4, help="transformer_lm: attention heads")
   p.add_argument("--data-dir", default=None, help="directory of IDX files or of TFDS data")
+  p.add_argument(
+    "--input",
+    choices=("auto", "memory", "stream"),
+    default="auto",
+    help="hold the data set in host memory, or stream it from disk through grain "
+    "(auto: stream tfds: and arrayrecord: data, hold the rest)",
+  )
+  p.add_argument(
+    "--workers",
+    type=_non_negative_int,
+    default=0,
+    help="streamed data: worker processes preparing batches (0: in the training process)",
+  )
+  p.add_argument(
+    "--prefetch",
+    type=_non_negative_int,
+    default=2,
+    help="streamed data: batches prepared ahead, per worker",
+  )
+  p.add_argument(
+    "--image-size",
+    type=_positive_int,
+    default=224,
+    help="streamed images of free size (ImageNet-style): side of the square crops",
+  )
+  p.add_argument(
+    "--num-classes", type=_positive_int, default=None, help="arrayrecord: data: number of classes"
+  )
   p.add_argument(
     "--optimizers",
     nargs="+",
@@ -342,7 +382,7 @@ def run(args: argparse.Namespace) -> int:
   """Trains every optimizer of ``args`` and writes the report; returns the exit status."""
   import jax
 
-  from train import data as data_lib
+  from train import inputs, stream
 
   if args.demo:
     _apply_demo_defaults(args)
@@ -350,22 +390,24 @@ def run(args: argparse.Namespace) -> int:
 
   distributed.join(args)
   mesh = distributed.mesh_of(args.mesh)
-  ds = data_lib.load_dataset(args.dataset, args.data_dir, seed=args.seed, context=args.context)
+  options = stream.StreamOptions(args.workers, args.prefetch, args.image_size, args.num_classes)
+  ds = stream.open_data(
+    args.dataset, args.data_dir, args.seed, args.context, mode=args.input, options=options
+  )
   if args.train_size or args.test_size:
     ds = ds.subset(args.train_size, args.test_size)
   model_name, model = _load_model(args, ds)
   out = args.out or os.path.join("runs", f"{model_name}-{args.dataset.replace(':', '_')}")
-  if len(ds.x_train) < args.batch_size:
-    raise UsageError(
-      f"--batch-size {args.batch_size} exceeds the {len(ds.x_train)} training examples"
-    )
-  spe = data_lib.steps_per_epoch(len(ds.x_train), args.batch_size)
+  if ds.num_train < args.batch_size:
+    raise UsageError(f"--batch-size {args.batch_size} exceeds the {ds.num_train} training examples")
+  spe = inputs.steps_per_epoch(ds.num_train, args.batch_size)
   opts = _build_optimizers(args, ds, spe)
   _claim_checkpoints(args, out, opts)
   primary = jax.process_index() == 0
   if primary:
     print(
-      f"{model_name} on {ds.name}: {len(ds.x_train)} train / {len(ds.x_test)} test, "
+      f"{model_name} on {ds.name}: {ds.num_train} train / {ds.num_test} test"
+      f"{', streamed' if isinstance(ds, stream.Stream) else ''}, "
       f"{args.epochs} epochs x {spe} steps, batch {args.batch_size}, "
       f"{jax.devices()[0].platform}{distributed.devices_note(mesh)}",
       flush=True,

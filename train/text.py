@@ -24,8 +24,8 @@ import zlib
 
 import numpy as np
 
-from train.data import Dataset
 from train.errors import UsageError
+from train.inputs import Dataset
 
 __all__ = ["DEFAULT_BYTES", "SPLITS", "corpus_bytes", "load_text", "stdlib_files", "windows"]
 
@@ -99,7 +99,7 @@ def windows(data: np.ndarray, context: int) -> tuple[np.ndarray, np.ndarray]:
 def load_text(spec: str, context: int = 128) -> Dataset:
   """Loads ``text`` or ``text:PATH`` as a next-byte prediction data set (task ``language``).
 
-  The returned :class:`~train.data.Dataset` holds train and test windows and, as
+  The returned :class:`~train.inputs.Dataset` holds train and test windows and, as
   ``x_val`` / ``y_val``, the validation windows.
 
   Raises:
