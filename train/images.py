@@ -152,7 +152,7 @@ def center_crop(img: np.ndarray, size: int) -> np.ndarray:
 
 def write_arrayrecord(path: str, image_array, labels, image_format: str = "PNG") -> None:
   """Writes uint8 images and their labels to one ArrayRecord file, a record each
-  (:func:`train.encode_example`): a small data set for ``arrayrecord:``."""
+  (:func:`encode_example`): a small data set for ``arrayrecord:``."""
   from array_record.python.array_record_module import ArrayRecordWriter
 
   writer = ArrayRecordWriter(path, "group_size:1")
