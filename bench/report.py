@@ -49,6 +49,7 @@ SECTIONS = [
   ),
   ("GAL: speed", "gal_speed", ["gal_speed_full", "gal_speed_quick"]),
   ("Transformer LM: every method", "lm_step", ["lm_step_full", "lm_step_quick"]),
+  ("Streamed input", "input_stream", ["input_stream_full", "input_stream_quick"]),
 ]
 
 

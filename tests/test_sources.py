@@ -45,7 +45,9 @@ def test_missing_split_and_missing_folder(tmp_path):
 
 def test_an_unprepared_tfds_data_set_gets_the_build_hint(tmp_path):
   pytest.importorskip("tensorflow_datasets")
-  with pytest.raises(UsageError, match=r"prepare it with `tfds build cifar10`"):
+  with pytest.raises(
+    UsageError, match=r"prepare it with `tfds build cifar10 --file_format=array_rec"
+  ):
     stream.open_data("tfds:cifar10", data_dir=str(tmp_path))
 
 

@@ -235,3 +235,29 @@ def test_worker_processes_give_the_same_batches(tmp_path):
   for (_, x1, y1), (_, x2, y2) in zip(want, got):
     np.testing.assert_array_equal(x1, x2)
     np.testing.assert_array_equal(y1, y2)
+
+
+@pytest.mark.slow
+def test_two_processes_stream_what_one_process_streams(tmp_path):
+  """The command line on 2 processes x 4 devices and on 1 x 8 reading a streamed
+  ArrayRecord folder (augmentation on): the same losses and parameters."""
+  from tests import test_multihost as mh
+
+  _write(tmp_path / "d", n_train=32, n_test=16, shape=(8, 8, 3))
+  args = ["--dataset", f"arrayrecord:{tmp_path / 'd'}", "--num-classes", "10", "--model"]
+  args += ["mlp", "--batch-size", "16", "--epochs", "3", "--no-progress", "--optimizers"]
+  args += ["insgd_l2", "--mesh", "data=8"]
+  mh._CACHE.append(str(tmp_path / "jax-cache"))
+  try:
+    mh._launch(tmp_path, "one", args + ["--out", str(tmp_path / "one")], processes=1, devices=8)
+    mh._launch(tmp_path, "two", args + ["--out", str(tmp_path / "two")], processes=2, devices=4)
+  finally:
+    mh._CACHE.pop()
+  one, two = (mh._final_state(str(tmp_path / k), "insgd_l2") for k in ("one", "two"))
+  np.testing.assert_allclose(
+    mh._losses(str(tmp_path / "one"), "insgd_l2"),
+    mh._losses(str(tmp_path / "two"), "insgd_l2"),
+    atol=1e-6,
+  )
+  for a, b in zip(jax.tree.leaves(one["params"]), jax.tree.leaves(two["params"])):
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)

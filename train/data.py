@@ -225,7 +225,8 @@ def open_tfds(name: str, data_dir: str | None = None) -> TfdsSplits:
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     raise UsageError(
       f"TFDS data set {name!r} is not available ({first}); prepare it with "
-      f"`tfds build {name}` on a machine with network access, then pass --data-dir"
+      f"`tfds build {name} --file_format=array_record` on a machine with network access "
+      "(random access needs that format), then pass --data-dir"
     ) from None
   if missing:
     raise UsageError(

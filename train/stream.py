@@ -202,7 +202,10 @@ class Stream:
 
       if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; take the defaults
         flags.FLAGS.mark_as_parsed()
-      ds = ds.mp_prefetch(grain.MultiprocessingOptions(o.workers, o.prefetch))
+      options = grain.MultiprocessingOptions(
+        num_workers=o.workers, per_worker_buffer_size=o.prefetch
+      )
+      ds = ds.mp_prefetch(options)
     return iter(ds)
 
   def train_batches(self, batch_size, seed, start_step=0, rows=slice(None), stop=None):
