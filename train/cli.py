@@ -9,8 +9,6 @@ Examples::
   python -m train --model mlp --dataset diabetes --optimizers adam gal+adam --epochs 200
   python -m train --model transformer_lm --dataset text --optimizers adamw angulargrad_cos \
       sp insgd_l2 gal+adamw --epochs 1 --train-size 2048 --api nnx
-  python -m train --model resnet20 --dataset tfds:cifar10 --data-dir ~/tensorflow_datasets \
-      --optimizers insgd_l2 --epochs 200 --batch-size 128 --workers 4 --prefetch 4
 """
 
 from __future__ import annotations
@@ -56,16 +54,6 @@ def _positive_int(text: str) -> int:
   return v
 
 
-def _non_negative_int(text: str) -> int:
-  try:
-    v = int(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-  if v < 0:
-    raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {v}")
-  return v
-
-
 def _positive_float(text: str) -> float:
   try:
     v = float(text)
@@ -78,7 +66,7 @@ def _positive_float(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
   """The parser of ``python -m train`` (its ``--help`` is in docs/training.md)."""
-  from train import distributed
+  from train import distributed, stream
   from train.registry import SCHEDULES, known_names
   from train.stream import DATASET_NAMES
 
@@ -117,34 +105,6 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--depth", type=_positive_int, default=2, help="transformer_lm: blocks")
   p.add_argument("--heads", type=_positive_int, default=4, help="transformer_lm: attention heads")
   p.add_argument("--data-dir", default=None, help="directory of IDX files or of TFDS data")
-  p.add_argument(
-    "--input",
-    choices=("auto", "memory", "stream"),
-    default="auto",
-    help="hold the data set in host memory, or stream it from disk through grain "
-    "(auto: stream tfds: and arrayrecord: data, hold the rest)",
-  )
-  p.add_argument(
-    "--workers",
-    type=_non_negative_int,
-    default=0,
-    help="streamed data: worker processes preparing batches (0: in the training process)",
-  )
-  p.add_argument(
-    "--prefetch",
-    type=_non_negative_int,
-    default=2,
-    help="streamed data: batches prepared ahead, per worker",
-  )
-  p.add_argument(
-    "--image-size",
-    type=_positive_int,
-    default=224,
-    help="streamed images of free size (ImageNet-style): side of the square crops",
-  )
-  p.add_argument(
-    "--num-classes", type=_positive_int, default=None, help="arrayrecord: data: number of classes"
-  )
   p.add_argument(
     "--optimizers",
     nargs="+",
@@ -220,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     "optimizer state FSDP-style over the fsdp axis (see train/sharding.py)",
   )
   distributed.add_options(p)
+  stream.add_options(p)
   p.add_argument("--gal-alpha", type=_positive_float, default=1e-3, help="GAL's alpha")
   p.add_argument("--gal-beta", type=_positive_float, default=1e-3, help="GAL's beta")
   p.add_argument(
@@ -390,7 +351,7 @@ def run(args: argparse.Namespace) -> int:
 
   distributed.join(args)
   mesh = distributed.mesh_of(args.mesh)
-  options = stream.StreamOptions(args.workers, args.prefetch, args.image_size, args.num_classes)
+  options = stream.options_of(args)
   ds = stream.open_data(
     args.dataset, args.data_dir, args.seed, args.context, mode=args.input, options=options
   )

@@ -37,6 +37,7 @@ Sources, record checks, layout and statistics: :mod:`train.sources`.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from typing import NamedTuple, Optional
 
@@ -46,7 +47,15 @@ from train import data, images, sources
 from train.errors import UsageError
 from train.inputs import Dataset, epoch_permutation, steps_per_epoch
 
-__all__ = ["DATASET_NAMES", "Stream", "StreamOptions", "open_data", "open_stream"]
+__all__ = [
+  "DATASET_NAMES",
+  "Stream",
+  "StreamOptions",
+  "add_options",
+  "open_data",
+  "open_stream",
+  "options_of",
+]
 
 #: The names ``--dataset`` accepts: :data:`train.data.DATASET_NAMES` and ArrayRecord folders.
 DATASET_NAMES = data.DATASET_NAMES + ("arrayrecord:PATH",)
@@ -304,3 +313,56 @@ def open_data(
     return found if mode == "stream" else found.load()
   ds = data.load_dataset(name, data_dir, seed=seed, context=context)
   return ds if mode == "memory" else Stream.from_dataset(ds, options)
+
+
+def _count(least: int):
+  """An argparse type: an integer of at least ``least``."""
+
+  def parse(text: str) -> int:
+    try:
+      v = int(text)
+    except ValueError:
+      raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if v < least:
+      raise argparse.ArgumentTypeError(f"expected an integer of at least {least}, got {v}")
+    return v
+
+  return parse
+
+
+def add_options(p: argparse.ArgumentParser) -> None:
+  """The command line's input options (``--input``, ``--workers``, ...), in one group."""
+  g = p.add_argument_group("input: in memory or streamed")
+  g.add_argument(
+    "--input",
+    choices=("auto", "memory", "stream"),
+    default="auto",
+    help="hold the data set in host memory, or stream it from disk through grain "
+    "(auto: stream tfds: and arrayrecord: data, hold the rest)",
+  )
+  g.add_argument(
+    "--workers",
+    type=_count(0),
+    default=0,
+    help="streamed data: worker processes preparing batches (0: in the training process)",
+  )
+  g.add_argument(
+    "--prefetch",
+    type=_count(0),
+    default=2,
+    help="streamed data: batches prepared ahead, per worker",
+  )
+  g.add_argument(
+    "--image-size",
+    type=_count(1),
+    default=224,
+    help="streamed images of free size (ImageNet-style): side of the square crops",
+  )
+  g.add_argument(
+    "--num-classes", type=_count(1), default=None, help="arrayrecord: data: number of classes"
+  )
+
+
+def options_of(args: argparse.Namespace) -> StreamOptions:
+  """The :class:`StreamOptions` of parsed command-line ``args`` (:func:`add_options`)."""
+  return StreamOptions(args.workers, args.prefetch, args.image_size, args.num_classes)
