@@ -64,6 +64,8 @@ def test_every_epoch_has_its_own_order(seed):
   epochs = [np.concatenate([next(it)[2] for _ in range(5)]) for _ in range(2)]
   assert sorted(epochs[0]) == sorted(epochs[1]) == list(range(50))
   assert not np.array_equal(epochs[0], epochs[1])
+  ds = inputs.Dataset("ids", "classification", x, np.arange(50), x, x, 50)
+  assert [s for s, *_ in ds.train_batches(10, seed, start_step=3, stop=8)] == [3, 4, 5, 6, 7]
 
 
 def test_batches_depend_only_on_seed_and_step():

@@ -189,10 +189,11 @@ class Dataset:
   def train_batches(
     self, batch_size: int, seed: int, start_step: int = 0, rows: slice = slice(None), stop=None
   ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """:func:`batches` of the training split (``stop``, a step to end before, is
-    accepted for the interface: gathering ahead costs nothing here)."""
-    del stop
-    return batches(self.x_train, self.y_train, batch_size, seed, start_step, rows)
+    """:func:`batches` of the training split, until ``stop`` (a step) or forever."""
+    for item in batches(self.x_train, self.y_train, batch_size, seed, start_step, rows):
+      if stop is not None and item[0] >= stop:
+        return
+      yield item
 
   def eval_batches(self, batch_size: int, split: str = "test", rows: slice = slice(None)):
     """``rows`` of each :func:`eval_batches` batch of the test (or ``"val"``) split."""
