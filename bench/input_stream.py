@@ -125,6 +125,10 @@ def render(result: dict) -> str:
     lines.append(f"| {w} | {s['examples_per_s']:.0f} | {ratio:.1f}× | {s['first_batch_s']:.1f} |")
   lines += [
     "",
+    "Workers pay off where a host has cores to spare for them (ImageNet's JPEG decoding on "
+    "a GPU host); on a machine of few cores, shared with other jobs, they compete with "
+    "the main process, and the first batch waits for them to start.",
+    "",
     f"Peak resident memory (MiB) of a fresh process reading {result['rss_batches']} batches:",
     "",
     "| records | streamed | held in memory |",
