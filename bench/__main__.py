@@ -27,6 +27,7 @@ PARTS = {
   "sp_rosenbrock": "SP's momentum rule on Rosenbrock: the enlargement cap on and off",
   "gal_regression": "GAL paper: diabetes, a linear reference and GAL's remainder",
   "lm_step": "every method on the transformer LM: step cost, GAL against the vocabulary, bits/byte",
+  "input_stream": "streamed input (grain) against the train step's demand, and memory as data grows",
   "compare": "which optimizer, when: every optimizer tuned alike on five workloads",
 }
 

@@ -69,6 +69,7 @@ SECTIONS = [
   ),
   ("GAL: speed", "train_step", ["train_step_full", "train_step_quick"], "render_gal"),
   ("Transformer LM: every method", "lm_step", ["lm_step_full", "lm_step_quick"], "render"),
+  ("Streamed input", "input_stream", ["input_stream_full", "input_stream_quick"], "render"),
 ]
 
 

@@ -115,30 +115,6 @@ def test_tfds_through_data_source_with_mock_data():
   np.testing.assert_allclose(ds.x_test, (x_te - mean) / std, atol=1e-5)
 
 
-def test_batches_depend_only_on_seed_and_step():
-  x = np.arange(100, dtype=np.float32)[:, None]
-  y = np.arange(100)
-  it = data_lib.batches(x, y, 16, seed=3)
-  first = [next(it) for _ in range(14)]  # crosses an epoch boundary (6 steps per epoch)
-  resumed = data_lib.batches(x, y, 16, seed=3, start_step=9)
-  for step, _, yb in (next(resumed) for _ in range(5)):
-    np.testing.assert_array_equal(yb, first[step][2])
-  # Each epoch visits distinct examples.
-  epoch0 = np.concatenate([b[2] for b in first[:6]])
-  assert len(np.unique(epoch0)) == 96
-
-
-def test_eval_batches_pad_the_last_batch():
-  x = np.arange(10, dtype=np.float32)[:, None]
-  out = list(data_lib.eval_batches(x, np.arange(10) + 100, 4))
-  assert [n for _, _, n in out] == [4, 4, 2]
-  # In order, every example once among the valid rows; the padding repeats the last one.
-  want = [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 9, 9]]
-  for (xb, yb, _), rows in zip(out, want):
-    np.testing.assert_array_equal(xb[:, 0], rows)
-    np.testing.assert_array_equal(yb, np.asarray(rows) + 100)
-
-
 def test_augment_batch_crops_and_flips():
   x = np.random.default_rng(0).normal(size=(8, 32, 32, 3)).astype(np.float32)
   out = np.asarray(data_lib.augment_batch(jax.random.key(0), x))

@@ -66,13 +66,15 @@ class Checkpointer:
   def latest_step(self) -> Optional[int]:
     return self._manager.latest_step()
 
-  def save(self, step: int, state: Any, history: list[dict]) -> None:
-    self._manager.save(
-      step,
-      args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), history=ocp.args.JsonSave(history)
-      ),
-    )
+  def save(
+    self, step: int, state: Any, history: list[dict], input_position: Optional[dict] = None
+  ) -> None:
+    """Saves ``state``, ``history`` and, as item ``input``, where the run stands in its
+    data (:class:`train.inputs.InputPosition`)."""
+    items = dict(state=ocp.args.StandardSave(state), history=ocp.args.JsonSave(history))
+    if input_position is not None:
+      items["input"] = ocp.args.JsonSave(input_position)
+    self._manager.save(step, args=ocp.args.Composite(**items))
     self._manager.wait_until_finished()
     self._prune()
 
@@ -104,6 +106,14 @@ class Checkpointer:
       ),
     )
     return out["state"], list(out["history"] or [])
+
+  def restore_input(self, step: int) -> Optional[dict]:
+    """The input position saved with checkpoint ``step``, or None (saved without one)."""
+    if not os.path.isdir(os.path.join(self.directory, str(step), "input")):
+      return None
+    return dict(
+      self._manager.restore(step, args=ocp.args.Composite(input=ocp.args.JsonRestore()))["input"]
+    )
 
   def wait(self) -> None:
     self._manager.wait_until_finished()

@@ -53,9 +53,9 @@ def _positive_float(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
   """The parser of ``python -m train`` (its ``--help`` is in docs/training.md)."""
-  from train import distributed
-  from train.data import DATASET_NAMES
+  from train import distributed, stream
   from train.registry import SCHEDULES, known_names
+  from train.stream import DATASET_NAMES
 
   try:
     from flax_models import MODEL_NAMES
@@ -167,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     "optimizer state FSDP-style over the fsdp axis (see train/sharding.py)",
   )
   distributed.add_options(p)
+  stream.add_options(p)
   p.add_argument("--gal-alpha", type=_positive_float, default=1e-3, help="GAL's alpha")
   p.add_argument("--gal-beta", type=_positive_float, default=1e-3, help="GAL's beta")
   p.add_argument(

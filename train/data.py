@@ -21,32 +21,40 @@ target scale is kept so metrics are reported in the original units).
 
 from __future__ import annotations
 
-import dataclasses
 import gzip
 import os
 import struct
-from typing import Iterator
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from train.errors import UsageError
+from train.images import channel_statistics
+
+# The in-memory record and its batch order live in train.inputs (the loop's view of
+# data, shared with the streamed path); they are imported here for callers of train.data.
+from train.inputs import (  # noqa: F401
+  Dataset,
+  batches,
+  epoch_permutation,
+  eval_batches,
+  steps_per_epoch,
+)
+from train.text import load_text
 
 __all__ = [
   "DATASET_NAMES",
   "DEFAULT_IDX_DIRS",
   "IDX_FILES",
-  "Dataset",
+  "TfdsSplits",
   "augment_batch",
-  "batches",
-  "epoch_permutation",
-  "eval_batches",
   "load_dataset",
   "load_diabetes",
   "load_digits",
   "load_idx_dataset",
   "load_tfds",
   "read_idx",
-  "steps_per_epoch",
+  "open_tfds",
 ]
 
 #: Where Debian's dataset packages install the IDX files, by data set.
@@ -63,54 +71,6 @@ IDX_FILES = {
 DATASET_NAMES = ("digits", "diabetes", "fashion_mnist", "mnist", "tfds:<name>", "text", "text:PATH")
 
 
-@dataclasses.dataclass
-class Dataset:
-  """A train/test split held in memory.
-
-  Attributes:
-    name: The data set's name as given on the command line.
-    task: ``"classification"``, ``"regression"`` or ``"language"`` (next-token
-      prediction: inputs and targets are int32 token windows of shape (n, T)).
-    x_train, y_train, x_test, y_test: Arrays; images are NHWC float32, labels
-      int32, regression targets float32 of shape (n, 1) (standardised).
-    num_classes: Number of classes (1 output for regression, the vocabulary for
-      language).
-    target_scale: For regression, the training target's standard deviation,
-      so errors can be reported in the original units.
-    x_val, y_val: A validation split, where the source has one (``text``).
-  """
-
-  name: str
-  task: str
-  x_train: np.ndarray
-  y_train: np.ndarray
-  x_test: np.ndarray
-  y_test: np.ndarray
-  num_classes: int
-  target_scale: float = 1.0
-  x_val: np.ndarray | None = None
-  y_val: np.ndarray | None = None
-
-  @property
-  def input_shape(self) -> tuple[int, ...]:
-    return tuple(self.x_train.shape[1:])
-
-  @property
-  def augment(self) -> bool:
-    """Random crop and flip apply to CIFAR-shaped images (32x32 RGB)."""
-    return self.task == "classification" and self.input_shape == (32, 32, 3)
-
-  def subset(self, n_train: int | None = None, n_test: int | None = None) -> "Dataset":
-    """The first ``n_train`` / ``n_test`` examples (splits are already shuffled)."""
-    return dataclasses.replace(
-      self,
-      x_train=self.x_train[:n_train],
-      y_train=self.y_train[:n_train],
-      x_test=self.x_test[:n_test],
-      y_test=self.y_test[:n_test],
-    )
-
-
 def _split(x, y, test_fraction: float, seed: int):
   rng = np.random.default_rng(seed)
   perm = rng.permutation(len(x))
@@ -120,8 +80,7 @@ def _split(x, y, test_fraction: float, seed: int):
 
 
 def _standardise_images(x_train, x_test):
-  mean = x_train.mean(axis=(0, 1, 2), keepdims=True)
-  std = x_train.std(axis=(0, 1, 2), keepdims=True) + 1e-6
+  mean, std = channel_statistics(x_train)
   return ((x_train - mean) / std).astype(np.float32), ((x_test - mean) / std).astype(np.float32)
 
 
@@ -225,29 +184,65 @@ def load_idx_dataset(name: str, data_dir: str | None = None) -> Dataset:
   return Dataset(name, "classification", x_tr, y_tr, x_te, y_te, 10)
 
 
-def load_tfds(name: str, data_dir: str | None = None) -> Dataset:
-  """Loads an image-classification data set through ``tfds.data_source``.
+class TfdsSplits(NamedTuple):
+  """A prepared TFDS data set's training and test splits, as random-access sources.
 
-  The data must already be prepared in ``data_dir`` (TFDS's default directory
-  when ``None``); nothing is downloaded.
+  Attributes:
+    train, test: ``tfds.data_source`` splits (``test`` is the validation split
+      where the data set has no test split, as ImageNet).
+    num_classes: The label feature's class count.
+    image_shape: The image feature's declared shape (``None`` for a free size).
+  """
+
+  train: Any
+  test: Any
+  num_classes: int
+  image_shape: tuple
+
+
+def open_tfds(name: str, data_dir: str | None = None) -> TfdsSplits:
+  """Opens the train and test splits of TFDS data set ``name`` prepared in ``data_dir``
+  (TFDS's default directory when ``None``); nothing is downloaded.
+
+  Raises:
+    UsageError: the data set is not prepared there (with the ``tfds build`` hint),
+      or lacks a split.
   """
   import tensorflow_datasets as tfds
 
   try:
     builder = tfds.builder(name, data_dir=data_dir)
-    splits = builder.info.splits
-    test_split = "test" if "test" in splits else "validation"
-    sources = {
-      s: tfds.data_source(name, split=s, data_dir=data_dir, download=False)
-      for s in ("train", test_split)
-    }
-    num_classes = builder.info.features["label"].num_classes
+    splits = set(builder.info.splits)
+    test_split = "validation" if splits and "test" not in splits else "test"
+    missing = [s for s in ("train", test_split) if splits and s not in splits]
+    if not missing:
+      sources = [
+        tfds.data_source(name, split=s, data_dir=data_dir, download=False)
+        for s in ("train", test_split)
+      ]
+      features = builder.info.features
   except Exception as e:  # TFDS raises many types for missing data
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     raise UsageError(
       f"TFDS data set {name!r} is not available ({first}); prepare it with "
-      f"`tfds build {name}` on a machine with network access, then pass --data-dir"
+      f"`tfds build {name} --file_format=array_record` on a machine with network access "
+      "(random access needs that format), then pass --data-dir"
     ) from None
+  if missing:
+    raise UsageError(
+      f"TFDS data set {name!r} has no {missing[0]!r} split (it has {', '.join(sorted(splits))})"
+    )
+  shape = tuple(features["image"].shape)
+  return TfdsSplits(*sources, features["label"].num_classes, shape)
+
+
+def load_tfds(name: str, data_dir: str | None = None) -> Dataset:
+  """Loads an image-classification data set through ``tfds.data_source``, whole.
+
+  The data must already be prepared in ``data_dir`` (TFDS's default directory
+  when ``None``); nothing is downloaded.
+  """
+  found = open_tfds(name, data_dir)
 
   def to_arrays(src):
     n = len(src)
@@ -258,12 +253,12 @@ def load_tfds(name: str, data_dir: str | None = None) -> Dataset:
       x = x[..., None]
     return x, y
 
-  x_tr, y_tr = to_arrays(sources["train"])
-  x_te, y_te = to_arrays(sources[test_split])
-  _check_labels(y_tr, num_classes, name)
-  _check_labels(y_te, num_classes, name)
+  x_tr, y_tr = to_arrays(found.train)
+  x_te, y_te = to_arrays(found.test)
+  _check_labels(y_tr, found.num_classes, name)
+  _check_labels(y_te, found.num_classes, name)
   x_tr, x_te = _standardise_images(x_tr, x_te)
-  return Dataset(f"tfds:{name}", "classification", x_tr, y_tr, x_te, y_te, num_classes)
+  return Dataset(f"tfds:{name}", "classification", x_tr, y_tr, x_te, y_te, found.num_classes)
 
 
 def load_dataset(
@@ -282,59 +277,8 @@ def load_dataset(
   if name.startswith("tfds:") and len(name) > 5:
     return load_tfds(name[5:], data_dir)
   if name == "text" or name.startswith("text:"):
-    from train.text import VOCAB, load_text
-
-    return Dataset(task="language", num_classes=VOCAB, **load_text(name, context)._asdict())
+    return load_text(name, context)
   raise UsageError(f"unknown data set {name!r}; known: {', '.join(DATASET_NAMES)}")
-
-
-def steps_per_epoch(n: int, batch_size: int) -> int:
-  """Full batches per epoch (the remainder is dropped so shapes stay static)."""
-  return max(1, n // batch_size)
-
-
-def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
-  """The order of the training set in ``epoch``: a pure function of (seed, epoch)."""
-  return np.random.default_rng([seed, epoch]).permutation(n)
-
-
-def batches(
-  x: np.ndarray,
-  y: np.ndarray,
-  batch_size: int,
-  seed: int,
-  start_step: int = 0,
-  rows: slice = slice(None),
-) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-  """Yields ``(step, x_batch, y_batch)`` forever, starting at ``start_step``.
-
-  Batches depend only on (seed, step), so a resumed run sees exactly the data
-  an uninterrupted run would. ``rows`` picks a part of every batch, and only that
-  part is gathered: one process's share on several hosts
-  (:func:`train.distributed.process_rows`).
-  """
-  if len(x) < batch_size:
-    raise UsageError(f"batch size {batch_size} exceeds the {len(x)} training examples")
-  spe = steps_per_epoch(len(x), batch_size)
-  step = start_step
-  while True:
-    epoch, pos = divmod(step, spe)
-    perm = epoch_permutation(len(x), seed, epoch)
-    idx = perm[pos * batch_size : (pos + 1) * batch_size][rows]
-    yield step, x[idx], y[idx]
-    step += 1
-
-
-def eval_batches(x: np.ndarray, y: np.ndarray, batch_size: int):
-  """Yields ``(x, y, n_valid)`` in order; the last batch is padded to full size."""
-  for i in range(0, len(x), batch_size):
-    xb, yb = x[i : i + batch_size], y[i : i + batch_size]
-    n = len(xb)
-    if n < batch_size:
-      pad = batch_size - n
-      xb = np.concatenate([xb, np.repeat(xb[-1:], pad, 0)])
-      yb = np.concatenate([yb, np.repeat(yb[-1:], pad, 0)])
-    yield xb, yb, n
 
 
 def augment_batch(key, x):

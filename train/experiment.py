@@ -180,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
   """Trains every optimizer of ``args`` and writes the report; returns the exit status."""
   import jax
 
-  from train import data as data_lib
+  from train import inputs, stream
 
   if args.demo:
     _apply_demo_defaults(args)
@@ -188,22 +188,24 @@ def run(args: argparse.Namespace) -> int:
 
   distributed.join(args)
   mesh = distributed.mesh_of(args.mesh)
-  ds = data_lib.load_dataset(args.dataset, args.data_dir, seed=args.seed, context=args.context)
+  options = stream.options_of(args)
+  ds = stream.open_data(
+    args.dataset, args.data_dir, args.seed, args.context, mode=args.input, options=options
+  )
   if args.train_size or args.test_size:
     ds = ds.subset(args.train_size, args.test_size)
   model_name, model = _load_model(args, ds)
   out = args.out or os.path.join("runs", f"{model_name}-{args.dataset.replace(':', '_')}")
-  if len(ds.x_train) < args.batch_size:
-    raise UsageError(
-      f"--batch-size {args.batch_size} exceeds the {len(ds.x_train)} training examples"
-    )
-  spe = data_lib.steps_per_epoch(len(ds.x_train), args.batch_size)
+  if ds.num_train < args.batch_size:
+    raise UsageError(f"--batch-size {args.batch_size} exceeds the {ds.num_train} training examples")
+  spe = inputs.steps_per_epoch(ds.num_train, args.batch_size)
   opts = _build_optimizers(args, ds, spe)
   _claim_checkpoints(args, out, opts)
   primary = jax.process_index() == 0
   if primary:
     print(
-      f"{model_name} on {ds.name}: {len(ds.x_train)} train / {len(ds.x_test)} test, "
+      f"{model_name} on {ds.name}: {ds.num_train} train / {ds.num_test} test"
+      f"{', streamed' if isinstance(ds, stream.Stream) else ''}, "
       f"{args.epochs} epochs x {spe} steps, batch {args.batch_size}, "
       f"{jax.devices()[0].platform}{distributed.devices_note(mesh)}",
       flush=True,

@@ -21,7 +21,7 @@ import optax
 
 from optax_ext import diagnostics
 from train import data as data_lib
-from train import distributed, steps, telemetry
+from train import distributed, inputs, steps, telemetry
 from train.errors import NonFiniteLossError
 from train.registry import Optimizer
 
@@ -44,8 +44,9 @@ class TrainState:
   """Everything a run needs to continue: saved whole in each checkpoint.
 
   The data position is ``step`` itself: batch ``k`` depends only on the seed and
-  ``k`` (:func:`train.data.batches`), and each step's randomness is
-  ``fold_in(key, step)``, so a resumed run repeats an uninterrupted one exactly.
+  ``k`` (:mod:`train.inputs`), and each step's randomness is ``fold_in(key, step)``,
+  so a resumed run repeats an uninterrupted one exactly. Checkpoints also keep the
+  position with what it depends on (:class:`train.inputs.InputPosition`).
   """
 
   step: jax.Array
@@ -153,10 +154,10 @@ def make_train_step(
   )
 
 
-def make_eval_step(model: Any, task: str, batch_sharding: Any = None):
+def make_eval_step(model: Any, task: str):
   """Builds ``eval_step(state, x, y, n_valid) -> sums`` (jitted); rows past ``n_valid``
-  are padding. With ``batch_sharding`` each process puts only its rows of ``x`` and
-  ``y`` on the mesh (:func:`train.distributed.feed_eval`) and the sums are global."""
+  are padding. On a mesh, :func:`evaluate` hands it global batches of which each
+  process supplied its rows, and the sums are global."""
   api = steps.make_api(model)
 
   @jax.jit
@@ -175,27 +176,31 @@ def make_eval_step(model: Any, task: str, batch_sharding: Any = None):
       "sq": jnp.sum(jnp.where(valid, err**2, 0.0)),
     }
 
-  if batch_sharding is None:
-    return eval_step
-  return distributed.feed_eval(eval_step, batch_sharding)
+  return eval_step
 
 
 def evaluate(
-  eval_step, state, ds: data_lib.Dataset, batch_size: int, split: str = "test"
+  eval_step, state, ds, batch_size: int, split: str = "test", batch_sharding: Any = None
 ) -> dict[str, float]:
-  """Metrics on the test split (or ``split="val"``): loss and accuracy (and bits per
-  byte for language, every position of every window counted), or MAE, MSE and R²
-  in target units. Keys are prefixed ``test_`` either way."""
-  x, y = (ds.x_val, ds.y_val) if split == "val" else (ds.x_test, ds.y_test)
+  """Metrics on the test split (or ``split="val"``) of ``ds`` (a
+  :class:`train.inputs.Dataset` or :class:`train.stream.Stream`): loss and accuracy
+  (and bits per byte for language, every position of every window counted), or MAE,
+  MSE and R² in target units. Keys are prefixed ``test_`` either way. With
+  ``batch_sharding`` each process reads and supplies only its rows of each batch."""
+  rows = slice(None)
+  if batch_sharding is not None:
+    rows = distributed.process_rows(batch_sharding, batch_size)
   totals: dict[str, float] = {}
   n = 0
-  for xb, yb, nv in data_lib.eval_batches(x, y, batch_size):
+  for xb, yb, nv in ds.eval_batches(batch_size, split, rows):
+    if batch_sharding is not None:
+      xb, yb = (distributed.put_rows(batch_sharding, a, batch_size) for a in (xb, yb))
     out = eval_step(state, xb, yb, nv)
     for k, v in out.items():
       totals[k] = totals.get(k, 0.0) + float(v)
     n += nv
   if ds.task == "language":
-    n *= y.shape[1]
+    n *= yb.shape[1]
     return {
       "test_loss": totals["loss"] / n,
       "test_bits_per_byte": totals["loss"] / n / math.log(2),
@@ -205,7 +210,7 @@ def evaluate(
     return {"test_loss": totals["loss"] / n, "test_accuracy": totals["correct"] / n}
   scale = ds.target_scale
   mse = totals["sq"] / n
-  var = float(np.var(y))
+  var = float(np.var(ds.y_val if split == "val" else ds.y_test))
   return {
     "test_loss": totals["loss"] / n,
     "test_mae": totals["abs"] / n * scale,
@@ -252,7 +257,7 @@ def _start(model, opt, ds, seed: int, checkpointer, mesh, batch_size: int):
 
   On a mesh the state is laid out first, so a checkpoint is read straight into
   this run's layout, whatever mesh or process count wrote it."""
-  state = init_state(model, opt.tx, ds.x_train[:1], seed)
+  state = init_state(model, opt.tx, ds.example(), seed)
   state_sh = batch_sh = None
   if mesh is not None:
     from train import sharding
@@ -265,6 +270,8 @@ def _start(model, opt, ds, seed: int, checkpointer, mesh, batch_size: int):
     restored = checkpointer.restore_latest(state)
     if restored is not None:
       state, history = restored
+      here = inputs.InputPosition.at(int(state.step), ds.num_train, batch_size, seed)
+      here.check_resumes(checkpointer.restore_input(here.step))
   return state, history, state_sh, batch_sh
 
 
@@ -294,7 +301,7 @@ def _show(records: list[dict], bar, name: str, checkpointer) -> None:
 def train_run(
   model: Any,
   opt: Optimizer,
-  ds: data_lib.Dataset,
+  ds,
   *,
   epochs: int,
   batch_size: int,
@@ -310,6 +317,8 @@ def train_run(
   """Trains ``model`` with ``opt`` on ``ds`` and evaluates after every epoch.
 
   Args:
+    ds: A :class:`train.inputs.Dataset` (in memory) or :class:`train.stream.Stream`:
+      the loop reads both through the same methods.
     checkpointer: A :class:`train.checkpoint.Checkpointer`, or None. When it
       holds a checkpoint of this run, training resumes from it.
     log_every: Steps per logged window (:mod:`train.telemetry`); None for
@@ -325,7 +334,7 @@ def train_run(
   """
   from tqdm.auto import tqdm
 
-  spe = data_lib.steps_per_epoch(len(ds.x_train), batch_size)
+  spe = inputs.steps_per_epoch(ds.num_train, batch_size)
   total = epochs * spe
   log_every = log_every or telemetry.default_log_every(total)
   state, history, state_sh, batch_sh = _start(model, opt, ds, seed, checkpointer, mesh, batch_size)
@@ -333,39 +342,44 @@ def train_run(
   train_step = make_train_step(
     model, opt, ds.task, augment=ds.augment, state_sharding=state_sh, batch_sharding=batch_sh
   )
-  eval_step = make_eval_step(model, ds.task, batch_sh)
+  eval_step = make_eval_step(model, ds.task)
   bar = tqdm(total=total, initial=start, desc=opt.name, disable=not progress, leave=True)
   clock = _StepClock()
   lrs = telemetry.learning_rates(opt.learning_rate, total)
   log = telemetry.StepLog(spe, lrs, writer.begin(start) if writer is not None else None)
   rows = slice(None) if batch_sh is None else distributed.process_rows(batch_sh, batch_size)
-  for step, xb, yb in data_lib.batches(ds.x_train, ds.y_train, batch_size, seed, start, rows):
-    if step >= total:
-      break
-    if batch_sh is not None:  # this process's rows of the global batch
-      xb, yb = (distributed.put_rows(batch_sh, a, batch_size) for a in (xb, yb))
-    state, metrics = train_step(state, xb, yb)
-    log.add(metrics)
-    done = step + 1
-    end_of_epoch = done % spe == 0 or done == total
-    saving = checkpointer is not None and checkpointer.should_save(done, total)
-    evaluating = end_of_epoch or (eval_every > 0 and done % eval_every == 0)
-    if done % log_every == 0 or end_of_epoch or saving:
-      records = log.close_window(done, wait=saving or evaluating)
-      clock.tick(done)
-      _show(records, bar, opt.name, checkpointer)
-    bar.update(1)
-    if evaluating:
-      scores = evaluate(eval_step, state, ds, batch_size)
-      log.log_eval(done, scores)
-      if end_of_epoch:
-        record = {"epoch": done / spe, "step": done, **log.epoch_means(), **scores}
-        history.append(record)
-        if on_epoch is not None:
-          on_epoch(record)
-      clock.pause()  # evaluation time is not step time
-    if saving:
-      checkpointer.save(done, state, history)
+  feed = ds.train_batches(batch_size, seed, start, rows, stop=total)
+  try:
+    for step, xb, yb in feed:
+      if step >= total:
+        break
+      if batch_sh is not None:  # this process's rows of the global batch
+        xb, yb = (distributed.put_rows(batch_sh, a, batch_size) for a in (xb, yb))
+      state, metrics = train_step(state, xb, yb)
+      log.add(metrics)
+      done = step + 1
+      end_of_epoch = done % spe == 0 or done == total
+      saving = checkpointer is not None and checkpointer.should_save(done, total)
+      evaluating = end_of_epoch or (eval_every > 0 and done % eval_every == 0)
+      if done % log_every == 0 or end_of_epoch or saving:
+        records = log.close_window(done, wait=saving or evaluating)
+        clock.tick(done)
+        _show(records, bar, opt.name, checkpointer)
+      bar.update(1)
+      if evaluating:
+        scores = evaluate(eval_step, state, ds, batch_size, batch_sharding=batch_sh)
+        log.log_eval(done, scores)
+        if end_of_epoch:
+          record = {"epoch": done / spe, "step": done, **log.epoch_means(), **scores}
+          history.append(record)
+          if on_epoch is not None:
+            on_epoch(record)
+        clock.pause()  # evaluation time is not step time
+      if saving:
+        here = inputs.InputPosition.at(done, ds.num_train, batch_size, seed)
+        checkpointer.save(done, state, history, here._asdict())
+  finally:
+    feed.close()  # a stream's worker processes end here
   bar.close()
   if checkpointer is not None:
     checkpointer.wait()

@@ -21,21 +21,13 @@ import os
 import sys
 import sysconfig
 import zlib
-from typing import NamedTuple
 
 import numpy as np
 
 from train.errors import UsageError
+from train.inputs import Dataset
 
-__all__ = [
-  "DEFAULT_BYTES",
-  "SPLITS",
-  "TextWindows",
-  "corpus_bytes",
-  "load_text",
-  "stdlib_files",
-  "windows",
-]
+__all__ = ["DEFAULT_BYTES", "SPLITS", "corpus_bytes", "load_text", "stdlib_files", "windows"]
 
 #: Bytes of the default corpus (4 MiB).
 DEFAULT_BYTES = 1 << 22
@@ -104,22 +96,11 @@ def windows(data: np.ndarray, context: int) -> tuple[np.ndarray, np.ndarray]:
   return x.astype(np.int32), y.astype(np.int32)
 
 
-class TextWindows(NamedTuple):
-  """A corpus's name and its train, validation and test windows: int32 inputs of shape
-  (n, context) and their next-byte targets (:func:`train.data.load_dataset` makes a
-  :class:`~train.data.Dataset` of them)."""
+def load_text(spec: str, context: int = 128) -> Dataset:
+  """Loads ``text`` or ``text:PATH`` as a next-byte prediction data set (task ``language``).
 
-  name: str
-  x_train: np.ndarray
-  y_train: np.ndarray
-  x_val: np.ndarray
-  y_val: np.ndarray
-  x_test: np.ndarray
-  y_test: np.ndarray
-
-
-def load_text(spec: str, context: int = 128) -> TextWindows:
-  """Reads ``text`` or ``text:PATH`` and cuts it into next-byte prediction windows.
+  The returned :class:`~train.inputs.Dataset` holds train and test windows and, as
+  ``x_val`` / ``y_val``, the validation windows.
 
   Raises:
     UsageError: for a bad spec or path, or a corpus too small for one window per split.
@@ -143,4 +124,4 @@ def load_text(spec: str, context: int = 128) -> TextWindows:
         f"no window of {context + 1} bytes; use a larger corpus or a smaller --context"
       )
   (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = pairs
-  return TextWindows(name, x_tr, y_tr, x_va, y_va, x_te, y_te)
+  return Dataset(name, "language", x_tr, y_tr, x_te, y_te, VOCAB, x_val=x_va, y_val=y_va)
