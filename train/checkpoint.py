@@ -59,6 +59,7 @@ class Checkpointer:
     # Retention is ours (see _prune), so orbax keeps every step it writes.
     options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False)
     self._manager = ocp.CheckpointManager(self.directory, options=options)
+    distributed.note_checkpoint(self.directory, self._manager.latest_step())
 
   def should_save(self, step: int, total: int) -> bool:
     return step == total or (self.every > 0 and step % self.every == 0)
@@ -74,6 +75,7 @@ class Checkpointer:
       ),
     )
     self._manager.wait_until_finished()
+    distributed.note_checkpoint(self.directory, step)
     self._prune()
 
   def _prune(self) -> None:

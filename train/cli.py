@@ -66,7 +66,7 @@ def _positive_float(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
   """The parser of ``python -m train`` (its ``--help`` is in docs/training.md)."""
-  from train import distributed
+  from train import launch
   from train.data import DATASET_NAMES
   from train.registry import SCHEDULES, known_names
 
@@ -179,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     help="shard over a device mesh: the batch over all devices, parameters and "
     "optimizer state FSDP-style over the fsdp axis (see train/sharding.py)",
   )
-  distributed.add_options(p)
+  launch.add_options(p)
   p.add_argument("--gal-alpha", type=_positive_float, default=1e-3, help="GAL's alpha")
   p.add_argument("--gal-beta", type=_positive_float, default=1e-3, help="GAL's beta")
   p.add_argument(
@@ -377,7 +377,20 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  """``python -m train``: parses ``argv``, runs, and turns usage errors into one line and status 2."""
+  """``python -m train``: parses ``argv``, runs, and turns usage errors into one line and status 2.
+
+  A command for several processes runs under :func:`train.launch.supervise`."""
+  from train import launch
+
+  argv = list(sys.argv[1:] if argv is None else argv)
+  if not launch.attach():  # not already the supervised child
+    try:
+      several = launch.requested(argv)
+    except UsageError as e:
+      sys.stderr.write(f"error: {e}\n")
+      return 2
+    if several is not None and os.name == "posix":
+      return launch.supervise(argv, *several)
   args = build_parser().parse_args(argv)
   try:
     return run(args)
@@ -394,4 +407,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if message is None:
       raise
     sys.stderr.write(f"error: {message}\n")
-    return 1
+    sys.stderr.flush()
+    sys.stdout.flush()
+    os._exit(1)  # not through JAX's exit, which waits for every process to shut down
