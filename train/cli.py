@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 from typing import Optional, Sequence
 
@@ -265,30 +264,74 @@ def _build_optimizers(args, ds, spe: int) -> list:
   return opts
 
 
-def _claim_checkpoints(args, out: str, opts) -> None:
-  """Refuses to mix a new run with old checkpoints unless --resume or --overwrite says how."""
-  from train import distributed
+def _plural(n: int, word: str) -> str:
+  return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
-  for o in opts:
-    ckpt_dir = os.path.join(_run_dir(out, o.name), "checkpoints")
-    if os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir) and not args.resume:
-      if not args.overwrite:
+
+def _discard_run(run_dir: str) -> Optional[str]:
+  """Removes what a run wrote in ``run_dir`` (checkpoint steps, metrics, telemetry,
+  figures) and nothing else; returns the line that says what went, or None."""
+  from train import checkpoint, report
+
+  steps, kept = checkpoint.discard(os.path.join(run_dir, "checkpoints"))
+  files = report.files_in(run_dir, report.RUN_FILES)
+  for name in files:
+    os.remove(os.path.join(run_dir, name))
+  events = [n for n in files if n.startswith("events.out.tfevents.")]
+  parts = [", ".join(n for n in files if n not in events)] if len(files) > len(events) else []
+  if events:
+    parts.append(_plural(len(events), "TensorBoard event file"))
+  if steps:
+    parts.insert(0, "checkpoints of steps " + ", ".join(map(str, steps)))
+  if not parts:
+    return None
+  left = f" (left {', '.join(kept)} in checkpoints/)" if kept else ""
+  return f"--overwrite: removed {'; '.join(parts)} from {run_dir}{left}"
+
+
+def _claim_outputs(args, out: str, opts) -> None:
+  """Refuses to mix a new run with old checkpoints unless --resume or --overwrite says
+  how; --overwrite removes what earlier runs of these optimizers wrote, and says what."""
+  from train import checkpoint, distributed, report
+
+  if not args.resume:
+    for o in opts:
+      ckpt_dir = os.path.join(_run_dir(out, o.name), "checkpoints")
+      steps = checkpoint.steps_in(ckpt_dir)
+      if steps and not args.overwrite:
         raise UsageError(
-          f"{ckpt_dir} already holds checkpoints: pass --resume to continue or --overwrite to discard"
+          f"{ckpt_dir} holds checkpoints (steps {', '.join(map(str, steps))}): pass --resume "
+          "to continue or --overwrite to discard them"
         )
-      if distributed.is_primary():
-        shutil.rmtree(ckpt_dir)
-  distributed.barrier("claim-checkpoints")
+    if args.overwrite and distributed.is_primary():
+      notes = [_discard_run(_run_dir(out, o.name)) for o in opts]
+      summary = report.files_in(out, report.SUMMARY_FILES)
+      for name in summary:
+        os.remove(os.path.join(out, name))
+      if summary:
+        notes.append(f"--overwrite: removed {', '.join(summary)} from {out}")
+      for note in filter(None, notes):
+        print(note, flush=True)
+  distributed.barrier("claim-outputs")
 
 
 def _train_one(args, model, o, ds, out: str, mesh):
   """Trains one optimizer with checkpoints and writes its run files and diagnostics plot."""
+  from train import data as data_lib
   from train import distributed, report, telemetry
   from train.checkpoint import Checkpointer
   from train.loop import train_run
 
   run_dir = _run_dir(out, o.name)
-  ckpt = Checkpointer(os.path.join(run_dir, "checkpoints"), every=args.checkpoint_every)
+  total = args.epochs * data_lib.steps_per_epoch(len(ds.x_train), args.batch_size)
+
+  def resumed(step: int) -> None:
+    if distributed.is_primary():
+      print(f"{o.name}: resumed from step {step} (of {total})", flush=True)
+
+  ckpt = Checkpointer(
+    os.path.join(run_dir, "checkpoints"), every=args.checkpoint_every, on_restore=resumed
+  )
   writer = telemetry.RunWriter(run_dir) if distributed.is_primary() else None
   try:
     res = train_run(
@@ -361,7 +404,7 @@ def run(args: argparse.Namespace) -> int:
     )
   spe = data_lib.steps_per_epoch(len(ds.x_train), args.batch_size)
   opts = _build_optimizers(args, ds, spe)
-  _claim_checkpoints(args, out, opts)
+  _claim_outputs(args, out, opts)
   primary = jax.process_index() == 0
   if primary:
     print(

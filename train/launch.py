@@ -435,13 +435,25 @@ class _Child:
       return [1 - self.process_id]
     return None
 
+  def newest_checkpoint(self) -> Optional[int]:
+    """The newest complete step in the run's checkpoint folder: read off the folder,
+    which a step enters whole (renamed into place), since the report of a save that a
+    dead peer interrupted never comes."""
+    try:
+      names = os.listdir(self.checkpoint_dir)
+    except OSError:
+      return self.checkpoint_step
+    steps = [int(n) for n in names if n.isdigit()]
+    return max(steps) if steps else self.checkpoint_step
+
   def checkpoints(self) -> str:
     if self.checkpoint_dir is None:
       return ""
-    if self.checkpoint_step is None:
+    step = self.newest_checkpoint()
+    if step is None:
       return f"; no checkpoint was written yet in {self.checkpoint_dir}"
     return (
-      f"; checkpoints up to step {self.checkpoint_step} are in {self.checkpoint_dir} "
+      f"; checkpoints up to step {step} are in {self.checkpoint_dir} "
       "(rerun every process with --resume)"
     )
 
