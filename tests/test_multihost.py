@@ -483,3 +483,26 @@ def test_service_lines_without_an_ending_are_shown():
   assert err.tick(5.0) == line + "more\n"
   assert err.feed("after\n", 5.0) == "after\n"
   assert err.status is None
+
+
+def test_a_failed_collective_waits_for_the_services_verdict(monkeypatch):
+  """A collective that fails in Python waits out the heartbeat timeout (and a margin)
+  for the coordination service to end the process; only then does it say so itself."""
+  import types
+
+  from train import distributed
+  from train.launch import Launch
+
+  error = jax.errors.JaxRuntimeError("INTERNAL: Gloo: connection closed by peer\ndetails")
+  assert distributed.lost_peer(error) is None  # one process: not a peer's death
+  monkeypatch.setattr(distributed, "_JOINED", [Launch("h:1", 2, 0, heartbeat_timeout=5)])
+  assert distributed.lost_peer(ValueError("a bug")) is None
+  clock = [100.0]
+  fake = types.SimpleNamespace(
+    monotonic=lambda: clock[0], sleep=lambda s: clock.__setitem__(0, clock[0] + s)
+  )
+  monkeypatch.setattr(distributed, "time", fake)
+  line = distributed.lost_peer(error)
+  assert clock[0] - 100.0 >= 5 + 15  # waited for the verdict
+  assert line.startswith("process 0 of 1: a collective with the other processes failed")
+  assert line.endswith("(INTERNAL: Gloo: connection closed by peer)")

@@ -94,8 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     "--api",
     choices=("linen", "nnx"),
     default="linen",
-    help="run the model in Flax linen, or in Flax NNX through nnx.Optimizer "
-    "(models with an NNX version: transformer_lm)",
+    help="run the model in Flax linen, or in Flax NNX through nnx.Optimizer, starting "
+    "from the linen run's weights (models with an NNX version: transformer_lm)",
   )
   p.add_argument(
     "--context", type=_positive_int, default=128, help="text: bytes per training window"
@@ -211,7 +211,7 @@ _DEFAULT_MODELS = {"regression": "mlp", "classification": "mnist_cnn", "language
 def _load_model(args, ds):
   """The model's name and module (default: an MLP for regression, the transformer LM
   for text, the paper CNN otherwise), in linen or NNX as ``--api`` says."""
-  from flax_models import get_model, get_nnx_model
+  from flax_models import NNX_MODEL_NAMES, get_model, get_nnx_model
 
   model_name = args.model or _DEFAULT_MODELS[ds.task]
   is_lm = model_name == "transformer_lm"
@@ -225,10 +225,20 @@ def _load_model(args, ds):
     if is_lm
     else {}
   )
+  if args.api == "nnx" and model_name not in NNX_MODEL_NAMES:
+    raise UsageError(
+      f"model {model_name!r} has no Flax NNX version; with NNX: {', '.join(NNX_MODEL_NAMES)}"
+    )
   try:
-    if args.api == "nnx":
-      return model_name, get_nnx_model(model_name, ds.num_classes, seed=args.seed, **kwargs)
-    return model_name, get_model(model_name, ds.num_classes, **kwargs)
+    model = get_model(model_name, ds.num_classes, **kwargs)
+    if args.api == "nnx":  # from the linen run's initial weights: the same run
+      import optax
+
+      from train.loop import init_state
+
+      start = init_state(model, optax.identity(), ds.x_train[:1], args.seed).params
+      model = get_nnx_model(model_name, ds.num_classes, params=start, **kwargs)
+    return model_name, model
   except ValueError as e:
     raise UsageError(str(e)) from None
 

@@ -207,7 +207,6 @@ def lost_peer(error: BaseException) -> Optional[str]:
     return None
   text = str(error).strip()
   first = text.splitlines()[0] if text else type(error).__name__
-  launch_lib.notify("collective", first)
   deadline = time.monotonic() + _JOINED[0].heartbeat_timeout + 15
   while time.monotonic() < deadline:
     time.sleep(0.2)

@@ -220,8 +220,8 @@ def _follow_supervisor(fd: int) -> None:
 
 
 def notify(event: str, *fields) -> None:
-  """Tells the supervisor an ``event`` (``join``, ``joined``, ``checkpoint``,
-  ``collective``); does nothing in a process without one."""
+  """Tells the supervisor an ``event`` (``join``, ``joined`` or ``checkpoint``) and its
+  fields; does nothing in a process without one."""
   if not _STATUS:
     return
   text = " ".join([event, *(str(f).replace("\n", " ") for f in fields)])
@@ -391,7 +391,6 @@ class _Child:
     self.announced = False
     self.checkpoint_dir: Optional[str] = None
     self.checkpoint_step: Optional[int] = None
-    self.collective: Optional[str] = None
 
   def report(self, line: str, now: float) -> None:
     event, _, rest = line.partition(" ")
@@ -404,8 +403,6 @@ class _Child:
     elif event == "checkpoint":
       self.checkpoint_step = None if fields[0] == "none" else int(fields[0])
       self.checkpoint_dir = rest.partition(" ")[2]
-    elif event == "collective":
-      self.collective = rest
 
   def who(self) -> str:
     if self.process_id is None or self.num_processes is None:
