@@ -119,7 +119,8 @@ def get_nnx_model(
     name: One of :data:`NNX_MODEL_NAMES`.
     num_classes: Output width (the vocabulary, for ``transformer_lm``).
     seed: Seed of the linen initialisation when ``params`` is not given.
-    params: The linen model's ``variables['params']`` to start from.
+    params: The linen model's ``variables['params']`` to start from, or a function
+      of the linen model (:func:`get_model`'s) that returns them.
     **kwargs: Further fields of the model, as :func:`get_model` takes them.
 
   Raises:
@@ -144,9 +145,11 @@ def get_nnx_model(
     )
   width = _REGISTRY[name][2]
   model = _NNX_REGISTRY[name](**{width: num_classes, **kwargs}, rngs=nnx.Rngs(seed))
+  linen = get_model(name, num_classes, **kwargs)
   if params is None:
-    linen = get_model(name, num_classes, **kwargs)
     params = linen.init(jax.random.key(seed), _sample_input(model), train=False)["params"]
+  elif callable(params):
+    params = params(linen)
   return load_linen_params(model, params)
 
 

@@ -415,7 +415,7 @@ def _in_pieces(text: str, size: int = 7):
   ],
 )
 def test_gloo_messages_are_hidden(written):
-  from train.launch import _GlooFilter
+  from train.supervisor import _GlooFilter
 
   text = "header\n\n" + written + "table\n\nlast"
   hide, keep = _GlooFilter(), _GlooFilter(keep=True)
@@ -434,7 +434,8 @@ def test_gloo_messages_are_hidden(written):
   ],
 )
 def test_supervisor_turns_each_ending_into_one_line(ending, kind, me, line):
-  from train.launch import Launch, _Child, _EndingFilter
+  from train.launch import Launch
+  from train.supervisor import _Child, _EndingFilter
 
   err = _EndingFilter()
   before = "progress\rbar 50%\n" + "W1202 16:00:00.000000   1 spmd_partitioner.cc:656] remat\n"
@@ -454,7 +455,8 @@ def test_supervisor_turns_each_ending_into_one_line(ending, kind, me, line):
 
 
 def test_supervisor_at_start_up():
-  from train.launch import Launch, _Child, _EndingFilter
+  from train.launch import Launch
+  from train.supervisor import _Child, _EndingFilter
 
   child = _Child(Launch("127.0.0.1:5", 4, 2, init_timeout=30))
   child.report("join", 10.0)
@@ -474,7 +476,7 @@ def test_supervisor_at_start_up():
 
 def test_service_lines_without_an_ending_are_shown():
   """Error lines of the coordination service that no ending follows are passed on, late."""
-  from train.launch import _EndingFilter
+  from train.supervisor import _EndingFilter
 
   line = "E1202 16:33:21.954090   15101 coordination_service_agent.cc:289] Polled an error\n"
   err = _EndingFilter()
@@ -485,7 +487,7 @@ def test_service_lines_without_an_ending_are_shown():
   assert err.status is None
 
 
-def test_a_failed_collective_waits_for_the_services_verdict(monkeypatch):
+def test_a_failed_collective_waits_for_the_services_verdict(monkeypatch, capsys):
   """A collective that fails in Python waits out the heartbeat timeout (and a margin)
   for the coordination service to end the process; only then does it say so itself."""
   import types
@@ -494,15 +496,18 @@ def test_a_failed_collective_waits_for_the_services_verdict(monkeypatch):
   from train.launch import Launch
 
   error = jax.errors.JaxRuntimeError("INTERNAL: Gloo: connection closed by peer\ndetails")
-  assert distributed.lost_peer(error) is None  # one process: not a peer's death
+  distributed.end_if_peer_lost(error)  # one process: returns, not a peer's death
   monkeypatch.setattr(distributed, "_JOINED", [Launch("h:1", 2, 0, heartbeat_timeout=5)])
-  assert distributed.lost_peer(ValueError("a bug")) is None
+  distributed.end_if_peer_lost(ValueError("a bug"))  # not a collective: returns
   clock = [100.0]
   fake = types.SimpleNamespace(
     monotonic=lambda: clock[0], sleep=lambda s: clock.__setitem__(0, clock[0] + s)
   )
   monkeypatch.setattr(distributed, "time", fake)
-  line = distributed.lost_peer(error)
-  assert clock[0] - 100.0 >= 5 + 15  # waited for the verdict
-  assert line.startswith("process 0 of 1: a collective with the other processes failed")
-  assert line.endswith("(INTERNAL: Gloo: connection closed by peer)")
+  monkeypatch.setattr(distributed.os, "_exit", lambda rc: (_ for _ in ()).throw(SystemExit(rc)))
+  with pytest.raises(SystemExit) as ended:
+    distributed.end_if_peer_lost(error)
+  assert ended.value.code == 1 and clock[0] - 100.0 >= 5 + 15  # after waiting for a verdict
+  line = capsys.readouterr().err
+  assert line.startswith("error: process 0 of 1: a collective with the other processes failed")
+  assert line.endswith("(INTERNAL: Gloo: connection closed by peer)\n")

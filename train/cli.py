@@ -211,7 +211,10 @@ _DEFAULT_MODELS = {"regression": "mlp", "classification": "mnist_cnn", "language
 def _load_model(args, ds):
   """The model's name and module (default: an MLP for regression, the transformer LM
   for text, the paper CNN otherwise), in linen or NNX as ``--api`` says."""
-  from flax_models import NNX_MODEL_NAMES, get_model, get_nnx_model
+  import optax
+
+  from flax_models import get_model, get_nnx_model
+  from train.loop import init_state
 
   model_name = args.model or _DEFAULT_MODELS[ds.task]
   is_lm = model_name == "transformer_lm"
@@ -225,20 +228,11 @@ def _load_model(args, ds):
     if is_lm
     else {}
   )
-  if args.api == "nnx" and model_name not in NNX_MODEL_NAMES:
-    raise UsageError(
-      f"model {model_name!r} has no Flax NNX version; with NNX: {', '.join(NNX_MODEL_NAMES)}"
-    )
   try:
-    model = get_model(model_name, ds.num_classes, **kwargs)
     if args.api == "nnx":  # from the linen run's initial weights: the same run
-      import optax
-
-      from train.loop import init_state
-
-      start = init_state(model, optax.identity(), ds.x_train[:1], args.seed).params
-      model = get_nnx_model(model_name, ds.num_classes, params=start, **kwargs)
-    return model_name, model
+      start = lambda linen: init_state(linen, optax.identity(), ds.x_train[:1], args.seed).params
+      return model_name, get_nnx_model(model_name, ds.num_classes, params=start, **kwargs)
+    return model_name, get_model(model_name, ds.num_classes, **kwargs)
   except ValueError as e:
     raise UsageError(str(e)) from None
 
@@ -274,74 +268,17 @@ def _build_optimizers(args, ds, spe: int) -> list:
   return opts
 
 
-def _plural(n: int, word: str) -> str:
-  return f"{n} {word}" if n == 1 else f"{n} {word}s"
-
-
-def _discard_run(run_dir: str) -> Optional[str]:
-  """Removes what a run wrote in ``run_dir`` (checkpoint steps, metrics, telemetry,
-  figures) and nothing else; returns the line that says what went, or None."""
-  from train import checkpoint, report
-
-  steps, kept = checkpoint.discard(os.path.join(run_dir, "checkpoints"))
-  files = report.files_in(run_dir, report.RUN_FILES)
-  for name in files:
-    os.remove(os.path.join(run_dir, name))
-  events = [n for n in files if n.startswith("events.out.tfevents.")]
-  parts = [", ".join(n for n in files if n not in events)] if len(files) > len(events) else []
-  if events:
-    parts.append(_plural(len(events), "TensorBoard event file"))
-  if steps:
-    parts.insert(0, "checkpoints of steps " + ", ".join(map(str, steps)))
-  if not parts:
-    return None
-  left = f" (left {', '.join(kept)} in checkpoints/)" if kept else ""
-  return f"--overwrite: removed {'; '.join(parts)} from {run_dir}{left}"
-
-
-def _claim_outputs(args, out: str, opts) -> None:
-  """Refuses to mix a new run with old checkpoints unless --resume or --overwrite says
-  how; --overwrite removes what earlier runs of these optimizers wrote, and says what."""
-  from train import checkpoint, distributed, report
-
-  if not args.resume:
-    for o in opts:
-      ckpt_dir = os.path.join(_run_dir(out, o.name), "checkpoints")
-      steps = checkpoint.steps_in(ckpt_dir)
-      if steps and not args.overwrite:
-        raise UsageError(
-          f"{ckpt_dir} holds checkpoints (steps {', '.join(map(str, steps))}): pass --resume "
-          "to continue or --overwrite to discard them"
-        )
-    if args.overwrite and distributed.is_primary():
-      notes = [_discard_run(_run_dir(out, o.name)) for o in opts]
-      summary = report.files_in(out, report.SUMMARY_FILES)
-      for name in summary:
-        os.remove(os.path.join(out, name))
-      if summary:
-        notes.append(f"--overwrite: removed {', '.join(summary)} from {out}")
-      for note in filter(None, notes):
-        print(note, flush=True)
-  distributed.barrier("claim-outputs")
-
-
-def _train_one(args, model, o, ds, out: str, mesh):
+def _train_one(args, model, o, ds, out: str, mesh, spe: int):
   """Trains one optimizer with checkpoints and writes its run files and diagnostics plot."""
-  from train import data as data_lib
   from train import distributed, report, telemetry
   from train.checkpoint import Checkpointer
   from train.loop import train_run
 
   run_dir = _run_dir(out, o.name)
-  total = args.epochs * data_lib.steps_per_epoch(len(ds.x_train), args.batch_size)
-
-  def resumed(step: int) -> None:
-    if distributed.is_primary():
-      print(f"{o.name}: resumed from step {step} (of {total})", flush=True)
-
-  ckpt = Checkpointer(
-    os.path.join(run_dir, "checkpoints"), every=args.checkpoint_every, on_restore=resumed
-  )
+  total = spe * args.epochs
+  note = lambda step: print(f"{o.name}: resumed from step {step} (of {total})", flush=True)
+  note = note if distributed.is_primary() else None
+  ckpt = Checkpointer(os.path.join(run_dir, "checkpoints"), args.checkpoint_every, on_restore=note)
   writer = telemetry.RunWriter(run_dir) if distributed.is_primary() else None
   try:
     res = train_run(
@@ -414,7 +351,10 @@ def run(args: argparse.Namespace) -> int:
     )
   spe = data_lib.steps_per_epoch(len(ds.x_train), args.batch_size)
   opts = _build_optimizers(args, ds, spe)
-  _claim_outputs(args, out, opts)
+  from train import report
+
+  for note in report.claim_outputs(out, [_run_dir(out, o.name) for o in opts], args):
+    print(note, flush=True)
   primary = jax.process_index() == 0
   if primary:
     print(
@@ -423,7 +363,7 @@ def run(args: argparse.Namespace) -> int:
       f"{jax.devices()[0].platform}{distributed.devices_note(mesh)}",
       flush=True,
     )
-  results = [_train_one(args, model, o, ds, out, mesh) for o in opts]
+  results = [_train_one(args, model, o, ds, out, mesh, spe) for o in opts]
   if primary:
     _report(args, results, ds, model_name, out)
   return 0
@@ -432,18 +372,11 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """``python -m train``: parses ``argv``, runs, and turns usage errors into one line and status 2.
 
-  A command for several processes runs under :func:`train.launch.supervise`."""
+  A command for several processes runs under :func:`train.supervisor.supervise`."""
   from train import launch
 
-  argv = list(sys.argv[1:] if argv is None else argv)
-  if not launch.attach():  # not already the supervised child
-    try:
-      several = launch.requested(argv)
-    except UsageError as e:
-      sys.stderr.write(f"error: {e}\n")
-      return 2
-    if several is not None and os.name == "posix":
-      return launch.supervise(argv, *several)
+  if (supervised := launch.run_supervised(argv)) is not None:
+    return supervised
   args = build_parser().parse_args(argv)
   try:
     return run(args)
@@ -454,12 +387,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sys.stderr.write("interrupted: completed checkpoints are kept; rerun with --resume\n")
     return 130
   except Exception as e:  # on several processes, a peer's death surfaces here
-    from train.distributed import lost_peer
+    from train.distributed import end_if_peer_lost
 
-    message = lost_peer(e)
-    if message is None:
-      raise
-    sys.stderr.write(f"error: {message}\n")
-    sys.stderr.flush()
-    sys.stdout.flush()
-    os._exit(1)  # not through JAX's exit, which waits for every process to shut down
+    end_if_peer_lost(e)
+    raise

@@ -25,7 +25,7 @@ the others from C++ (so does the coordinator's death, at once, and a start-up wh
 processes have not all joined within ``init_timeout``). :mod:`train.launch` runs a
 command-line process under a supervisor that turns that end into one line naming
 the dead process. A collective blocked on a dead peer may fail first (Gloo sees its
-connection close): :func:`lost_peer` then waits for the service's verdict, so no
+connection close): :func:`end_if_peer_lost` then waits for the service's verdict, so no
 process outlives a dead one by more than the heartbeat timeout, and every way of
 losing a peer ends the same way.
 
@@ -36,6 +36,8 @@ References: JAX, "Multi-controller and multi-process environments"
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
 from typing import Optional
 
@@ -55,7 +57,7 @@ __all__ = [
   "initialize",
   "is_primary",
   "join",
-  "lost_peer",
+  "end_if_peer_lost",
   "mesh_of",
   "note_checkpoint",
   "process_rows",
@@ -193,24 +195,30 @@ def note_checkpoint(directory: str, step: Optional[int]) -> None:
   launch_lib.notify("checkpoint", "none" if step is None else step, directory)
 
 
-def lost_peer(error: BaseException) -> Optional[str]:
-  """For ``error``, raised by a collective of a multi-process run: waits for the
-  coordination service to end this process, as it does once a peer has been silent
-  for the heartbeat timeout (or at once if the coordinator died); returns a one-line
-  account only if that does not come. None for other errors.
+def end_if_peer_lost(error: BaseException) -> None:
+  """Ends this process if ``error`` was raised by a collective of a multi-process run;
+  returns for any other error.
 
-  Gloo may fail a collective with a dead peer before the service has decided, with
-  any of several messages; waiting for the service's verdict gives every such
-  failure the same end.
+  Gloo may fail a collective with a dead peer, with any of several messages, before
+  the coordination service has decided; so this waits for the service to end the
+  process, as it does once a peer has been silent for the heartbeat timeout (or at
+  once if the coordinator died), and a supervisor (:mod:`train.supervisor`) turns
+  that into one line naming the dead process. Should the verdict not come, it
+  prints a line of its own and exits with status 1, skipping JAX's exit, which
+  waits for every process to shut down.
   """
   if not _JOINED or not isinstance(error, jax.errors.JaxRuntimeError):
-    return None
+    return
   text = str(error).strip()
   first = text.splitlines()[0] if text else type(error).__name__
   deadline = time.monotonic() + _JOINED[0].heartbeat_timeout + 15
   while time.monotonic() < deadline:
     time.sleep(0.2)
-  return (
-    f"process {jax.process_index()} of {jax.process_count()}: a collective with the other "
-    f"processes failed and none was declared dead; rerun every process with --resume ({first})"
+  sys.stderr.write(
+    f"error: process {jax.process_index()} of {jax.process_count()}: a collective with the "
+    f"other processes failed and none was declared dead; rerun every process with --resume "
+    f"({first})\n"
   )
+  sys.stderr.flush()
+  sys.stdout.flush()
+  os._exit(1)

@@ -16,6 +16,8 @@ __all__ = [
   "RUN_FILES",
   "SUMMARY_FILES",
   "TRAIN_LOSS_COLUMN",
+  "claim_outputs",
+  "discard_outputs",
   "files_in",
   "plot_curves",
   "plot_diagnostics",
@@ -55,6 +57,60 @@ def files_in(directory: str, patterns: Sequence[str]) -> list[str]:
     for n in os.listdir(directory)
     if os.path.isfile(os.path.join(directory, n)) and any(fnmatch.fnmatch(n, p) for p in patterns)
   )
+
+
+def claim_outputs(out: str, run_dirs: Sequence[str], args) -> list[str]:
+  """Readies ``out`` for a command's runs (``run_dirs``) as its options ``args`` say:
+  refuses to mix new runs with old checkpoints unless ``--resume`` or ``--overwrite``;
+  with ``--overwrite`` (and not ``--resume``), process 0 removes what earlier runs
+  wrote (:func:`discard_outputs`) and the lines saying so are returned.
+
+  Raises:
+    UsageError: a run folder holds checkpoints and neither option was given.
+  """
+  from train import checkpoint, distributed
+  from train.errors import UsageError
+
+  for run in run_dirs:
+    steps = checkpoint.steps_in(os.path.join(run, "checkpoints"))
+    if steps and not (args.resume or args.overwrite):
+      raise UsageError(
+        f"{os.path.join(run, 'checkpoints')} holds checkpoints (steps "
+        f"{', '.join(map(str, steps))}): pass --resume to continue or --overwrite to discard them"
+      )
+  notes = []
+  if args.overwrite and not args.resume and distributed.is_primary():
+    notes = [f"--overwrite: {note}" for note in discard_outputs(out, run_dirs)]
+  distributed.barrier("claim-outputs")
+  return notes
+
+
+def discard_outputs(out: str, run_dirs: Sequence[str]) -> list[str]:
+  """Removes what a command wrote: in each of ``run_dirs`` its checkpoint steps
+  (:func:`train.checkpoint.discard`) and :data:`RUN_FILES`, in ``out`` the
+  :data:`SUMMARY_FILES`; nothing else. Returns one line per folder saying what went."""
+  from train import checkpoint
+
+  notes = []
+  for run in run_dirs:
+    steps, kept = checkpoint.discard(os.path.join(run, "checkpoints"))
+    files = files_in(run, RUN_FILES)
+    for name in files:
+      os.remove(os.path.join(run, name))
+    events = sum(n.startswith("events.out.tfevents.") for n in files)
+    parts = [", ".join(n for n in files if not n.startswith("events.out.tfevents."))]
+    parts.append(f"{events} TensorBoard event file{'s' * (events != 1)}" if events else "")
+    if steps:
+      parts.insert(0, "checkpoints of steps " + ", ".join(map(str, steps)))
+    if any(parts):
+      left = f" (left {', '.join(kept)} in checkpoints/)" if kept else ""
+      notes.append(f"removed {'; '.join(filter(None, parts))} from {run}{left}")
+  summary = files_in(out, SUMMARY_FILES)
+  for name in summary:
+    os.remove(os.path.join(out, name))
+  if summary:
+    notes.append(f"removed {', '.join(summary)} from {out}")
+  return notes
 
 
 #: The table's header for ``train_loss``: the mean of the training loss over the
