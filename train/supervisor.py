@@ -7,12 +7,11 @@ away, or when the peers do not all join in time (``--init-timeout``), each with
 escapes one of its threads when a collective's connection breaks mid-transfer. The
 client's ``missed_heartbeat_callback`` cannot be given from Python in jaxlib 0.10.2
 (it aborts converting the status it passes), and a thread inside the process would
-lose the race. So :func:`supervise` runs the training as a child process and
-watches it from plain Python, without JAX (:mod:`train.launch` decides when):
+lose the race. So :func:`supervise` runs the training as a child process, which
+reports joining and checkpoints over a pipe, and watches it from plain Python:
 
 - the child's output passes through as it comes, less Gloo's connection messages
   (unless ``--gloo-logs``) and, when it is ended so, less the ending's lines;
-- the child reports joining, having joined, and each checkpoint over a pipe;
 - after two seconds of joining the supervisor says which processes it waits for;
   for an ending it prints one line, the processes that stopped (from the service's
   status; for Gloo's, in a two-process run, the other one) and the newest
@@ -20,7 +19,7 @@ watches it from plain Python, without JAX (:mod:`train.launch` decides when):
 - it ignores SIGINT (Ctrl-C reaches the child, in the same process group) and
   forwards SIGTERM and SIGHUP; the child ends itself should the supervisor die.
 
-A collective that fails in Python instead waits for the service's verdict
+A collective that fails in Python waits for the service's verdict instead
 (:func:`train.distributed.end_if_peer_lost`): every way of losing a peer ends alike.
 """
 
@@ -44,13 +43,16 @@ __all__ = ["supervise"]
 _WAIT_NOTE = 2.0  # seconds of joining before the supervisor says whom it waits for
 _HOLD = 3.0  # seconds the service's error lines are held back awaiting its verdict
 
-# Gloo writes "[Gloo] Rank R is connected to N peer ranks. Expected number of connected
-# peer ranks is : N" and a newline in pieces, which its threads interleave piece by piece.
+# Gloo's message and its pieces, which its threads may interleave piece by piece.
 _GLOO_PIECES = (
   "[Gloo] Rank ",
   " is connected to ",
   " peer ranks. ",
   "Expected number of connected peer ranks is : ",
+)
+_GLOO = re.compile(
+  r"\[Gloo\] Rank \d+ is connected to \d+ peer ranks\. Expected number of "
+  r"connected peer ranks is : \d+"
 )
 _LOG_START = re.compile(r"^[EFWI]\d{0,4}$|^[EFWI]\d{4} ")
 # The coordination service's error lines that come before it ends a process.
@@ -69,9 +71,9 @@ _ENDINGS = {
 
 
 class _GlooFilter:
-  """Standard output less Gloo's connection messages, line by line: a line made of
-  nothing but their pieces and numbers goes, and so do the empty lines their other
-  newlines leave when several threads' messages share one line."""
+  """Standard output less Gloo's connection messages: one in a row goes wherever it is
+  (even between the text of a line of the child's and its newline), a line of nothing
+  but their pieces and numbers goes, and so do the newlines they leave."""
 
   def __init__(self, keep: bool = False):
     self.keep, self.buf, self.owed = keep, "", 0
@@ -85,13 +87,17 @@ class _GlooFilter:
     return "".join(self._line(line) for line in lines.splitlines(keepends=True))
 
   def _line(self, line: str) -> str:
-    rest = line
+    text, whole = _GLOO.subn("", line)
+    rest = text
     for piece in _GLOO_PIECES:
       rest = rest.replace(piece, " ")
     only_numbers = not rest.replace(" ", "").replace("\n", "").strip("0123456789")
-    if rest != line and only_numbers:
-      self.owed += max(line.count(_GLOO_PIECES[0]) - 1, 0)
-      return ""
+    if rest != text or whole:  # Gloo's, in a row or in pieces
+      if only_numbers:
+        self.owed += max(line.count(_GLOO_PIECES[0]) - 1, 0)
+        return ""
+      self.owed += whole
+      return text
     if self.owed and only_numbers:
       self.owed -= 1
       return ""
@@ -119,12 +125,7 @@ class _EndingFilter:
   def status(self) -> Optional[str]:
     if self.fatal is None:
       return None
-    lines = []
-    for line in self.fatal:
-      if line.startswith("*** Check failure"):
-        break
-      lines.append(line)
-    return "".join(lines)
+    return "".join(self.fatal).split("*** Check failure")[0]
 
   def feed(self, text: str, now: float) -> str:
     self.buf += text
