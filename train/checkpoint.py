@@ -182,6 +182,8 @@ class Checkpointer:
           state=ocp.args.StandardRestore(abstract), history=ocp.args.JsonRestore()
         ),
       )
+    except jax.errors.JaxRuntimeError:  # a collective failed: not the folder's fault
+      raise
     except Exception as e:  # orbax raises KeyError, ValueError, FileNotFoundError...
       reason = (str(e).strip().splitlines() or [""])[0].strip("'\"")[:160]
       raise UnreadableCheckpointError(

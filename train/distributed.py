@@ -22,12 +22,12 @@ same rows.
 Failure. Every process sends heartbeats to the coordinator; one that stops for
 ``heartbeat_timeout`` seconds is declared dead, and the coordination service ends
 the others from C++ (so does the coordinator's death, at once, and a start-up whose
-processes have not all joined within ``init_timeout``). :mod:`train.launch` runs a
-command-line process under a supervisor that turns that end into one line naming
-the dead process. A collective blocked on a dead peer may fail first (Gloo sees its
-connection close): :func:`end_if_peer_lost` then waits for the service's verdict, so no
-process outlives a dead one by more than the heartbeat timeout, and every way of
-losing a peer ends the same way.
+processes have not all joined within ``init_timeout``). The command line runs each
+process under a supervisor (:mod:`train.supervisor`) that turns that end into one
+line naming the dead process. A collective blocked on a dead peer may fail first
+(Gloo sees its connection close): :func:`end_if_peer_lost` then waits for the
+service's verdict, so no process outlives a dead one by more than the heartbeat
+timeout, and every way of losing a peer ends the same way.
 
 References: JAX, "Multi-controller and multi-process environments"
 (https://docs.jax.dev/en/latest/multi_process.html); ``jax.distributed.initialize``.
@@ -53,11 +53,11 @@ from train.launch import Launch, check
 __all__ = [
   "barrier",
   "devices_note",
+  "end_if_peer_lost",
   "feed_eval",
   "initialize",
   "is_primary",
   "join",
-  "end_if_peer_lost",
   "mesh_of",
   "note_checkpoint",
   "process_rows",
@@ -74,7 +74,7 @@ def initialize(launch: Launch) -> None:
   On CPU, cross-process collectives use Gloo unless another implementation
   (``mpi``) was configured. Gives up after ``launch.init_timeout`` seconds, and ends
   when a peer stops sending heartbeats for ``launch.heartbeat_timeout`` seconds
-  (both from C++; :mod:`train.launch` says so in one line).
+  (both from C++; :mod:`train.supervisor` says so in one line).
   """
   check(launch)
   if jax.config.jax_cpu_collectives_implementation in (None, "", "none"):
