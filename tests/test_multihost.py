@@ -457,6 +457,23 @@ def test_supervisor_turns_each_ending_into_one_line(ending, kind, me, line):
   )
 
 
+def test_supervisor_quotes_an_ending_it_cannot_read():
+  from train.launch import Launch
+  from train.supervisor import _Child, _EndingFilter
+
+  err = _EndingFilter()
+  err.feed(
+    "F1202 16:00:00.000000   7 client.h:80] Terminating process because the JAX distributed "
+    "service detected fatal errors. absl::Status: INTERNAL: something else\n*** Check failure\n",
+    0.0,
+  )
+  child = _Child(Launch("127.0.0.1:1", 2, 1))
+  child.report("joined 1 2", 0.0)
+  assert child.verdict(err.kind, err.status) == (
+    "process 1 of 2 was ended by JAX's coordination service (INTERNAL: something else)"
+  )
+
+
 def test_supervisor_at_start_up():
   from train.launch import Launch
   from train.supervisor import _Child, _EndingFilter

@@ -166,16 +166,13 @@ class _EndingFilter:
     return out
 
 
-def _stopped_processes(status: str, me: Optional[int]) -> Optional[list[int]]:
+def _stopped_processes(status: str) -> Optional[list[int]]:
   """The processes the coordination service's ``status`` says stopped: those it lists
   as unhealthy, or process 0 when the service (which process 0 runs) is unreachable;
-  None when it names none."""
+  None when it says neither."""
   listed = re.search(r"following tasks are unhealthy[^\n]*\n((?:[ \t]*\d+[ \t]*\n)+)", status)
   if listed:
     return sorted({int(t) for t in listed.group(1).split()})
-  tasks = {int(t) for t in re.findall(r"/task:(\d+)", status)} - {me}
-  if tasks:
-    return sorted(tasks)
   if "leader task" in status or "Failed to send RPC to coordination service" in status:
     return [0]
   return None
@@ -277,11 +274,11 @@ class _Child:
           f"stopped ({reason}){self.checkpoints()}"
         )
     else:
-      gone = _stopped_processes(status, self.process_id)
-    if gone is None:
-      who = "another process"
-    else:
-      who = _processes(gone) + (f" of {self.num_processes}" if self.num_processes else "")
+      gone = _stopped_processes(status)
+    if gone is None:  # another reason: the service's own words
+      said = status.split("absl::Status:", 1)[-1].strip().splitlines()[0][:200]
+      return f"{self.who()} was ended by JAX's coordination service ({said}){self.checkpoints()}"
+    who = _processes(gone) + (f" of {self.num_processes}" if self.num_processes else "")
     return f"{who} stopped responding{self.checkpoints()}"
 
 
