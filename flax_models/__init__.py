@@ -17,9 +17,10 @@ computation dtype; parameters stay float32. The transformer LM takes int tokens
 
 Flax NNX: :class:`NnxMnistCNN` is the MNIST CNN and :class:`TransformerLMNNX` the
 transformer LM as ``nnx.Module`` s (``model(x, train=False)``; :func:`get_nnx_model`
-builds those registered by name); :func:`load_linen_params` copies a linen model's
-parameters into the NNX model of the same layers, :func:`linen_params` reads them
-back out of a model named as its linen twin.
+builds those registered by name, holding the weights of the linen model's
+initialisation, so that both APIs start from the same point for the same seed);
+:func:`load_linen_params` copies a linen model's parameters into the NNX model of the
+same layers, :func:`linen_params` reads them back out of a model named as its linen twin.
 """
 
 from __future__ import annotations
@@ -102,15 +103,40 @@ def get_model(name: str, num_classes: int, **kwargs) -> nn.Module:
   return constructor(**{**fixed, width: num_classes, **kwargs})
 
 
-def get_nnx_model(name: str, num_classes: int, seed: int = 0, **kwargs) -> Any:
-  """Builds the Flax NNX version of a model by name, initialised from ``seed``.
+def get_nnx_model(
+  name: str, num_classes: int, seed: int = 0, *, params: Any = None, **kwargs
+) -> Any:
+  """Builds the Flax NNX version of a model by name, holding its linen twin's weights.
 
-  Its parameters are named as the linen model's (:func:`get_model`), so
-  :func:`load_linen_params` moves weights between the two.
+  Its parameters are named as the linen model's (:func:`get_model`), and it starts
+  from the linen initialisation: ``params``, or by default the parameters
+  ``get_model(name, num_classes, **kwargs).init(jax.random.key(seed), x)`` gives
+  (they depend on ``x``'s shape only, here a full-length window). The same seed thus
+  gives the same model in both APIs, and the same training run where the model
+  draws no random numbers while training.
+
+  Args:
+    name: One of :data:`NNX_MODEL_NAMES`.
+    num_classes: Output width (the vocabulary, for ``transformer_lm``).
+    seed: Seed of the linen initialisation when ``params`` is not given.
+    params: The linen model's ``variables['params']`` to start from, or a function
+      of the linen model (:func:`get_model`'s) that returns them.
+    **kwargs: Further fields of the model, as :func:`get_model` takes them.
 
   Raises:
-    ValueError: For a name with no NNX version (the message lists those that have one).
+    ValueError: For a name with no NNX version (the message lists those that have
+      one), or ``params`` that do not fit the model.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> cfg = dict(width=16, depth=1, heads=2, context=8)
+    >>> x = jnp.zeros((1, 8), jnp.int32)
+    >>> linen = get_model('transformer_lm', 256, **cfg)
+    >>> want = linen.apply(linen.init(jax.random.key(3), x), x)
+    >>> bool(jnp.allclose(get_nnx_model('transformer_lm', 256, seed=3, **cfg)(x), want, atol=1e-5))
+    True
   """
+  import jax
   from flax import nnx
 
   if name not in _NNX_REGISTRY:
@@ -118,7 +144,20 @@ def get_nnx_model(name: str, num_classes: int, seed: int = 0, **kwargs) -> Any:
       f"model {name!r} has no Flax NNX version; with NNX: {', '.join(NNX_MODEL_NAMES)}"
     )
   width = _REGISTRY[name][2]
-  return _NNX_REGISTRY[name](**{width: num_classes, **kwargs}, rngs=nnx.Rngs(seed))
+  model = _NNX_REGISTRY[name](**{width: num_classes, **kwargs}, rngs=nnx.Rngs(seed))
+  linen = get_model(name, num_classes, **kwargs)
+  if params is None:
+    params = linen.init(jax.random.key(seed), _sample_input(model), train=False)["params"]
+  elif callable(params):
+    params = params(linen)
+  return load_linen_params(model, params)
+
+
+def _sample_input(model: Any):
+  """An input of the shape the NNX model ``model`` is built for (one full window)."""
+  import jax.numpy as jnp
+
+  return jnp.zeros((1, model.context), jnp.int32)
 
 
 __all__ = [

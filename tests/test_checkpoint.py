@@ -1,6 +1,7 @@
 """A training run killed with SIGKILL resumes to bit-identical parameters, and no
 checkpoint is ever left unreadable."""
 
+import json
 import os
 import signal
 import subprocess
@@ -140,3 +141,75 @@ def test_old_checkpoints_go_out_of_sight_before_they_are_deleted(tmp_path):
   for step in _steps(tmp_path):
     np.testing.assert_array_equal(_params(tmp_path, step)["w"], w + step)
   reopened.close()
+
+
+# ------------------------------------------------------------ the command line's checkpoints
+
+
+def _main(out, *extra, epochs=1):
+  from train import cli
+
+  argv = ARGS[:6] + ["--epochs", str(epochs), "--batch-size", "32", "--no-progress"]
+  return cli.main(argv + ["--out", str(out), *extra])
+
+
+def test_resuming_an_unreadable_folder_is_one_line(tmp_path, capsys):
+  junk = tmp_path / RUN / "checkpoints" / "5"
+  junk.mkdir(parents=True)
+  (junk / "state").write_text("not a checkpoint")
+  assert _main(tmp_path, "--resume") == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1, err
+  assert err[0].startswith(f"error: cannot resume from {junk.parent}: step 5 ")
+  assert "--overwrite" in err[0]
+  assert _main(tmp_path, "--overwrite") == 0  # the way out it names
+  assert _steps(junk.parent) == [11]
+
+
+def test_overwrite_removes_only_what_the_command_wrote(tmp_path, capsys):
+  assert _main(tmp_path, "--checkpoint-every", "4") == 0
+  run = tmp_path / RUN
+  assert _steps(run / "checkpoints") == [8, 11]
+  mine = [run / "checkpoints" / "notes.txt", run / "plot.py", tmp_path / "README"]
+  for path in mine:
+    path.write_text("the user's")
+  capsys.readouterr()
+  assert _main(tmp_path) == 2  # neither --resume nor --overwrite
+  assert "holds checkpoints (steps 8, 11)" in capsys.readouterr().err
+  assert _main(tmp_path, "--overwrite", "--epochs", "2") == 0
+  out = capsys.readouterr().out.splitlines()
+  assert (
+    f"--overwrite: removed checkpoints of steps 8, 11; metrics.csv, metrics.json, "
+    f"steps.csv, steps.jsonl; 1 TensorBoard event file from {run} "
+    "(left notes.txt in checkpoints/)"
+  ) in out
+  assert f"--overwrite: removed curves.png, results.csv, results.json from {tmp_path}" in out
+  assert all(path.read_text() == "the user's" for path in mine)
+  assert _steps(run / "checkpoints") == [22]  # the new run's, alone
+  assert len(list(run.glob("events.out.tfevents.*"))) == 1
+
+
+def test_a_folder_of_other_files_holds_no_checkpoints(tmp_path):
+  (tmp_path / RUN / "checkpoints").mkdir(parents=True)
+  (tmp_path / RUN / "checkpoints" / "notes.txt").write_text("kept")
+  assert _main(tmp_path) == 0
+  assert (tmp_path / RUN / "checkpoints" / "notes.txt").read_text() == "kept"
+
+
+def test_resumed_run_says_from_which_step(tmp_path, capsys):
+  assert _main(tmp_path, "--log-every", "1") == 0
+  assert "resumed from" not in capsys.readouterr().out
+  assert _main(tmp_path, "--resume", "--log-every", "1", epochs=3) == 0
+  out = capsys.readouterr().out
+  assert "momentum@0.01: resumed from step 11 (of 33)" in out.splitlines()
+  # The table's training loss is the mean of the last epoch's step losses, and says so.
+  head, _, row = out[out.index("optimizer") :].splitlines()[:3]
+  assert "train loss (last epoch mean)" in head
+  losses = [
+    r["train/loss"]
+    for r in map(json.loads, open(tmp_path / RUN / "steps.jsonl"))
+    if "train/loss" in r
+  ]
+  assert len(losses) == 33
+  col = head.index("train loss")
+  assert float(row[col:].split()[0]) == pytest.approx(np.mean(losses[22:]), rel=1e-3)

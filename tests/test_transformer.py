@@ -166,6 +166,43 @@ def test_cli_trains_the_lm(tmp_path, capsys):
   assert "transformer_lm takes the text" in capsys.readouterr().err
 
 
+def test_get_nnx_model_starts_from_the_linen_initialisation():
+  x = jnp.zeros((1, 16), jnp.int32)
+  params = get_model("transformer_lm", 256, **TINY).init(jax.random.key(5), x)["params"]
+  model = get_nnx_model("transformer_lm", 256, seed=5, **TINY)
+  same = jax.tree.map(np.array_equal, linen_params(model), params)
+  assert all(jax.tree.leaves(same))
+  other = get_nnx_model("transformer_lm", 256, params=params, seed=6, **TINY)
+  assert all(jax.tree.leaves(jax.tree.map(np.array_equal, linen_params(other), params)))
+
+
+@pytest.mark.parametrize("optimizer", ["adamw"])
+def test_cli_nnx_is_the_linen_run(tmp_path, capsys, optimizer):
+  """``--api nnx`` and linen, same seed: the same step losses and final metrics.
+
+  AdamW too: its first steps move the attention key bias by ``±lr`` along the sign of
+  float noise (the bias's exact gradient is zero), which may differ between the APIs,
+  but that bias cannot change the outputs (softmax is invariant to it).
+  """
+  argv = ["--model", "transformer_lm", "--dataset", "text", "--optimizers", optimizer]
+  argv += ["--epochs", "2", "--train-size", "32", "--test-size", "8", "--batch-size", "8"]
+  argv += ["--context", "16", "--width", "32", "--depth", "1", "--heads", "2", "--seed", "3"]
+  argv += ["--no-progress", "--log-every", "1"]
+  runs = {}
+  for api in ("linen", "nnx"):
+    out = tmp_path / api
+    assert cli.main(argv + ["--api", api, "--out", str(out)]) == 0
+    steps = [json.loads(line) for line in open(out / optimizer / "steps.jsonl")]
+    final = json.load(open(out / "results.json"))["results"][0]
+    runs[api] = ([r["train/loss"] for r in steps if "train/loss" in r], final)
+  (losses, final), (nnx_losses, nnx_final) = runs["linen"], runs["nnx"]
+  assert len(losses) == 8 and abs(losses[0] - losses[-1]) > 1e-2  # steps that move
+  np.testing.assert_allclose(nnx_losses, losses, rtol=2e-5)
+  for key in ("test_loss", "test_bits_per_byte", "test_accuracy", "train_loss"):
+    assert nnx_final[key] == pytest.approx(final[key], rel=2e-5), key
+  capsys.readouterr()
+
+
 def test_get_model_builds_the_lm():
   model = get_model("transformer_lm", 256, **TINY)
   assert model.vocab_size == 256 and model.context == 16

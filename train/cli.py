@@ -53,7 +53,7 @@ def _positive_float(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
   """The parser of ``python -m train`` (its ``--help`` is in docs/training.md)."""
-  from train import distributed, stream
+  from train import launch, stream
   from train.registry import SCHEDULES, known_names
   from train.stream import DATASET_NAMES
 
@@ -82,8 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     "--api",
     choices=("linen", "nnx"),
     default="linen",
-    help="run the model in Flax linen, or in Flax NNX through nnx.Optimizer "
-    "(models with an NNX version: transformer_lm)",
+    help="run the model in Flax linen, or in Flax NNX through nnx.Optimizer, starting "
+    "from the linen run's weights (models with an NNX version: transformer_lm)",
   )
   p.add_argument(
     "--context", type=_positive_int, default=128, help="text: bytes per training window"
@@ -166,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     help="shard over a device mesh: the batch over all devices, parameters and "
     "optimizer state FSDP-style over the fsdp axis (see train/sharding.py)",
   )
-  distributed.add_options(p)
+  launch.add_options(p)
   stream.add_options(p)
   p.add_argument("--gal-alpha", type=_positive_float, default=1e-3, help="GAL's alpha")
   p.add_argument("--gal-beta", type=_positive_float, default=1e-3, help="GAL's beta")
@@ -181,9 +181,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  """``python -m train``: parses ``argv``, runs, and turns usage errors into one line and status 2."""
+  """``python -m train``: parses ``argv``, runs, and turns usage errors into one line and status 2.
+
+  A command for several processes runs under :func:`train.supervisor.supervise`."""
+  from train import launch
   from train.experiment import run
 
+  if (supervised := launch.run_supervised(argv)) is not None:
+    return supervised
   args = build_parser().parse_args(argv)
   try:
     return run(args)
@@ -194,10 +199,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sys.stderr.write("interrupted: completed checkpoints are kept; rerun with --resume\n")
     return 130
   except Exception as e:  # on several processes, a peer's death surfaces here
-    from train.distributed import lost_peer
+    from train.distributed import end_if_peer_lost
 
-    message = lost_peer(e)
-    if message is None:
-      raise
-    sys.stderr.write(f"error: {message}\n")
-    return 1
+    end_if_peer_lost(e)
+    raise

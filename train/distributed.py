@@ -20,11 +20,14 @@ loss, INSGD's input power, GAL's per-sample terms) is the same mean over the
 same rows.
 
 Failure. Every process sends heartbeats to the coordinator; one that stops for
-``heartbeat_timeout`` seconds is declared dead and the coordination service
-terminates the others ("the JAX distributed service detected fatal errors ...
-another task died"). A process blocked in a collective with a dead peer fails
-sooner, as soon as Gloo sees the TCP connection close. Either way no process
-waits for a dead one longer than the heartbeat timeout.
+``heartbeat_timeout`` seconds is declared dead, and the coordination service ends
+the others from C++ (so does the coordinator's death, at once, and a start-up whose
+processes have not all joined within ``init_timeout``). The command line runs each
+process under a supervisor (:mod:`train.supervisor`) that turns that end into one
+line naming the dead process. A collective blocked on a dead peer may fail first
+(Gloo sees its connection close): :func:`end_if_peer_lost` then waits for the
+service's verdict, so no process outlives a dead one by more than the heartbeat
+timeout, and every way of losing a peer ends the same way.
 
 References: JAX, "Multi-controller and multi-process environments"
 (https://docs.jax.dev/en/latest/multi_process.html); ``jax.distributed.initialize``.
@@ -33,113 +36,64 @@ References: JAX, "Multi-controller and multi-process environments"
 from __future__ import annotations
 
 import argparse
-from typing import NamedTuple, Optional
+import os
+import sys
+import time
+from typing import Optional
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 
+from train import launch as launch_lib
 from train.errors import UsageError
+from train.launch import Launch, check
 
 __all__ = [
-  "Launch",
-  "add_options",
   "barrier",
   "devices_note",
+  "end_if_peer_lost",
   "feed_eval",
   "initialize",
   "is_primary",
   "join",
-  "lost_peer",
   "mesh_of",
+  "note_checkpoint",
   "process_rows",
   "put_replicas",
   "put_rows",
 ]
 
-DEFAULT_HEARTBEAT_TIMEOUT = 60
-
-
-class Launch(NamedTuple):
-  """How this process joins the others; ``None`` fields are left to JAX's detection.
-
-  JAX reads ``JAX_COORDINATOR_ADDRESS`` when ``coordinator`` is None, and on the
-  clusters it knows (Slurm, Open MPI, Kubernetes, Cloud TPU) finds every field itself.
-  """
-
-  coordinator: Optional[str] = None  # HOST:PORT of process 0's coordination service
-  num_processes: Optional[int] = None
-  process_id: Optional[int] = None
-  heartbeat_timeout: int = DEFAULT_HEARTBEAT_TIMEOUT  # seconds
-
-
-def _check(launch: Launch) -> None:
-  explicit = (launch.coordinator, launch.num_processes, launch.process_id)
-  if any(v is not None for v in explicit) and any(v is None for v in explicit):
-    raise UsageError(
-      "--coordinator, --num-processes and --process-id go together (or none of them, "
-      "to let JAX detect the cluster)"
-    )
-  if launch.coordinator is not None:
-    host, sep, port = launch.coordinator.rpartition(":")
-    if not sep or not host or not port.isdigit():
-      raise UsageError(f"bad --coordinator {launch.coordinator!r}: expected HOST:PORT")
-  if launch.num_processes is not None and launch.num_processes < 1:
-    raise UsageError(f"--num-processes must be positive, got {launch.num_processes}")
-  if launch.num_processes is not None and not 0 <= launch.process_id < launch.num_processes:
-    raise UsageError(
-      f"--process-id {launch.process_id} is not in 0..{launch.num_processes - 1} "
-      f"(--num-processes {launch.num_processes})"
-    )
-  if launch.heartbeat_timeout < 1:
-    raise UsageError(f"--heartbeat-timeout must be at least 1 s, got {launch.heartbeat_timeout}")
+_JOINED: list[Launch] = []  # the launch this process joined with
 
 
 def initialize(launch: Launch) -> None:
   """Joins the processes of ``launch``: must run before anything touches a device.
 
   On CPU, cross-process collectives use Gloo unless another implementation
-  (``mpi``) was configured. A process whose peers stop sending heartbeats for
-  ``launch.heartbeat_timeout`` seconds is terminated with an error naming them.
+  (``mpi``) was configured. Gives up after ``launch.init_timeout`` seconds, and ends
+  when a peer stops sending heartbeats for ``launch.heartbeat_timeout`` seconds
+  (both from C++; :mod:`train.supervisor` says so in one line).
   """
-  _check(launch)
+  check(launch)
   if jax.config.jax_cpu_collectives_implementation in (None, "", "none"):
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  launch_lib.notify("join")
   jax.distributed.initialize(
     coordinator_address=launch.coordinator,
     num_processes=launch.num_processes,
     process_id=launch.process_id,
+    initialization_timeout=launch.init_timeout,
     heartbeat_timeout_seconds=launch.heartbeat_timeout,
   )
-
-
-def add_options(p: argparse.ArgumentParser) -> None:
-  """The command line's launch options (README, "Several devices")."""
-  g = p.add_argument_group("several processes (hosts)")
-  g.add_argument(
-    "--distributed",
-    action="store_true",
-    help="join the other processes with jax.distributed.initialize() (implied by "
-    "--coordinator); without --coordinator JAX reads JAX_COORDINATOR_ADDRESS or detects "
-    "the cluster (Slurm, Open MPI, Kubernetes, Cloud TPU); the mesh then spans every "
-    "process's devices (default --mesh data=<all devices>)",
-  )
-  g.add_argument("--coordinator", default=None, metavar="HOST:PORT", help="process 0's address")
-  g.add_argument("--num-processes", type=int, default=None, metavar="N")
-  g.add_argument("--process-id", type=int, default=None, metavar="I", help="0 .. N-1")
-  g.add_argument(
-    "--heartbeat-timeout",
-    type=int,
-    default=DEFAULT_HEARTBEAT_TIMEOUT,
-    metavar="SECONDS",
-    help="a process silent this long is declared dead and the others exit with an error",
-  )
+  _JOINED[:] = [launch]
+  launch_lib.notify("joined", jax.process_index(), jax.process_count())
 
 
 def join(args: argparse.Namespace) -> None:
   """:func:`initialize` when the command line asks for several processes."""
-  launch = Launch(args.coordinator, args.num_processes, args.process_id, args.heartbeat_timeout)
+  launch = launch_lib.from_args(args)
   if args.distributed or any(v is not None for v in launch[:3]):
     initialize(launch)
 
@@ -235,14 +189,36 @@ def feed_eval(eval_step, sharding: NamedSharding):
   return fed
 
 
-def lost_peer(error: BaseException) -> Optional[str]:
-  """A one-line account of ``error`` when it is a collective that failed because another
-  process went away (Gloo sees its connection close), else None."""
-  if jax.process_count() == 1 or not isinstance(error, jax.errors.JaxRuntimeError):
-    return None
-  first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-  return (
-    f"process {jax.process_index()} of {jax.process_count()}: a collective with the other "
-    f"processes failed, most likely because one of them died; completed checkpoints are "
-    f"kept, rerun every process with --resume ({first})"
+def note_checkpoint(directory: str, step: Optional[int]) -> None:
+  """Tells a supervisor (:mod:`train.launch`) the newest complete checkpoint of the
+  current run (None: none yet), for its message should a peer die."""
+  launch_lib.notify("checkpoint", "none" if step is None else step, directory)
+
+
+def end_if_peer_lost(error: BaseException) -> None:
+  """Ends this process if ``error`` was raised by a collective of a multi-process run;
+  returns for any other error.
+
+  Gloo may fail a collective with a dead peer, with any of several messages, before
+  the coordination service has decided; so this waits for the service to end the
+  process, as it does once a peer has been silent for the heartbeat timeout (or at
+  once if the coordinator died), and a supervisor (:mod:`train.supervisor`) turns
+  that into one line naming the dead process. Should the verdict not come, it
+  prints a line of its own and exits with status 1, skipping JAX's exit, which
+  waits for every process to shut down.
+  """
+  if not _JOINED or not isinstance(error, jax.errors.JaxRuntimeError):
+    return
+  text = str(error).strip()
+  first = text.splitlines()[0] if text else type(error).__name__
+  deadline = time.monotonic() + _JOINED[0].heartbeat_timeout + 15
+  while time.monotonic() < deadline:
+    time.sleep(0.2)
+  sys.stderr.write(
+    f"error: process {jax.process_index()} of {jax.process_count()}: a collective with the "
+    f"other processes failed and none was declared dead; rerun every process with --resume "
+    f"({first})\n"
   )
+  sys.stderr.flush()
+  sys.stdout.flush()
+  os._exit(1)

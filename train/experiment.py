@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 
 from train import methods
 from train.errors import UsageError
@@ -50,7 +49,10 @@ _DEFAULT_MODELS = {"regression": "mlp", "classification": "mnist_cnn", "language
 def _load_model(args, ds):
   """The model's name and module (default: an MLP for regression, the transformer LM
   for text, the paper CNN otherwise), in linen or NNX as ``--api`` says."""
+  import optax
+
   from flax_models import get_model, get_nnx_model
+  from train.loop import init_state
 
   model_name = args.model or _DEFAULT_MODELS[ds.task]
   is_lm = model_name == "transformer_lm"
@@ -65,8 +67,9 @@ def _load_model(args, ds):
     else {}
   )
   try:
-    if args.api == "nnx":
-      return model_name, get_nnx_model(model_name, ds.num_classes, seed=args.seed, **kwargs)
+    if args.api == "nnx":  # from the linen run's initial weights: the same run
+      start = lambda linen: init_state(linen, optax.identity(), ds.example(), args.seed).params
+      return model_name, get_nnx_model(model_name, ds.num_classes, params=start, **kwargs)
     return model_name, get_model(model_name, ds.num_classes, **kwargs)
   except ValueError as e:
     raise UsageError(str(e)) from None
@@ -103,30 +106,17 @@ def _build_optimizers(args, ds, spe: int) -> list:
   return opts
 
 
-def _claim_checkpoints(args, out: str, opts) -> None:
-  """Refuses to mix a new run with old checkpoints unless --resume or --overwrite says how."""
-  from train import distributed
-
-  for o in opts:
-    ckpt_dir = os.path.join(_run_dir(out, o.name), "checkpoints")
-    if os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir) and not args.resume:
-      if not args.overwrite:
-        raise UsageError(
-          f"{ckpt_dir} already holds checkpoints: pass --resume to continue or --overwrite to discard"
-        )
-      if distributed.is_primary():
-        shutil.rmtree(ckpt_dir)
-  distributed.barrier("claim-checkpoints")
-
-
-def _train_one(args, model, o, ds, out: str, mesh):
+def _train_one(args, model, o, ds, out: str, mesh, spe: int):
   """Trains one optimizer with checkpoints and writes its run files and diagnostics plot."""
   from train import distributed, report, telemetry
   from train.checkpoint import Checkpointer
   from train.loop import train_run
 
   run_dir = _run_dir(out, o.name)
-  ckpt = Checkpointer(os.path.join(run_dir, "checkpoints"), every=args.checkpoint_every)
+  total = spe * args.epochs
+  note = lambda step: print(f"{o.name}: resumed from step {step} (of {total})", flush=True)
+  note = note if distributed.is_primary() else None
+  ckpt = Checkpointer(os.path.join(run_dir, "checkpoints"), args.checkpoint_every, on_restore=note)
   writer = telemetry.RunWriter(run_dir) if distributed.is_primary() else None
   try:
     res = train_run(
@@ -200,7 +190,10 @@ def run(args: argparse.Namespace) -> int:
     raise UsageError(f"--batch-size {args.batch_size} exceeds the {ds.num_train} training examples")
   spe = inputs.steps_per_epoch(ds.num_train, args.batch_size)
   opts = _build_optimizers(args, ds, spe)
-  _claim_checkpoints(args, out, opts)
+  from train import report
+
+  for note in report.claim_outputs(out, [_run_dir(out, o.name) for o in opts], args):
+    print(note, flush=True)
   primary = jax.process_index() == 0
   if primary:
     print(
@@ -210,7 +203,7 @@ def run(args: argparse.Namespace) -> int:
       f"{jax.devices()[0].platform}{distributed.devices_note(mesh)}",
       flush=True,
     )
-  results = [_train_one(args, model, o, ds, out, mesh) for o in opts]
+  results = [_train_one(args, model, o, ds, out, mesh, spe) for o in opts]
   if primary:
     _report(args, results, ds, model_name, out)
   return 0
