@@ -1,4 +1,4 @@
-"""AngularGrad against Adam: a Flax linen MLP classifying scikit-learn's handwritten digits.
+"""AngularGrad against Adam: a linen MLP on scikit-learn's digits.
 
 AngularGrad is Adam with each entry's step scaled by a coefficient ``phi`` of the angle
 between consecutive gradients (docs/design.md, AngularGrad — Definition). It needs

@@ -1,4 +1,4 @@
-"""GAL in front of Adam: a Flax NNX regression network on scikit-learn's diabetes data.
+"""GAL in front of Adam: an NNX MLP on scikit-learn's diabetes data.
 
 GAL learns, with a small regressor, an adjustment of the gradient at the model's
 output that shrinks the first-order Taylor remainder of a tentative step, and uses the

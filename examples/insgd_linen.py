@@ -1,4 +1,4 @@
-"""INSGD against SGD with momentum: a Flax linen CNN classifying scikit-learn's digits.
+"""INSGD against SGD with momentum: a linen CNN on scikit-learn's digits.
 
 INSGD divides each layer's gradient by the log of a running estimate of the power of
 that layer's input (docs/design.md, INSGD). The power is recorded in the loss's own

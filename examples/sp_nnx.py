@@ -1,4 +1,4 @@
-"""SP against SGD: a Flax NNX multilayer perceptron classifying scikit-learn's digits.
+"""SP against SGD: an NNX MLP on scikit-learn's digits.
 
 SP damps the gradient with a diagonal quasi-Newton estimate and then prunes the least
 salient entries of every kernel, a fraction ``sparsity`` of them at each step

@@ -44,6 +44,15 @@ class _Parser(argparse.ArgumentParser):
     raise SystemExit(2)
 
 
+class _DefaultsOnce(argparse.ArgumentDefaultsHelpFormatter):
+  """Prints an option's default, unless its help already says it or there is none to say."""
+
+  def _get_help_string(self, action):
+    if "default" in (action.help or "") or action.default is None or action.default is False:
+      return action.help
+    return super()._get_help_string(action)
+
+
 def _positive_int(text: str) -> int:
   try:
     v = int(text)
@@ -77,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
   p = _Parser(
     prog="python -m train",
     description="Train a Flax model with one or several optimizers and compare them.",
-    formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    formatter_class=_DefaultsOnce,
   )
   p.add_argument(
     "--demo",
