@@ -11,7 +11,9 @@ site (``make docs`` runs it on ``docs/_build/html``) and reports, one line each:
   commands and the arguments of ``\\text``-like commands are removed (``with``,
   ``never`` set as maths);
 - a maths container that is not MathJax's ``\\(...\\)`` or ``\\[...\\]``;
-- an empty entry in the API reference (a name with no description);
+- an empty entry in the API reference (a name with no description), or a
+  signature showing a raw ``repr`` (``<class 'flax.nnx.variablelib.Param'>``,
+  ``<... object>``) instead of a name;
 - an image in a page's body that does not open full size on click (not inside a
   link).
 
@@ -158,6 +160,17 @@ def _empty_api_entries(root: Node) -> list[str]:
   return problems
 
 
+def _raw_signatures(root: Node) -> list[str]:
+  """Signatures that print a default as Python's ``repr`` of it, not as its name."""
+  problems = []
+  for node in root.walk():
+    if node.tag == "dt" and "sig" in node.classes():
+      text = " ".join(node.text().split())
+      if "<" in text or re.search(r"\bobject\b", text):
+        problems.append(f"raw repr in a signature: {text[:100]}")
+  return problems
+
+
 def _unlinked_images(root: Node) -> list[str]:
   problems = []
   for node in root.walk():
@@ -180,7 +193,7 @@ def check_page(text: str) -> list[str]:
   for node in body.walk():
     if _is_math(node):
       problems += _math_problems(node)
-  return problems + _empty_api_entries(body) + _unlinked_images(body)
+  return problems + _empty_api_entries(body) + _raw_signatures(body) + _unlinked_images(body)
 
 
 def check_site(outdir: pathlib.Path) -> list[str]:

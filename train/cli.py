@@ -45,12 +45,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 class _DefaultsOnce(argparse.ArgumentDefaultsHelpFormatter):
-  """Prints an option's default, unless its help already says it or there is none to say."""
-
-  def _get_help_string(self, action):
-    if "default" in (action.help or "") or action.default is None or action.default is False:
-      return action.help
-    return super()._get_help_string(action)
+  def _get_help_string(self, action):  # a default said once; None and False not said
+    said = "default" in (action.help or "") or action.default is None or action.default is False
+    return action.help if said else super()._get_help_string(action)
 
 
 def _positive_int(text: str) -> int:
@@ -75,14 +72,11 @@ def _positive_float(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
   """The parser of ``python -m train`` (its ``--help`` is in docs/training.md)."""
+  from flax_models import MODEL_NAMES
   from train import distributed
   from train.data import DATASET_NAMES
   from train.registry import SCHEDULES, known_names
 
-  try:
-    from flax_models import MODEL_NAMES
-  except ImportError:  # pragma: no cover
-    MODEL_NAMES = ()
   p = _Parser(
     prog="python -m train",
     description="Train a Flax model with one or several optimizers and compare them.",
