@@ -269,5 +269,6 @@ def test_one_example_per_method_two_in_linen_two_in_nnx():
   for script in scripts:
     text = script.read_text()
     api = "import flax.linen as nn" if "linen" in script.stem else "from flax import nnx"
-    assert api in text and "load_digits" in text or "load_diabetes" in text, script.name
+    assert api in text, f"{script.name}: not written with {api!r}"
+    assert "load_digits" in text or "load_diabetes" in text, f"{script.name}: data that ships"
     assert "flax_models" not in text, f"{script.name}: an example defines its own model"
