@@ -2,52 +2,84 @@
 
 The source directory is the repository root, so that the design document, the
 generated results (bench/RESULTS.md) and their figures are read where they
-live and their relative links work on GitHub and here alike; only ``docs/``
-and ``bench/RESULTS.md`` are sources. MathJax is copied from the
-``sphinx-mathjax-offline`` package into ``_static``, so the site reads its
+live and their relative links work on GitHub and here alike; only ``docs/``,
+``CHANGELOG.md`` and ``bench/RESULTS.md`` are sources. MathJax is copied from
+the ``sphinx-mathjax-offline`` package into ``_static``, so the site reads its
 maths without a network and opens from the file system.
+
+Generated at build time (not kept in git): the page of each public module
+(``docs/api/``, by ``docs/_ext/api_reference.py``), the examples gallery with
+each example's output and figure (``docs/examples/``, by
+``docs/_ext/examples_gallery.py``, which runs every script of ``examples/``),
+and the command line's ``--help`` in docs/training.md. After the build,
+``docs/check_html.py`` reads every page for raw TeX and other breakage.
 """
 
-import importlib
 import importlib.util
-import inspect
 import os
 import pathlib
-import pkgutil
 import shutil
 import sys
 
-from sphinx.pycode import ModuleAnalyzer
-from sphinx.util.nodes import make_refnode
-
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "docs" / "_ext"))
+
+import api_reference  # noqa: E402
+import examples_gallery  # noqa: E402
+import page_layout  # noqa: E402
+
+import optax_ext  # noqa: E402
 
 project = "optax_ext"
 author = "optax_ext authors"
 copyright = "the optax_ext authors, Apache-2.0"  # noqa: A001 (Sphinx's name)
+version = release = optax_ext.__version__
 
 extensions = [
   "sphinx.ext.autodoc",
   "sphinx.ext.napoleon",
   "sphinx.ext.mathjax",
+  "sphinx.ext.intersphinx",
+  "sphinx_copybutton",
   "myst_parser",
 ]
 
 root_doc = "docs/index"
-include_patterns = ["docs/**", "bench/RESULTS.md", "bench/results/*.png"]
-exclude_patterns = [".venv", ".git", "runs", "out", "docs/_build", "**/__pycache__"]
+include_patterns = [
+  "docs/**",
+  "bench/RESULTS.md",
+  "bench/results/*.png",
+  "CHANGELOG.md",
+]
+exclude_patterns = [
+  ".venv",
+  ".git",
+  "runs",
+  "out",
+  "docs/_build",
+  "docs/_inventories",
+  "**/__pycache__",
+]
 source_suffix = {".md": "markdown", ".rst": "restructuredtext"}
 
 myst_enable_extensions = ["dollarmath", "amsmath"]
 myst_heading_anchors = 4
 
+# Links into other projects' documentation come from inventories kept in the repository
+# (docs/_inventories/README.md says where each comes from), so the build reads no network.
+# Only Python's ships in a package (Debian's python3.11-doc); names of jax, optax, flax and
+# the rest are printed as text.
+intersphinx_mapping = {
+  "python": ("https://docs.python.org/3.11/", str(ROOT / "docs" / "_inventories" / "python.inv")),
+}
+
 # Python objects: the documented names resolve (nitpicky, make docs passes -n);
-# names of other libraries are left as text, as no inventory is fetched.
+# names of other libraries without an inventory are left as text.
 nitpick_ignore_regex = [
   (
     "py:.*",
-    r"(jax|jaxlib|optax|flax|chex|numpy|np|jnp|nn|nnx|typing|collections|pathlib|matplotlib|tensorboardX|orbax|tqdm|concurrent)\..*",
+    r"(jax|jaxlib|optax|flax|chex|numpy|np|jnp|nn|nnx|typing|collections|pathlib|matplotlib|tensorboardX|orbax|tqdm|concurrent|grain|tensorflow_datasets|tfds)\..*",
   ),
   (
     "py:.*",
@@ -63,13 +95,22 @@ autodoc_member_order = "bysource"
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 napoleon_use_rtype = False
-napoleon_use_ivar = True  # Attributes sections as fields: dataclass members stay single
+# A class's Attributes section gives one entry per attribute (autodoc adds no undocumented
+# member, so each is listed once).
+napoleon_use_ivar = False
+napoleon_attr_annotations = False  # no types in entries, as in signatures (autodoc_typehints)
 
 html_theme = "furo"
-html_title = "optax_ext"
-html_static_path: list[str] = []
+html_title = f"optax_ext {release}"
+html_static_path = ["_static"]  # relative to docs/, the configuration directory
+html_css_files = ["custom.css"]
 html_show_sourcelink = False
 html_copy_source = False
+
+# The copy button copies the commands of a doctest without its prompts and output.
+copybutton_prompt_text = r">>> |\.\.\. |\$ "
+copybutton_prompt_is_regexp = True
+copybutton_only_copy_prompt_lines = True
 
 MATHJAX_FILES = ("tex-svg-full.js", "ui", "a11y", "sre", "input", "output/svg.js", "output/svg")
 mathjax_path = "mathjax/tex-svg-full.js"
@@ -106,133 +147,60 @@ def _write_entry_page(app, exc):
   (pathlib.Path(app.outdir) / "index.html").write_text(page)
 
 
-PACKAGES = ("optax_ext", "flax_models", "train")
-API_PLACEHOLDER = "<!-- the reference is generated here by docs/conf.py -->"
-
-
-def public_modules():
-  """The importable modules of PACKAGES with no ``_``-prefixed part, packages first."""
-  names = []
-  for package in PACKAGES:
-    names.append(package)
-    for info in pkgutil.walk_packages([str(ROOT / package)], prefix=package + "."):
-      if not any(part.startswith("_") for part in info.name.split(".")):
-        names.append(info.name)
-  return names
-
-
-def _reexported(package, module):
-  """Names of ``module.__all__`` that its package re-exports: documented at the package."""
-  top = importlib.import_module(package)
-  return {
-    name
-    for name in getattr(module, "__all__", ())
-    if name in getattr(top, "__all__", ()) and getattr(top, name) is getattr(module, name)
-  }
-
-
-def _attribute_doc(package, name):
-  """The ``#:`` comment or docstring of a module-level ``name`` in any module of ``package``.
-
-  Constants and ``functools.partial`` models are documented where a package
-  re-exports them, while their comment sits in the module that defines them.
-  """
-  modules = [package] + [
-    info.name for info in pkgutil.walk_packages([str(ROOT / package)], prefix=package + ".")
-  ]
-  for module in modules:
-    docs = ModuleAnalyzer.for_module(module).find_attr_docs()
-    if ("", name) in docs:
-      return [line for line in docs["", name] if line is not None]
-  raise ValueError(f"{package}: {name} has no docstring (tests/test_docs.py says where)")
-
-
-def _directive(qualified, obj):
-  """The directive for one public object: autodoc's, or ``py:data`` with its source comment."""
-  if inspect.isclass(obj):
-    linen = any(base.__module__ == "flax.linen.module" for base in obj.__mro__)
-    plain = issubclass(obj, tuple) or linen  # fields: in the docstring's Attributes
-    return f".. autoclass:: {qualified}" + ("" if plain else "\n   :members:\n   :undoc-members:")
-  if inspect.isroutine(obj):
-    return f".. autofunction:: {qualified}"
-  doc = _attribute_doc(qualified.split(".")[0], qualified.rpartition(".")[2])
-  module, _, name = qualified.rpartition(".")
-  return "\n".join(
-    [f".. py:data:: {name}", f"   :module: {module}", "", *("   " + line for line in doc)]
-  )
-
-
-def api_reference():
-  """MyST for every public module: its docstring and each name of its ``__all__``.
-
-  A name that the package re-exports is documented once, under the package
-  (``optax_ext.sp``, as users write it). Modules without ``__all__`` (the
-  command line's internals) show their docstring only. A module that shares
-  its name with a function of the package (``optax_ext.sp``) is not indexed,
-  so that ``optax_ext.sp`` names the function.
-  """
-  out = []
-  for name in public_modules():
-    module = importlib.import_module(name)
-    package, (parent, _, last) = name.split(".")[0], name.rpartition(".")
-    again = _reexported(package, module) if name != package else set()
-    public = [n for n in getattr(module, "__all__", ()) if n not in again]
-    public = [n for n in public if not inspect.ismodule(getattr(module, n))]
-    shadowed = bool(parent) and not inspect.ismodule(getattr(importlib.import_module(parent), last))
-    lines = [f".. automodule:: {name}\n   :no-members:" + ("\n   :no-index:" if shadowed else "")]
-    lines += [_directive(f"{name}.{n}", getattr(module, n)) for n in public]
-    out += [f"## `{name}`", "", "```{eval-rst}", "\n\n".join(lines), "```", ""]
-    if again:
-      names = ", ".join(f"{{obj}}`{package}.{n}`" for n in sorted(again))
-      out += [f"Documented under `{package}`: {names}.", ""]
-  return "\n".join(out)
-
-
-def _package_level(app, env, node, contnode):
-  """Resolves a name that a module's docstring cites as its own but its package documents.
-
-  ``:func:`sp``` in ``optax_ext.spectral_proximal`` means ``optax_ext.sp``: the
-  reference is tried as ``<package>.<name>`` for each package.
-  """
-  if node.get("refdomain") != "py":
-    return None
-  target = node["reftarget"].rpartition(".")[2]
-  objects = env.get_domain("py").objects
-  for package in PACKAGES:
-    entry = objects.get(f"{package}.{target}")
-    if entry is not None:
-      return make_refnode(app.builder, node["refdoc"], entry.docname, entry.node_id, contnode)
-  return None
-
-
 HELP_PLACEHOLDER = "<!-- python -m train --help is written here by docs/conf.py -->"
+HELP_COLUMNS = 88  # what a code block of the page shows without scrolling
 
 
 def cli_help():
   """``python -m train --help``, as the parser prints it, in a code block."""
   from train.cli import build_parser
 
-  os.environ["COLUMNS"] = "100"  # argparse wraps to the terminal's width
+  os.environ["COLUMNS"] = str(HELP_COLUMNS)  # argparse wraps to the terminal's width
   return "```text\n" + build_parser().format_help().rstrip() + "\n```"
+
+
+def _generate(app):
+  """Before reading: the API pages, the example pages, and the examples started."""
+  api_reference.write_pages(ROOT)
+  examples_gallery.start(ROOT)
+  if app.builder.format == "html":
+    page_layout.link_images(app.builder)
 
 
 def _fill_generated(app, docname, source):
   """Writes the generated parts into the pages that hold their placeholders."""
   if docname == "docs/api":
-    source[0] = source[0].replace(API_PLACEHOLDER, api_reference())
+    source[0] = source[0].replace(
+      api_reference.MODULES_PLACEHOLDER, api_reference.modules_table(ROOT)
+    )
   if docname == "docs/training":
     source[0] = source[0].replace(HELP_PLACEHOLDER, cli_help())
+  if docname.startswith(examples_gallery.PAGES_DIR + "/"):
+    examples_gallery.wait(ROOT)
 
 
 def _always_regenerate(app, env, added, changed, removed):
-  """The generated pages are read again on every build: their source is the code."""
-  return ["docs/api", "docs/training"]
+  """The pages whose source is the code are read again on every build."""
+  return [
+    "docs/api",
+    "docs/training",
+    *(f"{api_reference.API_DIR}/{n}" for n in api_reference.public_modules(ROOT)),
+  ]
+
+
+def _finish_examples(app, exc):
+  """No example is left running when a build stops early."""
+  examples_gallery.wait(ROOT)
 
 
 def setup(app):
   _mathjax_source()  # fail at the start, not after the build
-  app.connect("build-finished", _copy_mathjax)
-  app.connect("build-finished", _write_entry_page)
+  app.connect("builder-inited", _generate)
   app.connect("source-read", _fill_generated)
   app.connect("env-get-outdated", _always_regenerate)
-  app.connect("missing-reference", _package_level)
+  app.connect("doctree-read", page_layout.results_headings, priority=100)
+  app.connect("missing-reference", api_reference.package_level)
+  app.connect("autodoc-process-signature", api_reference.clean_signature)
+  app.connect("build-finished", _copy_mathjax)
+  app.connect("build-finished", _write_entry_page)
+  app.connect("build-finished", _finish_examples)

@@ -10,10 +10,12 @@ constants carry one in the source, as a string right after the assignment or a
 
 import ast
 import importlib
+import importlib.util
 import inspect
 import pathlib
 import pkgutil
 import re
+import sys
 
 import pytest
 
@@ -134,3 +136,123 @@ def test_method_pages_include_sections_that_exist():
     text = page.read_text()
     for marker in re.findall(r':(?:start-after|end-before): "([^"]+)"', text):
       assert marker in design or marker in results, f"{page.name}: {marker!r} found nowhere"
+
+
+# The site as a reader sees it: docs/check_html.py, run by make docs on the built pages.
+
+
+def _check_html():
+  spec = importlib.util.spec_from_file_location("check_html", ROOT / "docs" / "check_html.py")
+  module = importlib.util.module_from_spec(spec)
+  sys.modules.setdefault("check_html", module)  # dataclasses look their module up
+  spec.loader.exec_module(module)
+  return sys.modules["check_html"]
+
+
+def _page(body: str) -> str:
+  return f"<!DOCTYPE html><html><body><article>{body}</article></body></html>"
+
+
+def test_html_check_passes_a_clean_page():
+  page = _page(
+    '<p>With <span class="math notranslate nohighlight">\\(\\lambda_1 \\ge 0\\)</span>, see'
+    ' <code>$HOME</code>:</p><div class="math notranslate nohighlight">'
+    "\\[u_t = -\\alpha_t\\,(d_t + w_t\\,\\theta_t)\\ \\ (\\text{alias; on masked-in leaves})\\]"
+    '</div><pre>price = "$5" \\lambda</pre>'
+    '<dl class="py function"><dt class="sig">f(wrt=nnx.Param)</dt><dd><p>Doc.</p></dd></dl>'
+    '<a href="x.png"><img src="x.png"></a>'
+  )
+  assert _check_html().check_page(page) == []
+
+
+@pytest.mark.parametrize(
+  "body, problem",
+  [
+    # What MyST made of design.md's maths when a $$ block followed a text line.
+    ("<p>with $0/0 = 0$, $x/0 = \\infty$ (never NaN)</p>", "raw TeX '\\\\infty'"),
+    ("<p>the bound $b_{max}$ holds</p>", "a stray '$'"),
+    (
+      '<p><span class="math notranslate nohighlight">\\(x/0 = \\infty\\) with never NaN\\)</span></p>',
+      "prose inside maths",
+    ),
+    ('<p><span class="math">x^2</span></p>', "maths not in MathJax's delimiters"),
+    ('<dl class="py attribute"><dt class="sig">powers</dt><dd></dd></dl>', "no description"),
+    (
+      '<dl class="py function"><dt class="sig">f(wrt=&lt;class \'flax.nnx.Param\'&gt;)</dt>'
+      "<dd><p>Doc.</p></dd></dl>",
+      "raw repr in a signature",
+    ),
+    ('<p><img src="../_images/curves.png"></p>', "does not open full size"),
+  ],
+)
+def test_html_check_finds_what_a_reader_sees_broken(body, problem):
+  problems = _check_html().check_page(_page(body))
+  assert len(problems) >= 1 and problem in problems[0], problems
+
+
+def test_cli_help_prints_each_default_once_within_the_page_width(monkeypatch):
+  # docs/training.md shows `python -m train --help` at docs/conf.py's HELP_COLUMNS (88).
+  from train.cli import build_parser
+
+  monkeypatch.setenv("COLUMNS", "88")
+  text = build_parser().format_help()
+  assert max(len(line) for line in text.splitlines()) <= 88
+  for option in re.split(r"\n  (?=-)", text):
+    assert len(re.findall(r"\(default", option)) <= 1, option
+    assert "(default: None)" not in option and "(default: False)" not in option, option
+
+
+def _pyproject():
+  import tomllib
+
+  return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+
+def test_one_version_everywhere():
+  import optax_ext
+
+  changelog = (ROOT / "CHANGELOG.md").read_text()
+  newest = re.search(r"^## (\S+)", changelog, flags=re.M).group(1)
+  assert _pyproject()["version"] == optax_ext.__version__ == newest
+  assert f"version = {{{optax_ext.__version__}}}" in (ROOT / "docs" / "citing.md").read_text()
+
+
+def test_the_library_depends_on_the_four_core_packages_only():
+  names = [re.match(r"[A-Za-z0-9_.-]+", d).group(0) for d in _pyproject()["dependencies"]]
+  assert sorted(names) == ["chex", "flax", "jax", "optax"]
+  assert {"train", "bench", "docs", "dev"} <= set(_pyproject()["optional-dependencies"])
+
+
+def test_license_is_the_apache_license_pyproject_names():
+  assert _pyproject()["license"] == "Apache-2.0"
+  text = (ROOT / "LICENSE").read_text()
+  assert "Apache License" in text and "Version 2.0, January 2004" in text
+  assert "END OF TERMS AND CONDITIONS" in text
+
+
+def test_citing_page_has_an_entry_for_the_library_and_each_paper():
+  text = (ROOT / "docs" / "citing.md").read_text()
+  entries = re.findall(r"^@(\w+)\{", text, flags=re.M)
+  assert len(entries) == 5, entries
+  for title in (
+    "Spectral Proximal Method and Saliency Matrix for Robust Deep Learning Optimization",
+    "A New Optimization Technique for Angular Convergence",
+    "Input Normalized Stochastic Gradient Descent Training",
+    "Learning to Minimize the Remainder in Supervised Learning",
+  ):
+    assert title in text, title
+
+
+def test_one_example_per_method_two_in_linen_two_in_nnx():
+  # make docs runs every script of examples/ (docs/_ext/examples_gallery.py).
+  scripts = sorted((ROOT / "examples").glob("*.py"))
+  methods = [s.stem.split("_")[0] for s in scripts]
+  assert sorted(methods) == ["angulargrad", "gal", "insgd", "sp"], methods
+  apis = [s.stem.split("_")[1] for s in scripts]
+  assert sorted(apis) == ["linen", "linen", "nnx", "nnx"], apis
+  for script in scripts:
+    text = script.read_text()
+    api = "import flax.linen as nn" if "linen" in script.stem else "from flax import nnx"
+    assert api in text, f"{script.name}: not written with {api!r}"
+    assert "load_digits" in text or "load_diabetes" in text, f"{script.name}: data that ships"
+    assert "flax_models" not in text, f"{script.name}: an example defines its own model"

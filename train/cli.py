@@ -31,6 +31,12 @@ class _Parser(argparse.ArgumentParser):
     raise SystemExit(2)
 
 
+class _DefaultsOnce(argparse.ArgumentDefaultsHelpFormatter):
+  def _get_help_string(self, action):  # a default said once; None and False not said
+    said = "default" in (action.help or "") or action.default is None or action.default is False
+    return action.help if said else super()._get_help_string(action)
+
+
 def _positive_int(text: str) -> int:
   try:
     v = int(text)
@@ -53,18 +59,15 @@ def _positive_float(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
   """The parser of ``python -m train`` (its ``--help`` is in docs/training.md)."""
+  from flax_models import MODEL_NAMES
   from train import launch, stream
   from train.registry import SCHEDULES, known_names
   from train.stream import DATASET_NAMES
 
-  try:
-    from flax_models import MODEL_NAMES
-  except ImportError:  # pragma: no cover
-    MODEL_NAMES = ()
   p = _Parser(
     prog="python -m train",
     description="Train a Flax model with one or several optimizers and compare them.",
-    formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    formatter_class=_DefaultsOnce,
   )
   p.add_argument(
     "--demo",
