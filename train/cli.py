@@ -187,10 +187,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   """``python -m train``: parses ``argv``, runs, and turns usage errors into one line and status 2.
 
   A command for several processes runs under :func:`train.supervisor.supervise`."""
-  from train import launch
   from train.experiment import run
+  from train.supervisor import run_supervised
 
-  if (supervised := launch.run_supervised(argv)) is not None:
+  if (supervised := run_supervised(argv)) is not None:
     return supervised
   args = build_parser().parse_args(argv)
   try:

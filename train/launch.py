@@ -3,7 +3,7 @@ options, and this process's side of the supervisor that watches it.
 
 With several processes, ``python -m train`` runs the training as a child process of
 a supervisor (:mod:`train.supervisor`), which turns every way of losing a peer into
-one line. :func:`run_supervised` decides, from the launch options alone (no JAX
+one line. :func:`train.supervisor.run_supervised` decides, from the launch options alone (no JAX
 import), whether a command needs one; in the child, :func:`attach` opens the pipe
 on which :func:`notify` reports joining and checkpoints, and ends the child should
 the supervisor go away.
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import threading
 from typing import NamedTuple, Optional, Sequence
 
@@ -29,7 +28,6 @@ __all__ = [
   "from_args",
   "notify",
   "requested",
-  "run_supervised",
 ]
 
 #: Seconds without heartbeats after which a process counts as dead (``--heartbeat-timeout``).
@@ -160,26 +158,6 @@ def requested(argv: Sequence[str]) -> Optional[tuple[Launch, bool]]:
   launch = from_args(args)
   check(launch)
   return launch, bool(args.gloo_logs)
-
-
-def run_supervised(argv: Optional[Sequence[str]]) -> Optional[int]:
-  """Runs a command for several processes under :func:`train.supervisor.supervise`
-  and returns its exit status; 2 for launch options that cannot work; None when the
-  command runs here (one process, or this is the supervised child). ``argv`` None
-  means ``sys.argv[1:]``."""
-  if attach():
-    return None
-  argv = list(sys.argv[1:] if argv is None else argv)
-  try:
-    several = requested(argv)
-  except UsageError as e:
-    sys.stderr.write(f"error: {e}\n")
-    return 2
-  if several is None or os.name != "posix":
-    return None
-  from train.supervisor import supervise
-
-  return supervise(list(argv), *several)
 
 
 # ------------------------------------------------------------------------ the child

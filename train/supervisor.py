@@ -36,9 +36,11 @@ import sys
 import time
 from typing import Optional, Sequence
 
+from train import launch
+from train.errors import UsageError
 from train.launch import _ENV, Launch
 
-__all__ = ["supervise"]
+__all__ = ["run_supervised", "supervise"]
 
 _WAIT_NOTE = 2.0  # seconds of joining before the supervisor says whom it waits for
 _HOLD = 3.0  # seconds the service's error lines are held back awaiting its verdict
@@ -395,3 +397,21 @@ def _follow(child: subprocess.Popen, status_fd: int, state: _Child, out: _GlooFi
       if now - exited_at > 2.0:
         break
   return err
+
+
+def run_supervised(argv: Optional[Sequence[str]]) -> Optional[int]:
+  """Runs a command for several processes under :func:`supervise`
+  and returns its exit status; 2 for launch options that cannot work; None when the
+  command runs here (one process, or this is the supervised child). ``argv`` None
+  means ``sys.argv[1:]``."""
+  if launch.attach():
+    return None
+  argv = list(sys.argv[1:] if argv is None else argv)
+  try:
+    several = launch.requested(argv)
+  except UsageError as e:
+    sys.stderr.write(f"error: {e}\n")
+    return 2
+  if several is None or os.name != "posix":
+    return None
+  return supervise(list(argv), *several)
