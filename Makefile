@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test test-all lint docs bench-quick bench compare-quick compare fuzz clean
+.PHONY: demo test test-all lint docs bench-quick bench compare-quick compare-medium compare gpu-check fuzz clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,12 +49,23 @@ bench: $(VENV)/.installed
 	$(BENCH_ENV) $(PY) -m bench
 
 # Every optimizer tuned alike on five workloads (bench/RESULTS.md, "Which optimizer, when");
-# an interrupted study resumes from bench/results/compare_<quick|full>/*.jsonl.
+# an interrupted study resumes from bench/results/compare_<quick|medium|full>/*.jsonl.
 compare-quick: $(VENV)/.installed
 	$(BENCH_ENV) $(PY) -m bench.compare --quick
 
+# About three hours on a 2-core CPU, the LM last; rerun to resume after an interruption.
+compare-medium: $(VENV)/.installed
+	$(BENCH_ENV) $(PY) -m bench.compare --medium
+
 compare: $(VENV)/.installed
 	$(BENCH_ENV) $(PY) -m bench.compare
+
+# On a machine with a GPU (a CUDA build of jaxlib): update speed, train steps, the LM step
+# table and one quick workload of the comparison, within about 8 minutes, into
+# bench/results/*_gpu.json; bench/RESULTS.md shows them beside the CPU results.
+gpu-check: $(VENV)/.installed
+	$(PY) -m bench.gpu_check
+	$(PY) -m bench --report-only
 
 # Random pytrees × transforms × hyperparameters × dtypes, shrinking on: bench/results/fuzz.json.
 fuzz: $(VENV)/.installed

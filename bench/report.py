@@ -21,7 +21,7 @@ RESULTS = harness.RESULTS
 
 # (title, module that renders, JSON stems in order of preference)
 SECTIONS = [
-  ("Which optimizer, when", "compare", ["compare_full", "compare_quick"]),
+  ("Which optimizer, when", "compare", ["compare_full", "compare_medium", "compare_quick"]),
   (
     "Optimizer-update speed, seam on and off",
     "update_speed",
@@ -161,8 +161,20 @@ def section(title: str, module: str, stems: list[str]) -> list[str]:
       continue
     with open(os.path.join(RESULTS, f"{stem}.md"), "w") as f:  # the part's own view, in step
       f.write(text.strip() + "\n")
-    return out + [f"Source: `results/{stem}.json`.", "", _demote(_relink(text.strip())), ""]
-  return out + [f"Not run yet: `python -m bench --only {module}`.", ""]
+    out += [f"Source: `results/{stem}.json`.", "", _demote(_relink(text.strip())), ""]
+    return out + _gpu(module)
+  return out + [f"Not run yet: `python -m bench --only {module}`.", ""] + _gpu(module)
+
+
+def _gpu(module: str) -> list[str]:
+  """The part's result from ``make gpu-check`` (``results/<module>_gpu.json``), if any."""
+  result = harness.load(f"{module}_gpu")
+  if result is None:
+    return []
+  from bench import gpu_check
+
+  text = f"## On a GPU: {result['device']}\n\n" + _demote(gpu_check.render(result).strip())
+  return [f"Source: `results/{module}_gpu.json`.", "", _demote(_relink(text)), ""]
 
 
 def build(path: str = os.path.join(HERE, "RESULTS.md")) -> str:
