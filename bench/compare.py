@@ -267,32 +267,6 @@ def _plan(args, tag: str):
   return sorted(plan, key=lambda p: order.index(p[0].name))
 
 
-def _steps(w: workloads.Workload, tag: str) -> int:
-  """Steps of one final run at size ``tag`` (the data set is loaded to count its rows)."""
-  from train import data as data_lib
-
-  size = w.sizes[tag]
-  tune, final = w.views(size)
-  return size.epochs * data_lib.steps_per_epoch(len(final.x_train), size.batch_size)
-
-
-def _planning(tables: dict) -> dict:
-  """Per workload: the measured seconds per run and step here, and the full size's steps
-  and batch (the seconds per step of a full run scale with its batch)."""
-  out = {}
-  for name, t in tables.items():
-    rows = t["optimizers"].values()
-    w = workloads.get(name)
-    out[name] = {
-      "sec_per_run": _mean(r["wall_per_run"] for r in rows),
-      "sec_per_step": _mean(r["sec_per_step"] for r in rows),
-      "batch": t["budget"]["batch_size"],
-      "full_batch": w.sizes["full"].batch_size,
-      "full_steps": _steps(w, "full"),
-    }
-  return out
-
-
 def _run_minutes(runs: dict) -> float:
   """The minutes the study's runs took, summed from their records (resumes included)."""
   return (
@@ -359,7 +333,7 @@ def main(argv=None) -> dict:
   )
   plan = _plan(args, tag)
   dry = args.report_only or args.plan
-  t0 = time.perf_counter()
+  t0, load = time.perf_counter(), os.getloadavg()[0]
   runs = run(plan, args.out, tag, protocol, progress=not (args.no_progress or dry), dry=dry)
   if args.plan:
     for w, arms in runs.items():
@@ -382,12 +356,11 @@ def main(argv=None) -> dict:
     "seed_list": study.seed_list(protocol.seeds),
     "minutes": _run_minutes(runs),
     "session_minutes": (time.perf_counter() - t0) / 60,
+    "load": None if dry else [load, os.getloadavg()[0]],  # the machine is shared
     "pending": sum(
       len(p["pending"]) for a in runs.values() for pairs in a.values() for p in pairs.values()
     ),
     "claims": {p: dataclasses.asdict(c) for p, c in spaces.CLAIMS.items()},
-    "settings": {k: dataclasses.asdict(v) for k, v in SETTINGS.items()},
-    "planning": _planning(tables),
     "workloads": tables,
     "figures": {k: f"{STEM}_{tag}_{k}.png" for k in ("profile", "sensitivity")},
   }

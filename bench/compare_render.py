@@ -22,9 +22,9 @@ __all__ = ["ALPHA", "plots", "render", "verdict"]
 ALPHA = 0.05  # family-wise significance level of the verdicts (Holm-adjusted p-values)
 METRIC = {"accuracy": "test accuracy (%)", "mse": "test MSE", "bits_per_byte": "test bits/byte"}
 SETTING = {
-  "quick": "the quick setting, a smoke run: its seeds can show only large differences",
-  "medium": "the medium setting",
-  "full": "the full setting",
+  "quick": "a smoke run: its seeds can show only large differences",
+  "medium": "sized to separate methods on a 2-core CPU in about three hours",
+  "full": "the workloads' full budgets",
 }
 SCHEDULE = {
   "warmup_cosine": "linear warm-up over the first 5 % of steps, then cosine decay to 0",
@@ -119,7 +119,7 @@ def _table(name: str, t: dict, tag: str) -> list[str]:
   lines = [
     f"## {name}: {t['title']}",
     "",
-    f"From {SETTING[tag]} under {SCHEDULE.get(t['schedule'], t['schedule'])}. Target: "
+    f"From the **{tag}** setting, under {SCHEDULE.get(t['schedule'], t['schedule'])}. Target: "
     f"{METRIC[m]} {'≥' if hi else '≤'} {_num(t['target'], m)}; budget "
     f"{_n(b['epochs'], 'epoch')} of batch {b['batch_size']}"
     + (f" on {b['train_size']:,} training rows" if b["train_size"] else "")
@@ -314,7 +314,8 @@ def _sensitivity_plot(result: dict, path: str) -> None:
   plt = harness.pyplot()
   style = _style(result)
   tables = result["workloads"]
-  fig, axes = plt.subplots(1, len(tables), figsize=(4.2 * len(tables), 4.2), squeeze=False)
+  n = len(tables)
+  fig, axes = plt.subplots(1, n, figsize=(max(7.0, 4.2 * n), 4.2), squeeze=False)
   for ax, (name, t) in zip(axes[0], tables.items()):
     s = _scale(t["metric"])
     vals = [s * v for r in t["optimizers"].values() for _, v in r["sweep"] if v is not None]
@@ -338,7 +339,7 @@ def _sensitivity_plot(result: dict, path: str) -> None:
     )
     ax.set_title(name, fontsize=10)
     ax.grid(alpha=0.3)
-  axes[0][-1].legend(fontsize=6, loc="best", ncol=2, title="× diverged")
+  axes[0][-1].legend(fontsize=6, loc="best", ncol=2, title="× = diverged")
   fig.suptitle("Sensitivity: the validation metric of every trial against its learning rate")
   harness.savefig(fig, os.path.basename(path), dpi=90, directory=os.path.dirname(path))
 
@@ -403,40 +404,6 @@ def _spaces(result: dict) -> list[str]:
   return lines + [""]
 
 
-def _duration(seconds: float) -> str:
-  return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
-
-
-def _planning(result: dict) -> list[str]:
-  full = result["settings"]["full"]
-  lines = [
-    "## Planning the full setting",
-    "",
-    f"The full setting (`python -m bench.compare`: {full['trials']} trials × "
-    f"{full['seeds']} seeds per optimizer, the workloads' full budgets): the seconds per run "
-    "and per step measured in this study, and the full study's time at that speed per "
-    "example (seconds per step × the full batch ÷ this batch). Runs at the full size "
-    "compile once per optimizer, as here.",
-    "",
-    "| workload | s per run here (with compilation) | ms per step here | batch here / full "
-    "| steps per full run | full study at this speed |",
-    "|---|---|---|---|---|---|",
-  ]
-  for name, p in result["planning"].items():
-    runs = len(result["workloads"][name]["optimizers"]) * (full["trials"] + full["seeds"])
-    sps, spr = p["sec_per_step"], p["sec_per_run"]
-    batches = f"{p['batch']} / {p['full_batch']}"
-    if not (sps and spr):
-      lines.append(f"| {name} | – | – | {batches} | {p['full_steps']:,} | – |")
-      continue
-    est = runs * p["full_steps"] * sps * p["full_batch"] / p["batch"]
-    lines.append(
-      f"| {name} | {spr:.1f} | {1e3 * sps:.1f} | {batches} | {p['full_steps']:,} "
-      f"| {_duration(est)} |"
-    )
-  return lines
-
-
 def render(result: dict) -> str:
   tag, proto = result["tag"], result["protocol"]
   widen = (
@@ -450,7 +417,12 @@ def render(result: dict) -> str:
   pending = result.get("pending", 0)
   lines = [
     f"Setting: **{tag}** ({SETTING[tag]}). Command: `{result['command']}` "
-    f"({result['minutes']:.0f} min of runs). Machine: {result['machine']}."
+    f"({result['minutes']:.0f} min of runs). Machine: {result['machine']}"
+    + (
+      f"; load average {result['load'][0]:.1f} → {result['load'][1]:.1f} in the last sitting."
+      if result.get("load")
+      else "."
+    )
     + (
       f" **Incomplete: {_n(pending, 'run')} still to run**; rerun the command to resume."
       if pending
@@ -497,5 +469,4 @@ def render(result: dict) -> str:
   for name, t in result["workloads"].items():
     lines += _table(name, t, tag)
   lines += _spaces(result)
-  lines += _planning(result)
   return "\n".join(lines)

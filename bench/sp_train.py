@@ -100,11 +100,11 @@ def prune_runs(ds, seeds, epochs: int, batch_size: int = 128) -> dict[str, list[
 def pruned_per_leaf(params) -> dict[str, float]:
   """Fraction of each kernel leaf (``ndim >= 2``, SP's default mask) that is exactly zero."""
   flat = jax.tree_util.tree_flatten_with_path(params)[0]
-  return {
-    "/".join(str(getattr(k, "key", k)) for k in path): float(jnp.mean(x == 0))
-    for path, x in flat
-    if x.ndim >= 2
-  }
+  return {_leaf_name(path): float(jnp.mean(x == 0)) for path, x in flat if x.ndim >= 2}
+
+
+def _leaf_name(path) -> str:
+  return "/".join(str(getattr(k, "key", k)) for k in path)
 
 
 def kernel_sparsity(params) -> float:
@@ -124,22 +124,29 @@ def units_cut_off(params) -> float:
   return float(jnp.mean(jnp.all(kernel == 0, axis=0)))
 
 
+def _stepped(model, opt, ds, steps: int, batch_size: int = 128):
+  """The train state and metrics after each of ``steps`` steps from seed 0's start and
+  batches, with the training loop's own step."""
+  state = init_state(model, opt.tx, ds.x_train[:1], 0)
+  step = make_train_step(model, opt, "classification")
+  batches = data_lib.batches(ds.x_train, ds.y_train, batch_size, 0)
+  for _ in range(steps):
+    _, xb, yb = next(batches)
+    state, metrics = step(state, xb, yb)
+    yield state, metrics
+
+
 def stability(ds, steps, b_maxes):
   """Loss and kernel sparsity per step of SP with each bound, same init and data."""
   model = get_model("mnist_cnn", 10)
   out = {}
   for b_max in b_maxes:
     opt = optimizer(f"sp b_max={b_max:g}", optax_ext.sp(0.05, sparsity=0.1, b_max=b_max), 0.05)
-    state = init_state(model, opt.tx, ds.x_train[:1], 0)
-    step = make_train_step(model, opt, "classification")
-    losses, zeros, units = [], [], []
-    batches = data_lib.batches(ds.x_train, ds.y_train, 128, 0)
-    for _ in range(steps):
-      _, xb, yb = next(batches)
-      state, m = step(state, xb, yb)
-      losses.append(float(m["loss"]))
-      zeros.append(kernel_sparsity(state.params))
-      units.append(units_cut_off(state.params))
+    run = [
+      (float(m["loss"]), kernel_sparsity(st.params), units_cut_off(st.params))
+      for st, m in _stepped(model, opt, ds, steps)
+    ]
+    losses, zeros, units = (list(x) for x in zip(*run))
     out[f"{b_max:g}"] = {"losses": losses, "kernel_zero": zeros, "units_cut_off": units}
   return out
 
@@ -169,11 +176,37 @@ def binv_of(s, y, b_max: float) -> tuple[np.ndarray, bool]:
   return np.full_like(s, np.clip(ss / sy, 1 / b_max, b_max)), False
 
 
+def _secant_row(now, before, b_max: float) -> dict:
+  """Per kernel leaf, the damping of the step whose secant pair is ``now − before``: its
+  ``B⁻¹`` (min, median, share at the floor, the case), and ``sᵀs``, ``sᵀy`` in total and
+  over the entries the previous step pruned (``θ_t = 0``, ``θ_(t−1) ≠ 0``)."""
+  row = {}
+  flat = jax.tree_util.tree_flatten_with_path(now[0])[0]
+  for (path, p), q, g, h in zip(
+    flat, *(jax.tree.leaves(x) for x in (before[0], now[1], before[1]))
+  ):
+    if p.ndim < 2:
+      continue
+    binv, diagonal = binv_of(p - q, g - h, b_max)
+    s, y, jump = (p - q).astype(np.float64), (g - h).astype(np.float64), (p == 0) & (q != 0)
+    row[_leaf_name(path)] = {
+      "binv_min": float(binv.min()),
+      "binv_median": float(np.median(binv)),
+      "at_floor": float(np.mean(binv <= 1 / b_max * (1 + 1e-6))),
+      "diagonal": diagonal,
+      "ss": float(np.sum(s * s)),
+      "sy": float(np.sum(s * y)),
+      "ss_pruned": float(np.sum(s[jump] ** 2)),
+      "sy_pruned": float(np.sum(s[jump] * y[jump])),
+    }
+  return row
+
+
 def tie_trace(ds, epochs: int, batch_size: int = 128, gamma: float = 0.7) -> dict:
   """SP under each tie rule from the same start and batches (seed 0, the setting of
-  :func:`prune_runs`), step by step: per kernel leaf the damping ``B⁻¹`` (min, median,
-  share at its floor 1/b_max, the case taken), the share of the leaf at zero, and the
-  hidden units cut off; then the test accuracy."""
+  :func:`prune_runs`), step by step: per kernel leaf the damping ``B⁻¹`` and its secant
+  sums (:func:`_secant_row`), the share of the leaf at zero, and the hidden units cut off;
+  then the test accuracy."""
   from train.loop import evaluate, make_eval_step
 
   model = get_model("mnist_cnn", 10)
@@ -183,37 +216,13 @@ def tie_trace(ds, epochs: int, batch_size: int = 128, gamma: float = 0.7) -> dic
   for ties in TIES:
     lr = optax.exponential_decay(0.05, spe, gamma, staircase=True)
     opt = optimizer(f"sp, ties={ties}", optax_ext.sp(lr, sparsity=0.1, ties=ties), 0.05)
-    state = init_state(model, opt.tx, ds.x_train[:1], 0)
-    step = make_train_step(model, opt, "classification")
-    rows = []
-    batches = data_lib.batches(ds.x_train, ds.y_train, batch_size, 0)
-    for t in range(epochs * spe):
-      _, xb, yb = next(batches)
-      before = jax.device_get(_secant_inputs(state.opt_state))
-      state, m = step(state, xb, yb)
-      after = jax.device_get(_secant_inputs(state.opt_state))
-      row = {"loss": float(m["loss"]), "units_cut_off": units_cut_off(state.params)}
-      flat = jax.tree_util.tree_flatten_with_path
-      for (path, p), q, g, h in zip(
-        flat(after[0])[0], *(jax.tree.leaves(x) for x in (before[0], after[1], before[1]))
-      ):
-        if p.ndim < 2:
-          continue
-        binv, diagonal = binv_of(p - q, g - h, b_max) if t else (np.ones(p.size), False)
-        name = "/".join(str(getattr(k, "key", k)) for k in path)
-        sec, jump = (p - q).astype(np.float64), (p == 0) & (q != 0)  # jump: pruned last step
-        row[name] = {
-          "binv_min": float(binv.min()),
-          "binv_median": float(np.median(binv)),
-          "at_floor": float(np.mean(binv <= 1 / b_max * (1 + 1e-6))),
-          "diagonal": diagonal,
-          "ss": float(np.sum(sec**2)),
-          "sy": float(np.sum(sec * (g - h))),
-          "ss_pruned": float(np.sum(sec[jump] ** 2)),
-          "sy_pruned": float(np.sum(sec[jump] * (g - h)[jump])),
-        }
-      row["zero"] = pruned_per_leaf(state.params)
-      rows.append(row)
+    rows, before = [], None
+    for state, m in _stepped(model, opt, ds, epochs * spe, batch_size):
+      now = jax.device_get(_secant_inputs(state.opt_state))  # θ_t, g_t of this step
+      row = _secant_row(now, before, b_max) if before is not None else {}  # B = I at first
+      row.update(loss=float(m["loss"]), units_cut_off=units_cut_off(state.params))
+      rows.append({**row, "zero": pruned_per_leaf(state.params)})
+      before = now
     acc = evaluate(make_eval_step(model, "classification"), state, ds, batch_size)
     out[ties] = {"steps": rows, "test_accuracy": acc["test_accuracy"]}
     print(f"ties={ties}: test accuracy {acc['test_accuracy']:.4f}", flush=True)
@@ -221,24 +230,21 @@ def tie_trace(ds, epochs: int, batch_size: int = 128, gamma: float = 0.7) -> dic
 
 
 def plot_ties(trace: dict) -> str:
-  """Per tie rule, the median ``B⁻¹`` of each kernel leaf and the units cut off per step."""
+  """Per tie rule, the median ``B⁻¹`` and the share at zero of each kernel leaf per step."""
   plt = harness.pyplot()
-  fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+  fig, axes = plt.subplots(1, 2, figsize=(12, 4))
   for ties, style in zip(TIES, ("-", "--")):
-    rows = trace[ties]["steps"]
-    leaves = [k for k, v in rows[0].items() if isinstance(v, dict) and "binv_median" in v]
-    for i, leaf in enumerate(leaves):
-      c = f"C{i}"
-      axes[0].plot([r[leaf]["binv_median"] for r in rows], style, color=c, label=f"{leaf}, {ties}")
-      axes[1].plot([r["zero"][leaf] for r in rows], style, color=c, label=f"{leaf}, {ties}")
-    axes[2].plot([r["units_cut_off"] for r in rows], style, color="k", label=f"ties={ties}")
-  axes[0].set(yscale="log", title="median B⁻¹ per kernel leaf (floor 1/b_max)", xlabel="step")
+    rows = trace[ties]["steps"][1:]  # the first step has no secant pair: B = I
+    steps = range(1, len(rows) + 1)
+    for i, leaf in enumerate(rows[0]["zero"]):
+      label = f"{leaf}, ties={ties}"
+      axes[0].plot(steps, [r[leaf]["binv_median"] for r in rows], style, color=f"C{i}", label=label)
+      axes[1].plot(steps, [r["zero"][leaf] for r in rows], style, color=f"C{i}", label=label)
+  axes[0].set(yscale="log", title="SP: median B⁻¹ per kernel leaf (floor 1/b_max)", xlabel="step")
   axes[1].set(title="share of each kernel leaf at zero", xlabel="step")
-  axes[2].set(title="hidden units cut off (Dense_0)", xlabel="step")
   for ax in axes:
     ax.grid(alpha=0.3)
-  axes[0].legend(fontsize=6, ncol=2)
-  axes[2].legend(fontsize=8)
+  axes[1].legend(fontsize=6, ncol=2)
   return harness.savefig(fig, "sp_ties.png", dpi=100)
 
 

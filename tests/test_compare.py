@@ -106,7 +106,7 @@ FLOOR = {"momentum": 3000.0, "adamw": 3100.0, "angulargrad_cos": 3150.0, "gal+ad
 TEST = {
   "momentum": [3000.0, 3030.0, 3060.0],
   "adamw": [3100.0, 3120.0, 3140.0],
-  "angulargrad_cos": [3300.0, 3310.0, 3320.0],
+  "angulargrad_cos": [3050.0, 3200.0, 3350.0],
   "gal+adamw": [2800.0, 2790.0, 2810.0],
 }
 
@@ -179,11 +179,12 @@ def test_medium_report_from_synthetic_records(tmp_path):
   for (m, b), p, adj in zip(pairs, ps, _holm(ps)):
     test = rows[m]["best" if b == "momentum" else "base"]
     assert test["against"] == b and np.isclose(test["p"], p) and np.isclose(test["p_holm"], adj)
-  assert rows["gal+adamw"]["best"]["p_holm"] < 0.05 < rows["angulargrad_cos"]["base"]["p_holm"]
+  assert rows["gal+adamw"]["best"]["p_holm"] < 0.05 < rows["angulargrad_cos"]["best"]["p_holm"]
 
   with open(os.path.join(out, "compare_medium.md")) as f:
     md = f.read()
   assert "Setting: **medium**" in md and "Second arm, a constant learning rate" in md
-  assert "| gal+adamw |" in md and "-230, " in md and "helped" in md and "hurt" in md
+  assert "| gal+adamw |" in md and "-230, " in md and "helped" in md
+  assert "no clear difference: angulargrad_cos (+170)" in md
   for fig in result["figures"].values():
     assert os.path.getsize(os.path.join(out, fig)) > 0
