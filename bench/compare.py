@@ -34,6 +34,7 @@ import math
 import os
 import sys
 import time
+import warnings
 
 import numpy as np
 
@@ -90,7 +91,8 @@ def _welch(a, b) -> float | None:
   a, b = _finite(a), _finite(b)
   if len(a) < 2 or len(b) < 2:
     return None
-  with np.errstate(all="ignore"):
+  with np.errstate(all="ignore"), warnings.catch_warnings():
+    warnings.simplefilter("ignore", RuntimeWarning)  # seeds that agree to the last digit
     p = float(stats.ttest_ind(a, b, equal_var=False).pvalue)
   return p if math.isfinite(p) else None
 
@@ -127,10 +129,21 @@ def _edges(cand: spaces.Candidate, band: str, config: dict | None, lr_range) -> 
   ]
 
 
-def _summarise_pair(w: workloads.Workload, cand: spaces.Candidate, runs: dict) -> dict:
+def _reach(w: workloads.Workload, target: float, rec: dict) -> tuple:
+  """Steps and seconds to the target of one run (None, None for a miss)."""
+  steps = study.steps_to_target(rec["curve"], w, target)
+  sps = rec.get("sec_per_step")
+  ok = steps is not None and sps is not None and math.isfinite(sps)
+  return steps, steps * sps if ok else None
+
+
+def _summarise_pair(
+  w: workloads.Workload, target: float, cand: spaces.Candidate, runs: dict
+) -> dict:
   tuning = runs["trials"] + runs["widened"]
   best = study.best_trial(tuning, w) if tuning else None
   seeds = runs["seeds"]
+  steps, seconds = zip(*[_reach(w, target, r) for r in seeds]) if seeds else ((), ())
   mean, std, ci = _spread(r["final"] for r in seeds)
   return {
     "baseline": cand.baseline,
@@ -150,10 +163,10 @@ def _summarise_pair(w: workloads.Workload, cand: spaces.Candidate, runs: dict) -
     "mean": mean,
     "std": std,
     "ci": ci,
-    "steps_to_target": [r.get("steps_to_target") for r in seeds],
-    "seconds_to_target": [r.get("seconds_to_target") for r in seeds],
-    "median_steps": _median_cost([r.get("steps_to_target") for r in seeds]),
-    "median_seconds": _median_cost([r.get("seconds_to_target") for r in seeds]),
+    "steps_to_target": list(steps),
+    "seconds_to_target": list(seconds),
+    "median_steps": _median_cost(steps),
+    "median_seconds": _median_cost(seconds),
     "sec_per_step": _mean(r.get("sec_per_step") for r in seeds),
     "wall_per_run": _mean(r.get("wall_seconds") for r in tuning + seeds),
   }
@@ -171,7 +184,7 @@ def _test(rows: dict, a: str, b: str | None) -> dict | None:
 def summarise(w: workloads.Workload, size: workloads.Size, pairs: dict, schedule: str) -> dict:
   """One workload's table under one schedule: per optimizer its selection, test spread,
   time to target and tests; the tests' p-values Holm-adjusted over the workload."""
-  rows = {name: _summarise_pair(w, spaces.get(name), runs) for name, runs in pairs.items()}
+  rows = {n: _summarise_pair(w, size.target, spaces.get(n), runs) for n, runs in pairs.items()}
   sign = 1.0 if w.higher_is_better else -1.0
   baselines = [n for n, r in rows.items() if r["baseline"] and r["val"] is not None]
   best_base = max(baselines, key=lambda n: sign * rows[n]["val"]) if baselines else None
@@ -313,6 +326,11 @@ def _enable_cache(path: str) -> None:
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
+def _kept(out: str, tag: str) -> dict | None:
+  """The result last written at this setting."""
+  return harness.load(f"{STEM}_{tag}", out)
+
+
 def _command(argv, tag: str) -> str:
   """The command line that reproduces the study (the folders and progress left out)."""
   extra = [a for a in argv if a not in ("--quick", "--medium", "--no-progress", "--report-only")]
@@ -342,13 +360,14 @@ def main(argv=None) -> dict:
           for p in pair["pending"]:
             print(json.dumps({"workload": w, "schedule": schedule, "optimizer": name, **p}))
     return {}
+  kept = (_kept(args.out, tag) or {}) if dry else {}  # a report keeps its sitting's machine
   arms = {
     w.name: [summarise(w, size, runs[w.name][s], s) for s in size.schedules] for w, size, _ in plan
   }
   tables = {name: {**t[0], "arms": t[1:]} for name, t in arms.items()}
   result = {
     "command": _command(sys.argv[1:] if argv is None else list(argv), tag),
-    "machine": harness.machine_description(),
+    "machine": kept.get("machine") or harness.machine_description(),
     "tag": tag,
     "protocol": dataclasses.asdict(protocol),
     "edge": study.EDGE,
@@ -356,7 +375,7 @@ def main(argv=None) -> dict:
     "seed_list": study.seed_list(protocol.seeds),
     "minutes": _run_minutes(runs),
     "session_minutes": (time.perf_counter() - t0) / 60,
-    "load": None if dry else [load, os.getloadavg()[0]],  # the machine is shared
+    "load": kept.get("load") if dry else [load, os.getloadavg()[0]],  # the machine is shared
     "pending": sum(
       len(p["pending"]) for a in runs.values() for pairs in a.values() for p in pairs.values()
     ),

@@ -315,7 +315,7 @@ def _sensitivity_plot(result: dict, path: str) -> None:
   style = _style(result)
   tables = result["workloads"]
   n = len(tables)
-  fig, axes = plt.subplots(1, n, figsize=(max(7.0, 4.2 * n), 4.2), squeeze=False)
+  fig, axes = plt.subplots(1, n, figsize=(max(7.0, 4.2 * n) + 1.6, 4.2), squeeze=False)
   for ax, (name, t) in zip(axes[0], tables.items()):
     s = _scale(t["metric"])
     vals = [s * v for r in t["optimizers"].values() for _, v in r["sweep"] if v is not None]
@@ -339,7 +339,7 @@ def _sensitivity_plot(result: dict, path: str) -> None:
     )
     ax.set_title(name, fontsize=10)
     ax.grid(alpha=0.3)
-  axes[0][-1].legend(fontsize=6, loc="best", ncol=2, title="× = diverged")
+  axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), title="× = diverged")
   fig.suptitle("Sensitivity: the validation metric of every trial against its learning rate")
   harness.savefig(fig, os.path.basename(path), dpi=90, directory=os.path.dirname(path))
 

@@ -19,8 +19,9 @@ Every run trains under one learning-rate schedule (:func:`train.registry.make_sc
 ``warmup_cosine`` or ``constant``), applied to the searched base rate.
 
 Every run goes through the training loop (:func:`train.loop.train_run`), evaluated
-``Size.evals`` times; its curve gives the steps to the workload's target, and the loop's
-seconds per step (compilation and evaluation excluded) the time to it. A run whose loss
+``Size.evals`` times; its curve gives the steps to the workload's target (read when the
+study is reported, so a target can change without a rerun), and the loop's seconds per
+step (compilation and evaluation excluded) the time to it. A run whose loss
 becomes non-finite is recorded as diverged.
 
 Every run's record is appended to a JSON-lines file per workload as soon as it ends, so
@@ -61,6 +62,7 @@ __all__ = [
   "run_one",
   "run_pair",
   "seed_list",
+  "steps_to_target",
   "unit_points",
 ]
 
@@ -159,7 +161,8 @@ def _curve(log: Iterable[dict], metric: str) -> list[list[float]]:
   return [[int(r["step"]), float(r[key])] for r in log if key in r]
 
 
-def _first_reached(curve, workload: Workload, target: float) -> Optional[int]:
+def steps_to_target(curve, workload: Workload, target: float) -> Optional[int]:
+  """The first evaluated step of ``curve`` (``[[step, metric], ...]``) at the target, or None."""
   for step, value in curve:
     if workload.reached(value, target):
       return int(step)
@@ -203,16 +206,13 @@ def run_one(
     }
   curve = _curve(res.log, workload.metric)
   final = curve[-1][1] if curve else None
-  reach = _first_reached(curve, workload, size.target)
   sps = res.seconds_per_step
   return {
     **out,
     "diverged": final is None or not math.isfinite(final),
     "final": final if final is not None and math.isfinite(final) else None,
     "curve": curve,
-    "steps_to_target": reach,
     "sec_per_step": sps,
-    "seconds_to_target": reach * sps if reach is not None and math.isfinite(sps) else None,
     "wall_seconds": time.perf_counter() - t0,
     "train_loss": res.final.get("train_loss"),
   }

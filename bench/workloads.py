@@ -225,7 +225,7 @@ WORKLOADS: dict[str, Workload] = {
         "quick": Size(
           epochs=1,
           batch_size=16,
-          target=4.3,
+          target=4.5,
           train_size=1024,
           test_size=128,
           evals=6,
