@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 comma := ,
 
-.PHONY: install demo test test-all test-install lint docs bench-quick bench bench-speed compare-quick compare fuzz clean
+.PHONY: install demo test test-all test-install lint docs bench-quick bench bench-speed compare-quick compare-medium compare gpu-check fuzz clean
 
 # One virtual environment. `pip install optax_ext` is the library alone (jax, optax, flax,
 # chex); each target installs the extras it needs (pyproject.toml says what each holds) and
@@ -73,12 +73,23 @@ bench-speed: $(VENV)/.installed-bench
 	$(BENCH_ENV) $(PY) -m bench --quick --only update_speed train_step
 
 # Every optimizer tuned alike on five workloads (bench/RESULTS.md, "Which optimizer, when");
-# an interrupted study resumes from bench/results/compare_<quick|full>/*.jsonl.
+# an interrupted study resumes from bench/results/compare_<quick|medium|full>/*.jsonl.
 compare-quick: $(VENV)/.installed-bench
 	$(BENCH_ENV) $(PY) -m bench.compare --quick
 
+# About three hours on a 2-core CPU, the LM last; rerun to resume after an interruption.
+compare-medium: $(VENV)/.installed-bench
+	$(BENCH_ENV) $(PY) -m bench.compare --medium
+
 compare: $(VENV)/.installed-bench
 	$(BENCH_ENV) $(PY) -m bench.compare
+
+# On a machine with a GPU (a CUDA build of jaxlib): update speed, train steps, the LM step
+# table and one quick workload of the comparison, within about 8 minutes, into
+# bench/results/*_gpu.json; bench/RESULTS.md shows them beside the CPU results.
+gpu-check: $(VENV)/.installed-bench
+	$(PY) -m bench.gpu_check
+	$(PY) -m bench --report-only
 
 # Random pytrees × transforms × hyperparameters × dtypes, shrinking on: bench/results/fuzz.json.
 fuzz: $(VENV)/.installed-bench

@@ -23,7 +23,12 @@ RESULTS = harness.RESULTS
 # (title, module, JSON stems in order of preference, the module's render function); a
 # method's speed section renders its rows of the update-speed or train-step result.
 SECTIONS = [
-  ("Which optimizer, when", "compare", ["compare_full", "compare_quick"], "render"),
+  (
+    "Which optimizer, when",
+    "compare",
+    ["compare_full", "compare_medium", "compare_quick"],
+    "render",
+  ),
   ("Optimizer-update speed", "update_speed", ["update_speed_full", "update_speed_quick"], "render"),
   (
     "Copies added by donating the carried state",
@@ -241,8 +246,20 @@ def section(title: str, module: str, stems: list[str], render: str = "render") -
     if render == "render":  # the part's own view, kept in step
       with open(os.path.join(RESULTS, f"{stem}.md"), "w") as f:
         f.write(text.strip() + "\n")
-    return out + [f"Source: `results/{stem}.json`.", "", _demote(_relink(text.strip())), ""]
+    out += [f"Source: `results/{stem}.json`.", "", _demote(_relink(text.strip())), ""]
+    return out + (_gpu(module) if render == "render" else [])
   return out + [f"Not run yet: `python -m bench --only {module}`.", ""]
+
+
+def _gpu(module: str) -> list[str]:
+  """The part's result from ``make gpu-check`` (``results/<module>_gpu.json``), if any."""
+  result = harness.load(f"{module}_gpu")
+  if result is None:
+    return []
+  from bench import gpu_check
+
+  text = f"## On a GPU: {result['device']}\n\n" + _demote(gpu_check.render(result).strip())
+  return [f"Source: `results/{module}_gpu.json`.", "", _demote(_relink(text)), ""]
 
 
 def build(path: str = os.path.join(HERE, "RESULTS.md")) -> str:

@@ -5,7 +5,10 @@ band, and a ``high`` band for the robustness workload), and its method's own
 hyperparameters over the ranges its paper gives:
 
 - SP (Yong et al. 2024): sparsity σ, log-uniform on [0.01, 0.3] around the published 0.1
-  (the paper states no range); SP + Nesterov with momentum 0.9 as the paper.
+  (the paper states no range); SP + Nesterov with momentum 0.9 as the paper. SP's step is
+  λ B⁻¹ g with B⁻¹ often at its floor 1/b_max, so the top of its learning-rate range is
+  b_max times that of the SGD it damps (no momentum: the plain range; with Nesterov:
+  SGD's), where its steps match SGD's largest.
 - AngularGrad (Roy et al. 2022, Eq. 13): λ1 uniform on [0, 1] ("{λ1, λ2} ∈ [0, 1]",
   best ½), λ2 on [0.1, 1] (a floor of 0 would allow a zero step).
 - INSGD (Atici et al.): the paper fixes ε = 0.01 and momentum 0.9 and varies only the
@@ -27,16 +30,22 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import math
 from typing import Callable, Optional
 
 import optax
 
-__all__ = ["CANDIDATES", "CLAIMS", "Candidate", "Dim", "get"]
+import optax_ext
+
+__all__ = ["CANDIDATES", "CLAIMS", "Candidate", "Claim", "Dim", "get"]
 
 SGD_LR = {"normal": (3e-3, 0.3), "high": (0.1, 0.5)}
 PLAIN_LR = {"normal": (1e-2, 1.0), "high": (0.3, 1.5)}  # no momentum: steps 10x smaller
 ADAM_LR = {"normal": (1e-4, 1e-2), "high": (1e-2, 5e-2)}
+B_MAX = inspect.signature(optax_ext.sp).parameters["b_max"].default  # SP's damping floor: 1/b_max
+SP_LR = {band: (lo, hi * B_MAX) for band, (lo, hi) in PLAIN_LR.items()}
+SP_NESTEROV_LR = {band: (lo, hi * B_MAX) for band, (lo, hi) in SGD_LR.items()}
 INSGD_LR = {"normal": (1e-2, 0.5), "high": (0.1, 0.5)}
 
 
@@ -101,37 +110,46 @@ class Candidate:
     dims = self.space(band)
     return [{d.name: d.value(float(u)) for d, u in zip(dims, row)} for row in units]
 
-  def build(self, config: dict, output_dim: int, task: str, seed: int = 0):
-    """The :class:`train.registry.Optimizer` for ``config``."""
+  def build(self, config: dict, output_dim: int, task: str, seed: int = 0, schedule=None):
+    """The :class:`train.registry.Optimizer` for ``config``.
+
+    ``schedule`` maps the base learning rate to the rate of each step (a
+    :func:`train.registry.make_schedule` result; None: constant). It is applied to
+    the injected base rate, so every configuration still compiles to one program.
+    """
     from train.methods import METHODS, with_gal
     from train.registry import Optimizer
 
     entry = METHODS[self.entry]
     need = entry.need
+    schedule = schedule or (lambda lr: lr)
     if self.gal:
       from optax_ext.gal import gal_chain
 
       hidden = (128, 4) if task == "regression" else (100, 32, 16)
 
-      def factory(learning_rate, alpha, beta):
+      def method(learning_rate, alpha, beta):
         return gal_chain(
           entry.build, learning_rate, output_dim, hidden=hidden, alpha=alpha, beta=beta, seed=seed
         )
 
       need = with_gal(entry).need
     elif self.factory is not None:
-      factory = functools.partial(self.factory, entry.build)
+      method = functools.partial(self.factory, entry.build)
     else:
-      factory = lambda learning_rate: entry.build(learning_rate)  # noqa: E731
+      method = lambda learning_rate: entry.build(learning_rate)  # noqa: E731
+
+    def factory(learning_rate, **hyperparameters):
+      return method(schedule(learning_rate), **hyperparameters)
+
+    factory.__signature__ = inspect.signature(method)  # the names inject_hyperparams holds
     tx = optax.inject_hyperparams(factory)(**config)
     lr = config["learning_rate"]
-    return Optimizer(self.name, tx, lr, need, lr)
+    return Optimizer(self.name, tx, lr, need, schedule(lr))
 
 
 def _sp(nesterov: bool):
   def factory(build, learning_rate, sparsity):
-    import optax_ext
-
     del build  # the registry's sp / sp_nesterov, with σ searched
     if nesterov:
       return optax_ext.sp(learning_rate, sparsity=sparsity, momentum=0.9, nesterov=True)
@@ -142,8 +160,6 @@ def _sp(nesterov: bool):
 
 def _angular(method: str):
   def factory(build, learning_rate, lambda1, lambda2):
-    import optax_ext
-
     del build  # the registry's angulargrad_<method>, with λ1, λ2 searched
     return optax_ext.angulargrad(learning_rate, method=method, lambda1=lambda1, lambda2=lambda2)
 
@@ -162,16 +178,53 @@ SP_PAPER = "SP (Yong et al. 2024)"
 AG_PAPER = "AngularGrad (Roy et al. 2022)"
 INSGD_PAPER = "INSGD (Atici et al.)"
 GAL_PAPER = "GAL (Luo et al. 2022)"
-#: What each paper claimed, in its own setting, for the report's summary.
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+  """What a paper claimed, the comparisons it made, and our workloads of its kind of task.
+
+  Attributes:
+    text: The claim, in its own setting, for the report.
+    pairs: ``(method, baseline)`` pairs of candidate names: the method was claimed better.
+    workloads: The workloads the claim is checked on.
+  """
+
+  text: str
+  pairs: tuple
+  workloads: tuple
+
+
+def _pairs(methods, baselines) -> tuple:
+  return tuple((m, b) for m in methods for b in baselines)
+
+
+#: What each paper claimed, checked for its direction on the workloads of its kind of task.
 CLAIMS = {
-  SP_PAPER: "better generalisation than SGD, SGD + Nesterov and Adam on MNIST (its CNN, "
-  "99.1 % / 99.2 % for SP / SP + Nesterov) and CIFAR-10 (MobileNetV2, ResNet-18/50)",
-  AG_PAPER: "best or second-best accuracy in almost all CIFAR-10/100 networks against SGDM, "
-  "Adam, AdamW and others (Tables 1-2)",
-  INSGD_PAPER: "higher accuracy than SGD on CIFAR-10 and ImageNet, and training where SGD "
-  "diverges at large learning rates without BatchNorm (Tables 6-7)",
-  GAL_PAPER: "lower error in front of SGD, Lookahead and AdaBound on CIFAR and ImageNet, and "
-  "on regression (Table V, diabetes MSE 3226 → 2962 with Adam)",
+  SP_PAPER: Claim(
+    "better generalisation than SGD, SGD + Nesterov and Adam on MNIST (its CNN, 99.1 % / "
+    "99.2 % for SP / SP + Nesterov) and CIFAR-10 (MobileNetV2, ResNet-18/50)",
+    _pairs(("sp", "sp_nesterov"), ("momentum", "nesterov", "adamw")),
+    ("digits_cnn", "fashion_cnn"),
+  ),
+  AG_PAPER: Claim(
+    "best or second-best accuracy in almost all CIFAR-10/100 networks against SGDM, Adam, "
+    "AdamW and others (Tables 1-2)",
+    _pairs(("angulargrad_cos", "angulargrad_tan"), ("momentum", "adamw")),
+    ("fashion_cnn", "digits_cnn"),
+  ),
+  INSGD_PAPER: Claim(
+    "higher accuracy than SGD on CIFAR-10 and ImageNet, and training where SGD diverges at "
+    "large learning rates without BatchNorm (Tables 6-7)",
+    _pairs(("insgd_l1", "insgd_l2"), ("momentum",)),
+    ("fashion_cnn", "fashion_nobn_highlr"),
+  ),
+  GAL_PAPER: Claim(
+    "lower error in front of SGD, Lookahead and AdaBound on CIFAR and ImageNet, and on "
+    "regression (Table V, diabetes MSE 3226 → 2962 with Adam)",
+    (("gal+momentum", "momentum"), ("gal+adamw", "adamw")),
+    ("diabetes_mlp", "fashion_cnn"),
+  ),
 }
 
 CANDIDATES: dict[str, Candidate] = {
@@ -205,11 +258,11 @@ CANDIDATES: dict[str, Candidate] = {
       paper=AG_PAPER,
       base="adamw",
     ),
-    Candidate("sp", "sp", PLAIN_LR, dims=(SPARSITY,), factory=_sp(False), paper=SP_PAPER),
+    Candidate("sp", "sp", SP_LR, dims=(SPARSITY,), factory=_sp(False), paper=SP_PAPER),
     Candidate(
       "sp_nesterov",
       "sp_nesterov",
-      SGD_LR,
+      SP_NESTEROV_LR,
       dims=(SPARSITY,),
       factory=_sp(True),
       paper=SP_PAPER,

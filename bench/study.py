@@ -7,18 +7,28 @@ For each workload (:mod:`bench.workloads`) and optimizer (:mod:`bench.spaces`):
    each gets the same quantiles of its ranges); each is trained on the training split less
    the validation split, with seed 0 for all (the same initialisation and batch order), and
    scored on the validation split. The test split is not read.
-2. The configuration with the best final validation metric is trained again on the whole
+2. Where the selected learning rate sits in the outer tenth of its log range, the range is
+   extended on that side by :attr:`Protocol.widen_factor` and :attr:`Protocol.widen_trials`
+   more trials are drawn there (the other hyperparameters kept at the selection's), up to
+   :attr:`Protocol.widen_rounds` times, so that no optimizer loses for want of a larger or
+   smaller step.
+3. The configuration with the best final validation metric is trained again on the whole
    training split with ``seeds`` fresh seeds and scored on the test split.
 
+Every run trains under one learning-rate schedule (:func:`train.registry.make_schedule`,
+``warmup_cosine`` or ``constant``), applied to the searched base rate.
+
 Every run goes through the training loop (:func:`train.loop.train_run`), evaluated
-``Size.evals`` times; its curve gives the steps to the workload's target, and the loop's
-seconds per step (compilation and evaluation excluded) the time to it. A run whose loss
+``Size.evals`` times; its curve gives the steps to the workload's target (read when the
+study is reported, so a target can change without a rerun), and the loop's seconds per
+step (compilation and evaluation excluded) the time to it. A run whose loss
 becomes non-finite is recorded as diverged.
 
 Every run's record is appended to a JSON-lines file per workload as soon as it ends, so
 an interrupted study resumes where it stopped: records of the same run (workload,
 optimizer, phase, index, configuration and budget) are read back instead of re-run, and
-a line cut short by the interruption is ignored.
+a line cut short by the interruption is ignored. With ``dry=True`` nothing is trained: the
+runs that would run next are listed instead (a plan, and a report of what is stored).
 
 References: Kasimbeg et al., *Accelerating neural network training: an analysis of the
 AlgoPerf competition*, ICLR 2025 (tuning budgets, time to target); Schneider, Balles,
@@ -28,6 +38,7 @@ software with performance profiles*, Math. Program. 91, 2002.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -37,22 +48,47 @@ from typing import Any, Iterable, Optional
 
 import numpy as np
 
-from bench.spaces import Candidate
+from bench.spaces import Candidate, Dim
 from bench.workloads import Size, Workload
 
 __all__ = [
+  "EDGE",
+  "Protocol",
   "Store",
   "TUNING_SEED",
   "best_trial",
+  "edge_side",
   "run_key",
   "run_one",
   "run_pair",
   "seed_list",
+  "steps_to_target",
   "unit_points",
 ]
 
 TUNING_SEED = 0
 FIRST_SEED = 100  # the re-runs' seeds: 100, 101, ... (never the tuning seed)
+EDGE = 0.1  # a selection this close to an end of a log range, as a share of it, sits at its edge
+
+
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+  """How much tuning every optimizer gets.
+
+  Attributes:
+    trials: Configurations drawn per optimizer.
+    seeds: Fresh seeds the selection is re-run with.
+    widen_rounds: How many times a learning-rate range whose selection sits at its edge
+      is extended (0: never).
+    widen_trials: Trials drawn in each extension.
+    widen_factor: An extension reaches this factor beyond the range's end.
+  """
+
+  trials: int
+  seeds: int
+  widen_rounds: int = 0
+  widen_trials: int = 2
+  widen_factor: float = 4.0
 
 
 def unit_points(dims: int, n: int, seed: int = 0) -> np.ndarray:
@@ -70,12 +106,20 @@ def seed_list(k: int) -> list[int]:
   return list(range(FIRST_SEED, FIRST_SEED + k))
 
 
-def run_key(workload: str, optimizer: str, phase: str, index: int, config: dict, size: Size) -> str:
-  """The identity of one run: what it trains and on what budget."""
+def run_key(
+  workload: str, optimizer: str, phase: str, index: int, config: dict, size: Size, schedule: str
+) -> str:
+  """The identity of one run: what it trains, on what budget, under which schedule."""
   cfg = ",".join(f"{k}={v:.6g}" for k, v in sorted(config.items()))
   budget = f"e{size.epochs}b{size.batch_size}n{size.train_size}t{size.test_size}v{size.evals}"
   budget += "".join(f"{k}{v}" for k, v in size.model_kw)
-  return f"{workload}|{optimizer}|{phase}{index}|{cfg}|{budget}"
+  return f"{workload}|{optimizer}|{phase}{index}|{cfg}|{budget}|{schedule}"
+
+
+def edge_side(value: float, low: float, high: float) -> Optional[str]:
+  """``"low"`` or ``"high"`` when ``value`` lies in that outer tenth of the log range."""
+  u = (math.log(value) - math.log(low)) / (math.log(high) - math.log(low))
+  return "low" if u < EDGE else "high" if u > 1 - EDGE else None
 
 
 class Store:
@@ -117,7 +161,8 @@ def _curve(log: Iterable[dict], metric: str) -> list[list[float]]:
   return [[int(r["step"]), float(r[key])] for r in log if key in r]
 
 
-def _first_reached(curve, workload: Workload, target: float) -> Optional[int]:
+def steps_to_target(curve, workload: Workload, target: float) -> Optional[int]:
+  """The first evaluated step of ``curve`` (``[[step, metric], ...]``) at the target, or None."""
   for step, value in curve:
     if workload.reached(value, target):
       return int(step)
@@ -125,15 +170,17 @@ def _first_reached(curve, workload: Workload, target: float) -> Optional[int]:
 
 
 def run_one(
-  workload: Workload, cand: Candidate, config: dict, ds, size: Size, seed: int
+  workload: Workload, cand: Candidate, config: dict, ds, size: Size, seed: int, schedule: str
 ) -> dict[str, Any]:
   """Trains once through :func:`train.loop.train_run`; the record of the run."""
   from train import data as data_lib
   from train.errors import NonFiniteLossError
   from train.loop import train_run
+  from train.registry import make_schedule
 
-  opt = cand.build(config, ds.num_classes, ds.task, seed=seed)
-  steps = size.epochs * data_lib.steps_per_epoch(len(ds.x_train), size.batch_size)
+  spe = data_lib.steps_per_epoch(len(ds.x_train), size.batch_size)
+  steps = size.epochs * spe
+  opt = cand.build(config, ds.num_classes, ds.task, seed, make_schedule(schedule, spe, steps))
   t0 = time.perf_counter()
   out: dict[str, Any] = {"config": config, "seed": seed, "steps": steps}
   try:
@@ -148,19 +195,24 @@ def run_one(
       eval_every=max(1, steps // size.evals),
     )
   except NonFiniteLossError as e:
-    return {**out, "diverged": True, "message": str(e), "final": None, "curve": []}
+    wall = time.perf_counter() - t0
+    return {
+      **out,
+      "diverged": True,
+      "message": str(e),
+      "final": None,
+      "curve": [],
+      "wall_seconds": wall,
+    }
   curve = _curve(res.log, workload.metric)
   final = curve[-1][1] if curve else None
-  reach = _first_reached(curve, workload, size.target)
   sps = res.seconds_per_step
   return {
     **out,
     "diverged": final is None or not math.isfinite(final),
     "final": final if final is not None and math.isfinite(final) else None,
     "curve": curve,
-    "steps_to_target": reach,
     "sec_per_step": sps,
-    "seconds_to_target": reach * sps if reach is not None and math.isfinite(sps) else None,
     "wall_seconds": time.perf_counter() - t0,
     "train_loss": res.final.get("train_loss"),
   }
@@ -181,42 +233,64 @@ def run_pair(
   size: Size,
   views,
   store: Store,
-  trials: int,
-  seeds: int,
+  protocol: Protocol,
+  schedule: str,
   tick=lambda record, cached: None,
-) -> dict[str, list[dict]]:
-  """The tuning trials and the seed re-runs of one optimizer on one workload.
+  dry: bool = False,
+) -> dict[str, Any]:
+  """The tuning trials, any widening, and the seed re-runs of one optimizer on one workload.
 
-  ``tick(record, cached)`` is called after every run (for a progress bar).
+  ``tick(record, cached)`` is called after every run (for a progress bar). Returns the
+  records by phase (``trials``, ``widened``, ``seeds``), the learning-rate range searched
+  in the end (``lr_range``), and ``pending``: with ``dry=True`` the runs to do next (those
+  whose configuration is already known), otherwise empty.
   """
   tune_ds, final_ds = views
-  units = unit_points(len(cand.space(workload.lr_band)), trials)
-  configs = cand.configs(units, workload.lr_band)
-  done: dict[str, list[dict]] = {"trials": [], "seeds": []}
-  all_cached = True
-  for i, config in enumerate(configs):
-    key = run_key(workload.name, cand.name, "trial", i, config, size)
+  space = cand.space(workload.lr_band)
+  lo, hi = space[0].low, space[0].high
+  out: dict[str, Any] = {"trials": [], "widened": [], "seeds": [], "pending": []}
+
+  def run(phase, index, config, ds, seed, extra) -> Optional[dict]:
+    key = run_key(workload.name, cand.name, phase, index, config, size, schedule)
     rec = store.get(key)
+    if rec is None and dry:
+      out["pending"].append({"key": key, "phase": phase, "index": index, "config": config, **extra})
+      return None
     cached = rec is not None
     if rec is None:
-      rec = {"key": key, "phase": "trial", "index": i, "split": "val"}
-      rec.update(run_one(workload, cand, config, tune_ds, size, TUNING_SEED))
+      rec = {"key": key, "phase": phase, "index": index, **extra}
+      rec.update(run_one(workload, cand, config, ds, size, seed, schedule))
       store.add(rec)
-    all_cached = all_cached and cached
-    done["trials"].append(rec)
     tick(rec, cached)
-  best = best_trial(done["trials"], workload)
-  for j, seed in enumerate(seed_list(seeds)):
-    if best is None:
-      tick(None, all_cached)  # no seed runs: every trial diverged
-      continue
-    key = run_key(workload.name, cand.name, "seed", j, best["config"], size)
-    rec = store.get(key)
-    cached = rec is not None
-    if rec is None:
-      rec = {"key": key, "phase": "seed", "index": j, "split": "test", "trial": best["index"]}
-      rec.update(run_one(workload, cand, best["config"], final_ds, size, seed))
-      store.add(rec)
-    done["seeds"].append(rec)
-    tick(rec, cached)
-  return done
+    return rec
+
+  def runs(into, phase, configs, ds, seeds, first=0, **extra) -> bool:
+    """Runs (or reads back) one phase; False when some run is still to do."""
+    recs = [run(phase, first + i, c, ds, s, extra) for i, (c, s) in enumerate(zip(configs, seeds))]
+    out[into] += [r for r in recs if r is not None]
+    return None not in recs
+
+  configs = cand.configs(unit_points(len(space), protocol.trials), workload.lr_band)
+  done = runs("trials", "trial", configs, tune_ds, [TUNING_SEED] * len(configs), split="val")
+  best = best_trial(out["trials"], workload) if done else None
+  k = protocol.widen_trials
+  for r in range(protocol.widen_rounds if done else 0):
+    side = best and edge_side(best["config"]["learning_rate"], lo, hi)
+    if not side:
+      break
+    f = protocol.widen_factor
+    lo, hi = (lo, hi * f) if side == "high" else (lo / f, hi)
+    dim = Dim("learning_rate", *((hi / f, hi) if side == "high" else (lo, lo * f)))
+    us = unit_points(1, k, seed=1 + r)[:, 0]
+    configs = [{**best["config"], "learning_rate": dim.value(float(u))} for u in us]
+    extra = {"split": "val", "round": r, "side": side}
+    if not runs("widened", "widen", configs, tune_ds, [TUNING_SEED] * k, r * k, **extra):
+      done = False
+      break
+    best = best_trial(out["trials"] + out["widened"], workload)
+  out["lr_range"] = [lo, hi]
+  if done and best is not None:
+    seeds = seed_list(protocol.seeds)
+    split = {"split": "test", "trial": best["index"], "from": best["phase"]}
+    runs("seeds", "seed", [best["config"]] * len(seeds), final_ds, seeds, **split)
+  return out

@@ -1,8 +1,11 @@
 """The workloads of the optimizer comparison (``python -m bench.compare``), declared in one place.
 
 A workload is a model, a data set, a loss (the task's: cross-entropy, or mean squared
-error), a target on one test metric and a step budget. Each has two sizes: ``quick``
-(the whole study fits a shared 2-core CPU) and ``full`` (the protocol to run on a GPU).
+error), a target on one test metric and a step budget. Each has three sizes: ``quick`` (a smoke
+run of the whole study on a 2-core CPU, minutes), ``medium`` (a study that can separate
+methods on that CPU in about three hours: digits and diabetes at their full budgets,
+Fashion-MNIST on 8,000 training images and the whole test set, the LM at two blocks on
+4,096 windows) and ``full`` (the protocol to run on a GPU).
 The validation split that tuning selects on is carved from the training data
 (:meth:`Workload.views`); the test split is read only by the re-runs on fresh seeds.
 
@@ -28,6 +31,8 @@ import numpy as np
 
 __all__ = ["Size", "WORKLOADS", "Workload", "get"]
 
+BOTH = ("warmup_cosine", "constant")  # the constant rate as a second arm, where it is cheap
+
 
 @dataclasses.dataclass(frozen=True)
 class Size:
@@ -41,6 +46,8 @@ class Size:
     test_size: Test (and, for text, validation) examples, or all.
     evals: Evaluations per run (steps to target are read at these).
     model_kw: Fields of the model that differ between sizes, as ``(name, value)`` pairs.
+    schedules: The learning-rate schedules the study runs at this size, each a separate
+      arm (:func:`train.registry.make_schedule` kinds); the first is the main one.
   """
 
   epochs: int
@@ -50,6 +57,7 @@ class Size:
   test_size: Optional[int] = None
   evals: int = 8
   model_kw: tuple = ()
+  schedules: tuple = ("warmup_cosine",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +71,7 @@ class Workload:
     model: Builds the Flax module from the output width.
     metric: The test metric: ``accuracy``, ``mse`` or ``bits_per_byte``.
     lr_band: ``"normal"`` or ``"high"``: which learning-rate band every optimizer draws from.
-    sizes: ``{"quick": Size, "full": Size}``.
+    sizes: ``{"quick": Size, "medium": Size, "full": Size}``.
     val_fraction: Share of the training split held out for validation (text has its own).
     context: Window length for text.
     paper: What the papers claimed on this kind of task, for the report.
@@ -150,7 +158,8 @@ WORKLOADS: dict[str, Workload] = {
       "accuracy",
       {
         "quick": Size(epochs=4, batch_size=64, target=0.95, evals=6),
-        "full": Size(epochs=15, batch_size=64, target=0.97),
+        "medium": Size(epochs=15, batch_size=64, target=0.97, schedules=BOTH),
+        "full": Size(epochs=15, batch_size=64, target=0.97, schedules=BOTH),
       },
       paper="SP paper (Fig. 4, MNIST, this CNN, 15 epochs): SP 99.1 % and SP + Nesterov 99.2 % "
       "test accuracy, above SGD, SGD + Nesterov and Adam.",
@@ -165,6 +174,7 @@ WORKLOADS: dict[str, Workload] = {
         "quick": Size(
           epochs=3, batch_size=64, target=0.72, train_size=1024, test_size=1000, evals=6
         ),
+        "medium": Size(epochs=3, batch_size=128, target=0.84, train_size=8000, evals=6),
         "full": Size(epochs=10, batch_size=128, target=0.85, train_size=20000, test_size=10000),
       },
       paper="AngularGrad paper (Tables 1-2, CIFAR-10/100, ResNets and others): AngularGrad "
@@ -182,6 +192,7 @@ WORKLOADS: dict[str, Workload] = {
         "quick": Size(
           epochs=3, batch_size=64, target=0.65, train_size=1024, test_size=1000, evals=6
         ),
+        "medium": Size(epochs=3, batch_size=128, target=0.80, train_size=8000, evals=6),
         "full": Size(epochs=10, batch_size=128, target=0.80, train_size=20000, test_size=10000),
       },
       lr_band="high",
@@ -197,15 +208,16 @@ WORKLOADS: dict[str, Workload] = {
       "mse",
       {
         "quick": Size(epochs=60, batch_size=32, target=3200.0, evals=10),
-        "full": Size(epochs=400, batch_size=32, target=3000.0, evals=20),
+        "medium": Size(epochs=400, batch_size=32, target=3000.0, evals=20, schedules=BOTH),
+        "full": Size(epochs=400, batch_size=32, target=3000.0, evals=20, schedules=BOTH),
       },
       paper="GAL paper (Table V, diabetes, MLP 64-32 with Adam, α = β = 0.001): MSE 3226 → "
       "2962 and MAE 44.38 → 41.62 with GAL, p = 7e-5 over 5 seeds.",
     ),
     Workload(
       "text_lm",
-      "byte-level transformer LM (width 64, context 64; 1 block quick, 2 full) on the "
-      "default corpus",
+      "byte-level transformer LM (width 64, context 64; 1 block quick, 2 medium and full) "
+      "on the default corpus",
       "text",
       _model("transformer_lm", width=64, depth=2, heads=4, context=64),
       "bits_per_byte",
@@ -213,12 +225,13 @@ WORKLOADS: dict[str, Workload] = {
         "quick": Size(
           epochs=1,
           batch_size=16,
-          target=4.3,
+          target=4.5,
           train_size=1024,
           test_size=128,
           evals=6,
           model_kw=(("depth", 1),),
         ),
+        "medium": Size(epochs=2, batch_size=32, target=3.9, train_size=4096, test_size=512),
         "full": Size(epochs=4, batch_size=32, target=2.8, train_size=None, test_size=2048),
       },
       paper="None of the four papers trains a language model.",

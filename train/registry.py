@@ -126,7 +126,7 @@ def make_optimizer(
 
 
 #: The learning-rate schedules of ``--schedule``.
-SCHEDULES = ("constant", "exp", "multistep", "cosine", "plateau")
+SCHEDULES = ("constant", "exp", "multistep", "cosine", "warmup_cosine", "plateau")
 
 
 def make_schedule(
@@ -136,6 +136,7 @@ def make_schedule(
   *,
   gamma: float = 0.7,
   milestones: tuple[int, ...] = (),
+  warmup: float = 0.05,
 ) -> Callable[[float], optax.ScalarOrSchedule]:
   """Returns a function from the base learning rate to a schedule.
 
@@ -143,12 +144,19 @@ def make_schedule(
     kind: ``constant``; ``exp`` (per-epoch exponential decay by ``gamma``, like
       PyTorch's ``StepLR(step_size=1, gamma)``, the SP paper's setting);
       ``multistep`` (multiply by ``gamma`` at each epoch in ``milestones``);
-      ``cosine`` (cosine decay to 0 over the run); ``plateau`` (constant here;
-      the decay is a separate transformation, see :func:`make_plateau`).
+      ``cosine`` (cosine decay to 0 over the run); ``warmup_cosine`` (linear
+      warm-up from 0 over the first ``warmup`` share of the run, then cosine decay
+      to 0, as AlgoPerf's baselines train); ``plateau`` (constant here; the decay
+      is a separate transformation, see :func:`make_plateau`).
     steps_per_epoch: Optimizer steps in one epoch.
     total_steps: Steps in the whole run.
     gamma: The decay factor.
     milestones: Epochs at which ``multistep`` decays.
+    warmup: The share of ``total_steps`` that ``warmup_cosine`` warms up over (at
+      least one step).
+
+  ``warmup_cosine`` is the base rate times a shape of the step count, so its base
+  rate may be a traced value (a hyperparameter held in the optimizer state).
   """
   if kind in ("constant", "plateau"):
     return lambda lr: lr
@@ -164,6 +172,10 @@ def make_schedule(
     )
   if kind == "cosine":
     return lambda lr: optax.cosine_decay_schedule(lr, max(1, total_steps))
+  if kind == "warmup_cosine":
+    warm = max(1, round(warmup * total_steps))
+    shape = optax.warmup_cosine_decay_schedule(0.0, 1.0, warm, max(warm + 1, total_steps))
+    return lambda lr: lambda count: lr * shape(count)
   raise UsageError(f"unknown schedule {kind!r}; known: {', '.join(SCHEDULES)}")
 
 
