@@ -13,7 +13,7 @@ process order, so process ``p`` owns one consecutive range of rows,
 ``rows(p) = [p·B/P, (p+1)·B/P)`` for ``P`` processes of equal device count
 (:func:`process_rows` reads it off the sharding rather than assuming it).
 Each process gathers only those rows of each global batch
-(``x[perm[rows(p)]]``, :func:`train.data.batches`) and hands them to
+(``x[perm[rows(p)]]``, :func:`train.inputs.batches`) and hands them to
 :func:`jax.make_array_from_process_local_data`; the global batch, and its
 order, are exactly those of a one-process run, so every batch statistic (the
 loss, INSGD's input power, GAL's per-sample terms) is the same mean over the

@@ -168,8 +168,8 @@ class Dataset:
 
   @property
   def augment(self) -> bool:
-    """Whether the train step augments each batch on device: random crop and flip,
-    for CIFAR-shaped images (32x32 RGB)."""
+    """True when the train step augments each batch on device (a random crop and
+    flip), as it does for CIFAR-shaped images (32x32 RGB)."""
     return self.task == "classification" and self.input_shape == (32, 32, 3)
 
   def example(self) -> np.ndarray:

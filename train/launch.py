@@ -167,7 +167,7 @@ _STATUS: list[int] = []  # the status pipe's write end, in a supervised child
 
 
 def attach() -> bool:
-  """In a child of :func:`supervise`: opens the status pipe and ends this process when
+  """In a child of :func:`train.supervisor.supervise`: opens the status pipe and ends this process when
   the supervisor goes away. Returns whether this process is such a child."""
   spec = os.environ.pop(_ENV, None)
   if spec is None:
