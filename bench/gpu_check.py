@@ -3,23 +3,29 @@
 On a machine whose JAX backend is a GPU this runs, within about eight minutes:
 
 1. the optimizer-update speed of every method against ``optax.adam``
-   (:func:`bench.update_speed.time_tree`) on the ResNet-20 and ResNet-50 trees, with the
-   CPU fusion seam off, which is the program a GPU runs;
-2. the whole train step of every method against SGD's on ResNet-20
-   (:func:`bench.train_step.time_model`, seam off);
+   (:func:`bench.update_speed.time_tree`) on the ResNet-20 and ResNet-50 trees, not donated
+   and donated;
+2. the whole train step of every optimizer against its base optimizer's on ResNet-20
+   (:func:`bench.train_step.time_model`), not donated and donated, and its first compile;
 3. the transformer LM's step table (every optimizer of the comparison against AdamW, 4
    blocks, width 256, context 128, batch 32, three seeds) and GAL against the vocabulary
    (:func:`bench.lm_step.time_steps`, :func:`bench.lm_step.time_vocab`);
 4. one workload of the comparison at its quick size (``python -m bench.compare --quick
    --workloads digits_cnn``).
 
+Donated and not: ``train.loop.DONATE_STATE`` chooses per backend whether the training loop
+donates its state (docs/design.md, Conventions — Donation), and a GPU is not listed yet, so
+both are timed. The CPU fusion seam stays at its default: a program compiled for a GPU holds
+only the plain branch of each of its constructs whatever the seam says
+(``optax_ext/_fusion.py``, ``tests/test_fusion.py``), so seam on and off are one program there.
+
 Each part writes ``results/<part>_gpu.json``, which ``bench/report.py`` renders beside the
 CPU result of the same part, the device named. JAX must see the GPU: a CUDA build of
 jaxlib (``pip install "jax[cuda12]"`` of the same version as the CPU one). Parts run in that order; a part that would
 start after the time budget is skipped and recorded as such.
 
-``--dry-run`` runs the same script on the CPU at a tiny size (two methods per part, small
-models, one trial), into a temporary folder unless ``--out`` says otherwise: the test
+``--dry-run`` runs the same script on the CPU at a tiny size (one method and its baselines
+per part, small models, one trial), into a temporary folder unless ``--out`` says otherwise: the test
 suite runs it so that the script cannot rot.
 
 Run: ``python -m bench.gpu_check [--dry-run] [--out DIR] [--budget SECONDS]``.
@@ -42,8 +48,8 @@ __all__ = ["SIZES", "main", "render"]
 #: Per part, its size on a GPU and in the dry run.
 SIZES = {
   "gpu": {
-    "update_speed": dict(trees=("resnet20", "resnet50"), reps=15, methods=None),
-    "train_step": dict(model="resnet20", batch=128, reps=15, methods=train_step.METHODS),
+    "update_speed": dict(trees=("resnet20", "resnet50"), reps=15, names=None),
+    "train_step": dict(model="resnet20", batch=128, reps=15, only=None),
     "lm_step": dict(
       step=lm_step.CONFIGS["step"][0],
       vocab=lm_step.CONFIGS["vocab"][0],
@@ -53,8 +59,8 @@ SIZES = {
     "compare": ["--quick", "--workloads", "digits_cnn"],
   },
   "dry": {
-    "update_speed": dict(trees=("mnist_cnn",), reps=1, methods=("adam", "insgd")),
-    "train_step": dict(model="mnist_cnn", batch=2, reps=1, methods=("sgd", "insgd_l2")),
+    "update_speed": dict(trees=("mnist_cnn",), reps=1, names=("insgd_l2",)),
+    "train_step": dict(model="mnist_cnn", batch=2, reps=1, only=("gal+sgd",)),
     "lm_step": dict(
       step=dict(depth=1, width=16, heads=2, context=8, batch=2, reps=1, seeds=2),
       vocab=dict(depth=1, width=16, heads=2, context=8, batch=2, reps=1),
@@ -67,22 +73,23 @@ SIZES = {
 }
 
 
+#: update_speed's variants timed: not donated and donated (see the module's docstring).
+VARIANTS = ("", update_speed.DONATED)
+
+
 def _update_speed(size: dict, out: str) -> dict:
-  return {
-    "trees": {
-      name: update_speed.time_tree(
-        trees.named_tree(name), size["reps"], size["methods"], seams=(False,)
-      )
-      for name in size["trees"]
-    }
+  timed = {
+    name: update_speed.time_tree(trees.named_tree(name), size["reps"], size["names"], VARIANTS)
+    for name in size["trees"]
   }
+  return {"reps": size["reps"], "trees": timed}
 
 
 def _train_step(size: dict, out: str) -> dict:
-  rows = train_step.time_model(
-    size["model"], size["batch"], size["reps"], size["methods"], seams=(False,)
+  timed = train_step.time_model(
+    size["model"], size["batch"], size["reps"], quick=False, only=size["only"]
   )
-  return {"batch": size["batch"], "models": {size["model"]: rows}}
+  return {"batch": size["batch"], "reps": size["reps"], "models": {size["model"]: timed}}
 
 
 def _lm_step(size: dict, out: str) -> dict:
@@ -113,36 +120,46 @@ PARTS = {
 }
 
 
-def _ratio_table(rows: dict, key: str, base: str) -> list[str]:
-  lines = [f"| method | median ms (p25–p75) | × {base} |", "|---|---|---|"]
-  for name, r in rows.items():
-    lines.append(
-      f"| {name.replace(' | ', ', ')} | {r['median_ms']:.2f} ({r['p25_ms']:.2f}–"
-      f"{r['p75_ms']:.2f}) | {harness.fmt_ratio(r.get(key))} |"
-    )
+def _render_update_speed(result: dict) -> list[str]:
+  lines = [
+    f"{result['reps']} interleaved rounds; × adam: the median ÷ `optax.adam`'s median in the "
+    "same run and donation setting.",
+    "",
+  ]
+  for name, r in result["trees"].items():
+    lines += [f"**{name}** ({r['n_params']:,} params, {r['n_leaves']} leaves):", ""]
+    lines += [*update_speed.tree_table(r, r["methods"]), ""]
   return lines
 
 
+def _render_train_step(result: dict) -> list[str]:
+  rows = next(iter(result["models"].values()))["rows"]
+  keys = [k for k in rows if not k.endswith(train_step.DONATED)]
+  return [
+    f"Batch {result['batch']}, {result['reps']} interleaved rounds after 3 warm-up calls. "
+    "Whole train step ÷ the base optimizer's step, not donated (donated):",
+    "",
+    *train_step.step_table(result, keys),
+    "",
+    *train_step.donation_table(result),
+    "",
+    "First compile (trace, lower, compile), not donated:",
+    "",
+    *train_step.compile_table(result),
+  ]
+
+
 def render(result: dict) -> str:
-  """One part's GPU result: the part's own rendering where it has one, else ratio tables."""
+  """One part's GPU result, in the part's own tables."""
   part = result["part"]
   if part == "compare":
     body = compare.render(result)
   elif part == "lm_step":
     body = lm_step.render(result)
+  elif part == "update_speed":
+    body = "\n".join(_render_update_speed(result))
   else:
-    groups, key, base = (
-      ({k: v["methods"] for k, v in result["trees"].items()}, "ratio_to_adam", "adam")
-      if part == "update_speed"
-      else (result["models"], "ratio_to_sgd", "sgd")
-    )
-    body = "\n".join(
-      line
-      for name, rows in groups.items()
-      for line in [f"**{name}** (seam off, the program a GPU runs):", ""]
-      + _ratio_table(rows, key, base)
-      + [""]
-    )
+    body = "\n".join(_render_train_step(result))
   head = f"Device: {result['device']}. Command: `{result['command']}`; {result['seconds']:.0f} s."
   return head + "\n\n" + body
 
@@ -172,8 +189,7 @@ def main(argv=None) -> dict:
       continue
     start, cpu = time.perf_counter(), time.process_time()
     print(f"=== {part}", flush=True)
-    with harness.seam(False):
-      result = PARTS[part](sizes[part], out)
+    result = PARTS[part](sizes[part], out)
     result.update(
       part=part,
       device=_device(),

@@ -79,14 +79,19 @@ def _same(a, b) -> bool:
   return all(np.asarray(u).tobytes() == np.asarray(v).tobytes() for u, v in pairs)
 
 
-def time_model(model_name: str, batch: int, reps: int, quick: bool, seam_off: bool = False):
-  """Every optimizer's step on one model: rows of medians and ratios, and compile seconds."""
+def time_model(
+  model_name: str, batch: int, reps: int, quick: bool, seam_off: bool = False, only=None
+):
+  """Every optimizer's step on one model (or ``only`` those, with SGD and their bases): rows of
+  medians and ratios, and compile seconds."""
   model, x, y, task, classes = _setting(model_name, batch, quick)
+  chosen = names() if only is None else ["sgd", *(methods.get(n).base or "sgd" for n in only)]
+  chosen = list(dict.fromkeys(chosen + list(only or ())))
   const = registry.make_schedule("constant", 1, 1)
   fns, states, compile_s = {}, {}, {}
   for suffix in ("", DONATED) + ((SEAM_OFF,) if seam_off else ()):
     with harness.seam(suffix != SEAM_OFF):
-      for name in names():
+      for name in chosen:
         if suffix == SEAM_OFF and not methods.get(name).family:
           continue
         opt = registry.make_optimizer(name, const, output_dim=classes, task=task)

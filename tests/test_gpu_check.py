@@ -40,14 +40,20 @@ def test_dry_run_writes_every_part(tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
 
   upd = _load(out, "update_speed")["trees"]["mnist_cnn"]["methods"]
-  assert set(upd) == {"adam", "insgd | seam off"}  # seam off only: the program a GPU runs
-  for r in upd.values():
-    assert np.isclose(r["ratio_to_adam"], r["median_ms"] / upd["adam"]["median_ms"])
+  # Not donated and donated, each against adam compiled alike.
+  assert set(upd) == {"adam", "insgd_l2", "adam | donated", "insgd_l2 | donated"}
+  for key, r in upd.items():
+    adam = upd["adam | donated" if key.endswith("donated") else "adam"]
+    assert np.isclose(r["ratio"], r["median_ms"] / adam["median_ms"])
 
-  steps = _load(out, "train_step")["models"]["mnist_cnn"]
-  assert set(steps) == {"sgd", "insgd_l2 | seam off"}
-  for r in steps.values():
-    assert np.isclose(r["ratio_to_sgd"], r["median_ms"] / steps["sgd"]["median_ms"])
+  timed = _load(out, "train_step")["models"]["mnist_cnn"]
+  steps = timed["rows"]
+  assert set(steps) == {"sgd", "gal+sgd", "sgd | donated", "gal+sgd | donated"}
+  for key, r in steps.items():
+    sgd = steps["sgd | donated" if key.endswith("donated") else "sgd"]
+    assert r["base"] == "sgd" and np.isclose(r["ratio"], r["median_ms"] / sgd["median_ms"])
+  assert steps["gal+sgd | donated"]["identical"]  # donated or not, the same steps
+  assert set(timed["compile_s"]) == {"sgd", "gal+sgd"}
 
   lm = _load(out, "lm_step")
   assert list(lm["step"]) == ["adamw", "gal+adamw"] and list(lm["vocab"]) == ["256"]
