@@ -2,6 +2,7 @@
 
 import json
 import os
+import shlex
 
 import jax
 import jax.numpy as jnp
@@ -202,3 +203,20 @@ def test_the_comparisons_selections_read_back_as_the_same_optimizer(name):
   if not candidate.gal and not name.startswith("insgd"):  # those need extra arguments
     want = candidate.build(config, output_dim=8, task="classification").tx
     _assert_equal(_step(o.tx, steps=1), _step(want, steps=1))
+
+
+def test_the_documented_example_builds():
+  """docs/training.md's example of settings is a command the parser and factories accept."""
+  text = open(os.path.join(os.path.dirname(__file__), "..", "docs", "training.md")).read()
+  section = text[text.index("## Optimizer settings") :]
+  block = section[section.index("```bash") + 7 : section.index("```", section.index("```bash") + 7)]
+  argv = shlex.split(block.replace("\\\n", " "))
+  assert argv[1:3] == ["-m", "train"]
+  args = cli.build_parser().parse_args(argv[3:])
+  assert len(args.optimizers) == 5
+  for spec in args.optimizers:
+    settings = registry.parse_spec(spec).settings
+    used = _build(spec, output_dim=8).hyperparameters
+    assert {k: used[k] for k in settings} == {
+      k: registry._json_ready(v) for k, v in settings.items()
+    }
