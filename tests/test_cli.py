@@ -220,3 +220,20 @@ def test_the_documented_example_builds():
     assert {k: used[k] for k in settings} == {
       k: registry._json_ready(v) for k, v in settings.items()
     }
+
+
+def test_the_stored_comparison_prints_specs_the_command_line_builds():
+  """The report of the stored comparison lists each workload's selections as specs, each
+  one parsing and building as printed."""
+  from bench import compare_render
+
+  path = os.path.join(os.path.dirname(__file__), "..", "bench", "results", "compare_quick.json")
+  result = json.load(open(path))
+  text = compare_render.render(result)
+  blocks = text.split("The selected configurations on the command line")[1:]
+  assert len(blocks) >= len(result["workloads"])
+  for block in blocks:
+    specs = block.split("```text\n")[1].split("\n```")[0].splitlines()
+    assert specs
+    for spec in specs:
+      _build(spec, output_dim=8)

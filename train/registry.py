@@ -61,8 +61,8 @@ class Optimizer:
     need: What the train step hands ``tx.update`` besides the parameters.
     learning_rate: The rate or schedule, for logging.
     diagnostics: How to draw the signals it logs.
-    spec: The configuration, as :func:`format_spec` writes it (one text per
-      configuration; ``""`` when not built from a spec).
+    spec: The configuration at the learning rate it trains at, as :func:`format_spec`
+      writes it (``sp:lr=0.05,sparsity=0.2``; one text per configuration).
     hyperparameters: Every keyword argument the factory was called with (those the
       name fixes, the spec's and the command's, and the factory's defaults for the
       rest), JSON-ready, for the record of the run.
@@ -251,23 +251,25 @@ def describe_settings(width: int = 86) -> str:
     line = " ".join(f"{k}={_text(v)}" for k, v in settable(method).items()) or "none"
     groups.setdefault(line, []).append(name)
   gal = methods.get("gal+sgd")
-  own = [k for k in settable(gal) if k not in settable(methods.METHODS["sgd"])]
-  groups[
-    " ".join(own[:3])
-    + " (as --gal-hidden, --gal-alpha, --gal-beta set them) "
-    + " ".join(f"{k}={_text(settable(gal)[k])}" for k in own[3:])
-    + ", and NAME's"
-  ] = ["gal+NAME"]
-  lines = [
+  flags = {"hidden": "--gal-hidden", "alpha": "--gal-alpha", "beta": "--gal-beta"}
+  rest = [k for k in settable(gal) if k not in settable(methods.METHODS["sgd"]) | flags.keys()]
+  line = f"{' '.join(flags)} (as {', '.join(flags.values())} set them) "
+  line += " ".join(f"{k}={_text(settable(gal)[k])}" for k in rest) + ", and NAME's"
+  groups[line] = ["gal+NAME"]
+  intro = (
     "optimizer settings: NAME[@LR][:KEY=VALUE,...] sets the learning rate (@LR or lr=) and "
     "any of the keyword arguments below of the method's optax or optax_ext factory, which "
     "checks their values; e.g. sp:lr=0.1,sparsity=0.2 or gal+adamw:alpha=0.01,hidden=64/16,"
-    "weight_decay=0.001 (hidden: widths separated by /). The defaults:",
-  ]
-  wrapped = textwrap.wrap(lines[0], width)
+    "weight_decay=0.001 (hidden: widths separated by /). The defaults:"
+  )
+  wrapped = textwrap.wrap(intro, width, break_on_hyphens=False)
   for line, names in groups.items():
     wrapped += textwrap.wrap(
-      f"{', '.join(names)}: {line}", width, initial_indent="  ", subsequent_indent="      "
+      f"{', '.join(names)}: {line}",
+      width,
+      initial_indent="  ",
+      subsequent_indent="      ",
+      break_on_hyphens=False,
     )
   return "\n".join(wrapped)
 
