@@ -24,6 +24,7 @@ from train import methods, steps
 from train.errors import UsageError
 
 __all__ = [
+  "NOT_SETTABLE",
   "SCHEDULES",
   "GalOptions",
   "Optimizer",
