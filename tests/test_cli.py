@@ -75,6 +75,10 @@ def test_a_setting_changes_the_transform():
   got = _step(_build("adamw:lr=0.01,weight_decay=0.5").tx)
   _assert_equal(got, _step(optax.adamw(0.01, weight_decay=0.5)))
   assert not np.allclose(got["w"], _step(optax.adamw(0.01))["w"])
+  # A mask of leaf paths: AdamW decays only the leaves it names.
+  got = _step(_build("adamw:lr=0.01,weight_decay=0.5,mask=^w$").tx)
+  _assert_equal(got, _step(optax.adamw(0.01, weight_decay=0.5, mask={"w": True, "b": False})))
+  assert not np.allclose(got["b"], _step(optax.adamw(0.01, weight_decay=0.5))["b"])
   # AngularGrad's λs, against the factory called directly.
   got = _step(_build("angulargrad_tan:lambda1=0.2,lambda2=0.9").tx)
   _assert_equal(got, _step(optax_ext.angulargrad(1e-3, "tan", lambda1=0.2, lambda2=0.9)))
@@ -111,7 +115,7 @@ def test_gal_settings_reach_gal_and_the_optimizer_after_it():
   "spec,needle",
   [
     ("sp:sparsty=0.2", "sp has no setting 'sparsty'; it takes: lr, sparsity, momentum"),
-    ("sp:mask=x", "sp has no setting 'mask'"),
+    ("gal+sgd:activation=relu", "gal+sgd has no setting 'activation'"),
     ("momentum:momentum=0.95", "momentum is fixed by the name (momentum=0.9)"),
     ("sp:sparsity=abc", "sparsity='abc' is not a number"),
     ("sp:nesterov=maybe", "nesterov='maybe' is not true or false"),
@@ -150,6 +154,9 @@ def test_run_folders_are_safe_and_one_per_configuration():
     "gal+adamw:hidden=64/16",
     "gal+adamw:hidden=6416",
     "gal+adamw:mu_dtype=bfloat16",
+    "sp:mask=a/b",
+    "sp:mask=axb",
+    "sp:mask=a_b",
     "adamw:weight_decay=1e-05",
   ]
   folders = [registry.parse_spec(s).folder() for s in specs]
@@ -164,22 +171,30 @@ def test_run_folders_are_safe_and_one_per_configuration():
 def test_a_run_with_settings_records_them(tmp_path, capsys):
   argv = ["--model", "mlp", "--dataset", "diabetes", "--epochs", "1", "--batch-size", "64"]
   argv += ["--train-size", "128", "--test-size", "64", "--out", str(tmp_path), "--no-progress"]
-  rc = cli.main(argv + ["--optimizers", "sp@0.02:sparsity=0.5"])
+  rc = cli.main(argv + ["--optimizers", "sp@0.02:sparsity=0.5,mask=^Dense_0/"])
   out = capsys.readouterr()
   assert rc == 0, out.err
   config = json.load(open(tmp_path / "results.json"))["config"]
-  sp = config["optimizer_settings"]["sp@0.02:sparsity=0.5"]
-  assert sp["spec"] == "sp:lr=0.02,sparsity=0.5" and sp["learning_rate"] == 0.02
-  assert sp["hyperparameters"]["sparsity"] == 0.5 and sp["hyperparameters"]["b_max"] == 10.0
-  records = [json.loads(line) for line in open(tmp_path / "sp_lr0.02_sparsity-0.5" / "steps.jsonl")]
-  # Every kernel is half at zero after each step (a little more where weights tie at zero),
-  # not the default tenth; the biases (ndim 1) never.
-  kernels = [
-    v for r in records for k, v in r.items() if k.startswith("sp/pruned/") and "kernel" in k
-  ]
-  biases = [v for r in records for k, v in r.items() if k.startswith("sp/pruned/") and "bias" in k]
-  assert len(kernels) >= 3 and all(0.5 <= v < 0.51 for v in kernels), kernels
-  assert biases and not any(biases)
+  sp = config["optimizer_settings"]["sp@0.02:sparsity=0.5,mask=^Dense_0/"]
+  assert sp["spec"] == "sp:lr=0.02,mask=^Dense_0/,sparsity=0.5"
+  assert sp["learning_rate"] == 0.02 and sp["hyperparameters"]["b_max"] == 10.0
+  assert sp["hyperparameters"]["sparsity"] == 0.5
+  assert sp["hyperparameters"]["mask"] == "^Dense_0/"
+  folder = "sp_lr0.02_mask-~5e~Dense~5f~0~2f~_sparsity-0.5"
+  records = [json.loads(line) for line in open(tmp_path / folder / "steps.jsonl")]
+  # Every leaf the mask selects, biases too, is half at zero after each step (a little
+  # more where weights tie at zero), not the default tenth; the other layers are left alone.
+  pruned: dict[str, list] = {}
+  for r in records:
+    for k, v in r.items():
+      if k.startswith("sp/pruned/"):
+        pruned.setdefault(k.removeprefix("sp/pruned/"), []).append(v)
+  assert len(pruned) == 6, pruned
+  for leaf, values in pruned.items():
+    if leaf.startswith("Dense_0/"):
+      assert all(0.5 <= v < 0.52 for v in values), (leaf, values)
+    else:
+      assert not any(values), (leaf, values)
 
 
 def test_the_same_configuration_twice_is_refused(capsys, tmp_path):
@@ -237,3 +252,16 @@ def test_the_stored_comparison_prints_specs_the_command_line_builds():
     assert specs
     for spec in specs:
       _build(spec, output_dim=8)
+
+
+def test_a_mask_pattern_selects_leaves_by_their_path():
+  params = {"Dense_0": {"kernel": 1.0, "bias": 2.0}, "Conv_0": {"kernel": 3.0}, "emb": [4.0]}
+  assert registry.path_mask("kernel$")(params) == {
+    "Dense_0": {"kernel": True, "bias": False},
+    "Conv_0": {"kernel": True},
+    "emb": [False],
+  }
+  assert registry.path_mask("^emb/0$")(params)["emb"] == [True]
+  assert registry.parse_spec("sp:mask=none").settings == {"mask": None}
+  with pytest.raises(UsageError, match=r"sp: mask='\(' is not a regular expression"):
+    registry.parse_spec("sp:mask=(")

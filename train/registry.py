@@ -18,6 +18,7 @@ import re
 import textwrap
 from typing import Any, Callable, Optional
 
+import jax
 import optax
 
 from train import methods, steps
@@ -37,6 +38,7 @@ __all__ = [
   "make_schedule",
   "parse_name",
   "parse_spec",
+  "path_mask",
   "settable",
 ]
 
@@ -79,10 +81,29 @@ class Optimizer:
   hyperparameters: dict = dataclasses.field(default_factory=dict)
 
 
-#: Keyword arguments the command line cannot set: Python objects (a mask tree or
-#: function, GAL's regressor optimizer and activation) and what the command itself
-#: supplies (GAL's output width, from the data; its seed, ``--seed``).
-NOT_SETTABLE = ("mask", "regressor_optimizer", "activation", "output_dim", "seed")
+#: Keyword arguments the command line cannot set: Python objects (GAL's regressor
+#: optimizer and activation) and what the command itself supplies (GAL's output width,
+#: from the data; its seed, ``--seed``). A ``mask`` is set as a pattern of leaf paths
+#: (:func:`path_mask`).
+NOT_SETTABLE = ("regressor_optimizer", "activation", "output_dim", "seed")
+
+
+def path_mask(pattern: str) -> Callable[[Any], Any]:
+  """The mask a spec's ``mask=PATTERN`` stands for: a function from the parameters to a
+  tree of booleans, true at each leaf whose path (``Dense_0/kernel``, as the
+  diagnostics name leaves) the regular expression ``pattern`` matches (:func:`re.search`).
+  """
+  regex = re.compile(pattern)
+
+  def mask(params):
+    def match(path, _):
+      return bool(
+        regex.search("/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path))
+      )
+
+    return jax.tree_util.tree_map_with_path(match, params)
+
+  return mask
 
 
 def settable(method: methods.Method) -> dict[str, Any]:
@@ -115,7 +136,7 @@ class Spec:
     if self.lr is not None:
       out += f"_lr{_text(self.lr)}"
     for key, value in sorted(self.settings.items()):  # a value holds no "_", a key no "-"
-      text = _text(value).replace("/", "x")
+      text = "x".join(map(str, value)) if isinstance(value, tuple) else _text(value)
       out += f"_{key}-" + re.sub(r"[^A-Za-z0-9.+-]", lambda m: f"~{ord(m[0]):x}~", text)
     return out
 
@@ -126,6 +147,8 @@ def _text(value: Any) -> str:
     return str(value).lower()
   if isinstance(value, (tuple, list)):
     return "/".join(_text(v) for v in value)
+  if callable(value):  # a default mask function
+    return getattr(value, "__name__", "default")
   return repr(value) if isinstance(value, float) else str(value)
 
 
@@ -184,6 +207,17 @@ def _value(method: str, key: str, text: str, default: Any) -> Any:
     raise UsageError(f"{method}: {key}={text!r} is not {kind}") from None
 
 
+def _pattern(method: str, text: str) -> Optional[str]:
+  """A ``mask`` value: a regular expression of leaf paths (``none``: the default)."""
+  if text.lower() == "none":
+    return None
+  try:
+    re.compile(text)
+  except re.error as e:
+    raise UsageError(f"{method}: mask={text!r} is not a regular expression ({e})") from None
+  return text
+
+
 def _parse_lr(text: str, spec: str) -> float:
   try:
     value = float(text)
@@ -232,6 +266,8 @@ def parse_spec(spec: str) -> Spec:
       raise UsageError(f"optimizer {spec!r} sets {key} twice")
     if key == "lr":
       lr = _parse_lr(text, spec)
+    elif key == "mask":
+      settings[key] = _pattern(name, text)
     else:
       settings[key] = _value(name, key, text, known[key])
   return Spec(name, lr, settings)
@@ -261,7 +297,8 @@ def describe_settings(width: int = 86) -> str:
     "optimizer settings: NAME[@LR][:KEY=VALUE,...] sets the learning rate (@LR or lr=) and "
     "any of the keyword arguments below of the method's optax or optax_ext factory, which "
     "checks their values; e.g. sp:lr=0.1,sparsity=0.2 or gal+adamw:alpha=0.01,hidden=64/16,"
-    "weight_decay=0.001 (hidden: widths separated by /). The defaults:"
+    "weight_decay=0.001 (hidden: widths separated by /; mask: a regular expression of the "
+    "leaves' paths, Dense_0/kernel, that the method's mask selects). The defaults:"
   )
   wrapped = textwrap.wrap(intro, width, break_on_hyphens=False)
   for line, names in groups.items():
@@ -325,9 +362,12 @@ def make_optimizer(
     kwargs = dict(output_dim=output_dim, hidden=hidden, alpha=gal.alpha, beta=gal.beta)
     kwargs["seed"] = gal.seed
   kwargs.update(parsed.settings)
+  built = dict(kwargs)
+  if isinstance(built.get("mask"), str):
+    built["mask"] = path_mask(built["mask"])
   try:
     # One learning rate (or schedule) for GAL's tentative step and the optimizer after it.
-    tx = method.build(rate, **kwargs)
+    tx = method.build(rate, **built)
   except (ValueError, TypeError) as e:
     message = " ".join(str(e).split())
     raise UsageError(f"optimizer {spec!r}: {message}") from None
