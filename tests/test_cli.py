@@ -265,3 +265,15 @@ def test_a_mask_pattern_selects_leaves_by_their_path():
   assert registry.parse_spec("sp:mask=none").settings == {"mask": None}
   with pytest.raises(UsageError, match=r"sp: mask='\(' is not a regular expression"):
     registry.parse_spec("sp:mask=(")
+
+
+def test_a_mask_pattern_reads_nnx_parameters_as_linen_ones():
+  from flax import nnx
+
+  class Model(nnx.Module):
+    def __init__(self, rngs):
+      self.Dense_0 = nnx.Linear(3, 4, rngs=rngs)
+
+  state = nnx.state(Model(nnx.Rngs(0)), nnx.Param)
+  got = registry.path_mask("^Dense_0/kernel$")(state)
+  assert [bool(v) for v in jax.tree.leaves(got)] == [False, True]  # bias, kernel

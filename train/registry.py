@@ -88,22 +88,29 @@ class Optimizer:
 NOT_SETTABLE = ("regressor_optimizer", "activation", "output_dim", "seed")
 
 
+def _leaf_path(path) -> str:
+  """``Dense_0/kernel``: the dict keys and sequence indices of a leaf's path; an NNX
+  variable's ``.value`` is left out, so linen and NNX parameters read alike."""
+  parts = []
+  for k in path:
+    if isinstance(k, jax.tree_util.GetAttrKey):
+      if k.name != "value":
+        parts.append(k.name)
+    else:
+      parts.append(str(getattr(k, "key", getattr(k, "idx", k))))
+  return "/".join(parts)
+
+
 def path_mask(pattern: str) -> Callable[[Any], Any]:
   """The mask a spec's ``mask=PATTERN`` stands for: a function from the parameters to a
   tree of booleans, true at each leaf whose path (``Dense_0/kernel``, as the
-  diagnostics name leaves) the regular expression ``pattern`` matches (:func:`re.search`).
+  diagnostics name leaves; the same for linen and NNX parameters) the regular
+  expression ``pattern`` matches (:func:`re.search`).
   """
   regex = re.compile(pattern)
-
-  def mask(params):
-    def match(path, _):
-      return bool(
-        regex.search("/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path))
-      )
-
-    return jax.tree_util.tree_map_with_path(match, params)
-
-  return mask
+  return lambda params: jax.tree_util.tree_map_with_path(
+    lambda path, _: bool(regex.search(_leaf_path(path))), params
+  )
 
 
 def settable(method: methods.Method) -> dict[str, Any]:
