@@ -144,7 +144,27 @@ def _table(name: str, t: dict, tag: str) -> list[str]:
   pending = sum(r.get("pending", 0) for r in rows.values())
   if pending:
     lines += ["", f"Incomplete: {_n(pending, 'run')} of this table still to run."]
-  return lines + [""] + [x for arm in t.get("arms", []) for x in _arm(t, arm)]
+  lines += [""] + _specs(t)
+  return lines + [x for arm in t.get("arms", []) for x in _arm(t, arm)]
+
+
+def _specs(t: dict) -> list[str]:
+  """The selected configurations as ``python -m train --optimizers`` takes them."""
+  from bench.spaces import cli_spec
+
+  rows = t["optimizers"]
+  specs = [cli_spec(n, rows[n]["best_config"]) for n in _order(t) if rows[n]["best_config"]]
+  if not specs:
+    return []
+  return [
+    f"The selected configurations on the command line (`python -m train --schedule "
+    f"{t['schedule']} --optimizers ...`, one per line):",
+    "",
+    "```text",
+    *specs,
+    "```",
+    "",
+  ]
 
 
 def _arm(main: dict, arm: dict) -> list[str]:
@@ -167,7 +187,7 @@ def _arm(main: dict, arm: dict) -> list[str]:
       f"| {_test_cell(main_r, m) if main_r else '–'} "
       f"| {'baseline' if r['baseline'] else _cmp(r.get('best'), m, arm['higher_is_better'])} |"
     )
-  return lines + [""]
+  return lines + [""] + _specs(arm)
 
 
 def _summary(result: dict) -> list[str]:

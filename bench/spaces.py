@@ -38,7 +38,7 @@ import optax
 
 import optax_ext
 
-__all__ = ["CANDIDATES", "CLAIMS", "Candidate", "Claim", "Dim", "get"]
+__all__ = ["CANDIDATES", "CLAIMS", "Candidate", "Claim", "Dim", "cli_spec", "get"]
 
 SGD_LR = {"normal": (3e-3, 0.3), "high": (0.1, 0.5)}
 PLAIN_LR = {"normal": (1e-2, 1.0), "high": (0.3, 1.5)}  # no momentum: steps 10x smaller
@@ -278,6 +278,18 @@ CANDIDATES: dict[str, Candidate] = {
     ),
   )
 }
+
+
+def cli_spec(name: str, config: dict) -> str:
+  """The configuration ``config`` of candidate ``name`` as ``python -m train --optimizers``
+  takes it (:func:`train.registry.format_spec`, every value exact): each candidate is the
+  training command's optimizer of its name with the searched keyword arguments set, so
+  ``adamw`` at ``{"learning_rate": 0.001, "weight_decay": 0.01}`` is
+  ``adamw:lr=0.001,weight_decay=0.01``."""
+  from train.registry import format_spec
+
+  rest = {k: v for k, v in config.items() if k != "learning_rate"}
+  return format_spec(name, config.get("learning_rate"), rest)
 
 
 def get(name: str) -> Candidate:

@@ -10,6 +10,8 @@ Examples::
       --optimizers sgd nesterov sp sp_nesterov adam --epochs 15 --batch-size 128 \\
       --schedule exp --gamma 0.7
   python -m train --model mlp --dataset diabetes --optimizers adam gal+adam --epochs 200
+  python -m train --optimizers sp:lr=0.1,sparsity=0.2 angulargrad_cos:lambda1=0.3 \\
+      gal+adamw:alpha=0.01,weight_decay=0.001
   python -m train --model transformer_lm --dataset text --optimizers adamw angulargrad_cos \
       sp insgd_l2 gal+adamw --epochs 1 --train-size 2048 --api nnx
 """
@@ -17,6 +19,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from typing import Optional, Sequence
 
@@ -32,6 +35,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 class _DefaultsOnce(argparse.ArgumentDefaultsHelpFormatter):
+  def _fill_text(self, text, width, indent):  # the description and epilog come wrapped
+    return "\n".join(indent + line for line in text.splitlines())
+
   def _get_help_string(self, action):  # a default said once; None and False not said
     said = "default" in (action.help or "") or action.default is None or action.default is False
     return action.help if said else super()._get_help_string(action)
@@ -61,12 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
   """The parser of ``python -m train`` (its ``--help`` is in docs/training.md)."""
   from flax_models import MODEL_NAMES
   from train import launch, stream
-  from train.registry import SCHEDULES, known_names
+  from train.registry import SCHEDULES, describe_settings, known_names
   from train.stream import DATASET_NAMES
 
+  width = shutil.get_terminal_size().columns - 2  # as argparse wraps the options
   p = _Parser(
     prog="python -m train",
     description="Train a Flax model with one or several optimizers and compare them.",
+    epilog=describe_settings(max(width, 40)),
     formatter_class=_DefaultsOnce,
   )
   p.add_argument(
@@ -99,8 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     "--optimizers",
     nargs="+",
     default=["sgd", "momentum", "adam"],
-    metavar="NAME[@LR]",
-    help=f"one or several of: {', '.join(known_names())}",
+    metavar="NAME[@LR][:KEY=VALUE,...]",
+    help=f"one or several of: {', '.join(known_names())}; each with its settings (below)",
   )
   p.add_argument(
     "--lr",
@@ -171,14 +179,18 @@ def build_parser() -> argparse.ArgumentParser:
   )
   launch.add_options(p)
   stream.add_options(p)
-  p.add_argument("--gal-alpha", type=_positive_float, default=1e-3, help="GAL's alpha")
-  p.add_argument("--gal-beta", type=_positive_float, default=1e-3, help="GAL's beta")
+  p.add_argument(
+    "--gal-alpha", type=_positive_float, default=1e-3, help="GAL's alpha, where a spec sets none"
+  )
+  p.add_argument(
+    "--gal-beta", type=_positive_float, default=1e-3, help="GAL's beta, where a spec sets none"
+  )
   p.add_argument(
     "--gal-hidden",
     type=_positive_int,
     nargs="+",
     default=None,
-    help="GAL regressor widths (default 100 32 16, or 128 4 for regression)",
+    help="GAL regressor widths where a spec sets none (default 100 32 16, or 128 4 for regression)",
   )
   return p
 

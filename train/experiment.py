@@ -30,8 +30,10 @@ DEMO_OPTIMIZERS = _demo_optimizers()
 
 
 def _run_dir(out: str, name: str) -> str:
-  safe = name.replace("+", "_plus_").replace("@", "_lr")
-  return os.path.join(out, safe)
+  """The run's folder: one safe name per configuration (:meth:`train.registry.Spec.folder`)."""
+  from train import registry
+
+  return os.path.join(out, registry.parse_spec(name).folder())
 
 
 def _apply_demo_defaults(args: argparse.Namespace) -> None:
@@ -101,8 +103,8 @@ def _build_optimizers(args, ds, spe: int) -> list:
     )
     for spec in args.optimizers
   ]
-  if len({o.name for o in opts}) != len(opts):
-    raise UsageError("each optimizer may be named once per command")
+  if len({o.spec for o in opts}) != len(opts):
+    raise UsageError("each optimizer configuration may be named once per command")
   return opts
 
 
@@ -147,11 +149,16 @@ def _train_one(args, model, o, ds, out: str, mesh, spe: int):
   return res
 
 
-def _report(args, results, ds, model_name: str, out: str) -> None:
-  """Writes the summary files and the curves, and prints the results table."""
+def _report(args, opts, results, ds, model_name: str, out: str) -> None:
+  """Writes the summary files (the configuration with each optimizer's settings) and the
+  curves, and prints the results table."""
   from train import report
 
   config = dict(vars(args), model=model_name, out=out)
+  config["optimizer_settings"] = {
+    o.name: {"spec": o.spec, "learning_rate": o.lr, "hyperparameters": o.hyperparameters}
+    for o in opts
+  }
   report.write_summary(results, out, config)
   png = report.plot_curves(
     results,
@@ -205,5 +212,5 @@ def run(args: argparse.Namespace) -> int:
     )
   results = [_train_one(args, model, o, ds, out, mesh, spe) for o in opts]
   if primary:
-    _report(args, results, ds, model_name, out)
+    _report(args, opts, results, ds, model_name, out)
   return 0

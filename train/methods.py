@@ -218,10 +218,32 @@ METHODS: dict[str, Method] = {
 }
 
 
+def _gal_in_front(inner: Method) -> Callable[..., optax.GradientTransformation]:
+  """:func:`optax_ext.gal_chain` of ``inner.build``, taking GAL's keyword arguments and,
+  as keyword-only ones, ``inner``'s hyperparameters (GAL's own where a name is both)."""
+  chain = list(inspect.signature(optax_ext.gal_chain).parameters.values())[1:]
+  own = {p.name for p in chain}
+  rest = [
+    inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default)
+    for name, default in inner.hyperparameters().items()
+    if name not in own
+  ]
+
+  def factory(learning_rate, *args, **kwargs):
+    tail = {k: kwargs.pop(k) for k in list(kwargs) if k not in own}
+    return optax_ext.gal_chain(
+      functools.partial(inner.build, **tail), learning_rate, *args, **kwargs
+    )
+
+  factory.__signature__ = inspect.Signature(chain + rest)
+  return factory
+
+
 def with_gal(inner: Method) -> Method:
   """GAL in front of ``inner`` (``gal+NAME``): :func:`optax_ext.gal_chain` of its builder.
 
-  Its hyperparameters are :func:`optax_ext.gal_chain`'s (``output_dim`` has no default).
+  Its hyperparameters are :func:`optax_ext.gal_chain`'s (``output_dim`` has no default),
+  then ``inner``'s, which reach ``inner``.
 
   Raises:
     ValueError: when ``inner`` needs more than gradients.
@@ -230,7 +252,7 @@ def with_gal(inner: Method) -> Method:
     raise ValueError(f"gal+{inner.name}: GAL stands only in front of an optimizer of gradients")
   return Method(
     f"gal+{inner.name}",
-    functools.partial(optax_ext.gal_chain, inner.build),
+    _gal_in_front(inner),
     inner.default_lr,
     f"GAL in front of {inner.description}",
     need=steps.GalArgs(),
